@@ -1,0 +1,73 @@
+# syntax=docker/dockerfile:1
+#
+# gateproxy image: `docker build -t gateproxy:0.1.0 .` from the repository root.
+# See deploy/README.md for running it (docker run, compose, Kubernetes).
+#
+# The base is pinned by version. To pin it by digest as well (recommended for production),
+# build with --build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:<digest>.
+# Both stages must use the same base: the virtual environment copied into the final stage
+# points at the base image's /usr/local/bin/python3.11.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+# ---- build: turn the source into a wheel, then install it and its dependencies -----------
+FROM ${PYTHON_IMAGE} AS build
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+WORKDIR /src
+# Only what the wheel needs (.dockerignore keeps the context down to this list as well).
+COPY pyproject.toml README.md ./
+COPY gateproxy/ ./gateproxy/
+
+# The wheel is built without its dependencies (they come from PyPI as wheels of their own),
+# then installed into a self-contained virtual environment that the final stage copies.
+# pip compiles the .pyc files here, so the read-only final image never needs to write them.
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+    && python -m venv /opt/gateproxy \
+    && /opt/gateproxy/bin/pip install /wheels/gateproxy-*.whl \
+    && /opt/gateproxy/bin/pip uninstall --yes pip
+
+# ---- final: the runtime only: no compilers, no pip cache, no wheel, no source tree --------
+FROM ${PYTHON_IMAGE}
+
+LABEL org.opencontainers.image.title="gateproxy" \
+      org.opencontainers.image.description="Health-gate sidecar proxy for the platform-server" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# A fixed numeric user, so that Kubernetes' runAsNonRoot can verify it without /etc/passwd.
+RUN groupadd --system --gid 10001 gateproxy \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home \
+       --home-dir /nonexistent --shell /usr/sbin/nologin gateproxy
+
+COPY --from=build /opt/gateproxy /opt/gateproxy
+# The default configuration. Override it by mounting a file over this path (or a directory
+# over /etc/gateproxy), by pointing GATEPROXY_CONFIG elsewhere, or key by key with the
+# environment variables of CONTRACT.md section 3 (they win over the file).
+COPY deploy/gateproxy.yaml /etc/gateproxy/gateproxy.yaml
+
+# GATEPROXY_HEALTHCHECK_URL is read by HEALTHCHECK only: change it together with
+# admin_port / admin_prefix if you change those in the configuration.
+ENV PATH=/opt/gateproxy/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    GATEPROXY_CONFIG=/etc/gateproxy/gateproxy.yaml \
+    GATEPROXY_HEALTHCHECK_URL=http://127.0.0.1:9901/_gateproxy/live
+
+USER 10001:10001
+WORKDIR /tmp
+
+# 8080: the proxy (what clients and the Service use); 9901: admin (live, ready, status,
+# metrics), kept off the Service.
+EXPOSE 8080 9901
+
+# No curl in a slim image: Python is already there. Any non-2xx answer, refused connection
+# or timeout makes urlopen raise, hence a non-zero exit.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['GATEPROXY_HEALTHCHECK_URL'], timeout=2)"]
+
+# Exec form: gateproxy is PID 1 and receives SIGTERM itself; it handles SIGTERM and SIGINT
+# (drain, then exit 0) and starts no child processes, so no init is needed.
+ENTRYPOINT ["gateproxy"]
+CMD ["serve"]

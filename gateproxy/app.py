@@ -1,0 +1,206 @@
+"""Builds the aiohttp applications and runs the proxy: start-up, signals, shutdown.
+
+Start-up: fail fast on required dependencies, open the listeners, then start the probe
+loops. SIGTERM: `ready` turns 503 at once, everything else is served for
+`shutdown_delay_ms`, then the listeners close and in-flight requests get
+`shutdown_grace_ms` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
+
+from gateproxy import admin, health, routes
+from gateproxy.config import Config, Dependency
+from gateproxy.gate import Gate, Guard, bad_request, error_body
+from gateproxy.logs import log
+from gateproxy.monitor import Monitor
+from gateproxy.probe import Prober
+from gateproxy.proxy import Forwarder
+from gateproxy.routes import BadPath
+from gateproxy.status import DependencyStatus, State
+from gateproxy.upstream import AiohttpUpstream, UpstreamClient
+
+
+class StartupError(Exception):
+    """The proxy cannot start (exit code 1): a port is taken, a required dependency is
+    down."""
+
+
+class Gateway:
+    """The running proxy: its dependencies, its gate, its listeners."""
+
+    def __init__(self, config: Config, upstream: UpstreamClient | None = None) -> None:
+        self.config = config
+        self.prober = Prober()
+        self.upstream = upstream or AiohttpUpstream(
+            config.upstream.url, config.upstream.connect_timeout_ms,
+            config.upstream.read_timeout_ms)
+        self.forwarder = Forwarder(self.upstream)
+        self.guards = tuple(self._guard(dep) for dep in config.dependencies)
+        self.gate = Gate(self.guards, config.cors.allow_origins)
+        self.draining = False
+        self.started_at = time.time()
+        self._runners: list[web.AppRunner] = []
+        self._stopping: asyncio.Event | None = None
+
+    def _guard(self, dep: Dependency) -> Guard:
+        status = DependencyStatus(dep)
+        return Guard(status, Monitor(status, self.prober),
+                     error_body(dep.not_ready.code, dep.not_ready.message))
+
+    def statuses(self) -> list[DependencyStatus]:
+        return [g.status for g in self.guards]
+
+    # --- the applications -------------------------------------------------------------
+
+    def main_app(self) -> web.Application:
+        app = web.Application(handler_args={"max_field_size": 16384})
+        if self.config.admin_port is None:
+            app.add_routes(admin.routes(self, self.config.admin_prefix))
+        app.router.add_route("GET", self.config.health_path, self._health)
+        app.router.add_route("*", "/{tail:.*}", self._proxy, expect_handler=self._expect)
+        return app
+
+    def admin_app(self) -> web.Application:
+        app = web.Application()
+        app.add_routes(admin.routes(self, self.config.admin_prefix))
+        return app
+
+    async def _health(self, request: web.Request) -> web.StreamResponse:
+        cfg = self.config
+        return await health.health_response(request, self.upstream, cfg.health_path,
+                                            cfg.upstream.health_timeout_ms, self.statuses())
+
+    async def _judge(self, request: web.BaseRequest) -> web.StreamResponse | None:
+        """The answer the gate gives instead of forwarding, or None to forward."""
+        gate = self.gate
+        try:
+            rule = gate.judge(request.method, request.raw_path, request.headers)
+        except BadPath as exc:
+            return bad_request(str(exc))
+        if rule is None:
+            return None
+        guard = rule.target
+        if guard.status.state is State.UNKNOWN:
+            # The first probe is running: its answer is worth a short wait.
+            await guard.monitor.wait_first(guard.status.dep.probe_timeout_ms / 1000)
+            rule = gate.judge(request.method, request.raw_path, request.headers)
+            if rule is None:
+                return None
+            guard = rule.target
+        else:
+            guard.monitor.request_recheck()
+        return gate.reject(guard, request.headers.get(hdrs.ORIGIN))
+
+    async def _proxy(self, request: web.Request) -> web.StreamResponse:
+        answer = await self._judge(request)
+        if answer is not None:
+            return answer
+        return await self.forwarder.forward(request, routes.origin_form(request.raw_path))
+
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        """Answer a gated `Expect: 100-continue` before the client sends its body."""
+        answer = await self._judge(request)
+        if answer is not None:
+            answer.force_close()  # the unsent body must not be read as the next request
+            return answer
+        expect = request.headers.get(hdrs.EXPECT, "")
+        if request.version == HttpVersion11 and expect.lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return None
+        if request.version == HttpVersion11:
+            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+        return None
+
+    # --- running ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Fail fast on required dependencies, listen, then start probing."""
+        for guard in self.guards:
+            if not guard.status.dep.optional:
+                await guard.monitor.probe_once()
+                if not guard.status.is_up:
+                    error = guard.status.last_error
+                    raise StartupError(
+                        f"required dependency {guard.status.dep.name} is not ready "
+                        f"({error.code if error else 'unknown'}: "
+                        f"{error.message if error else ''})")
+        cfg = self.config
+        await self._listen(self.main_app(), cfg.listen.host, cfg.listen.port)
+        if cfg.admin_port is not None:
+            await self._listen(self.admin_app(), cfg.listen.host, cfg.admin_port)
+        for guard in self.guards:
+            guard.monitor.start()
+        log.info("listening", host=cfg.listen.host, port=self.port,
+                 adminPort=self.admin_port, upstream=cfg.upstream.url,
+                 dependencies=[g.status.dep.name for g in self.guards])
+
+    async def _listen(self, app: web.Application, host: str, port: int) -> None:
+        runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, handler_cancellation=True,
+            shutdown_timeout=self.config.shutdown_grace_ms / 1000)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+                               ) from exc
+        self._runners.append(runner)
+
+    @property
+    def port(self) -> int:
+        return _bound_port(self._runners[0])
+
+    @property
+    def admin_port(self) -> int | None:
+        return _bound_port(self._runners[1]) if len(self._runners) > 1 else None
+
+    async def stop(self, delay_s: float = 0.0) -> None:
+        """Drain: ready says 503 for `delay_s`, then close listeners, finish in-flight
+        requests within the grace time, stop probing."""
+        self.draining = True
+        if delay_s > 0:
+            log.info("draining", delayMs=round(delay_s * 1000))
+            await asyncio.sleep(delay_s)
+        log.info("closing_listeners", graceMs=self.config.shutdown_grace_ms)
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        for guard in self.guards:
+            await guard.monitor.stop()
+        await self.prober.close()
+        await self.upstream.close()
+        log.info("stopped")
+
+    async def serve_until_signalled(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop as the contract says."""
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
+            loop.add_signal_handler(sig, stopping.set)
+        try:
+            await stopping.wait()
+            log.info("shutdown_requested", delayMs=self.config.shutdown_delay_ms)
+            await self.stop(self.config.shutdown_delay_ms / 1000)
+        finally:
+            for sig in signals:
+                with contextlib.suppress(ValueError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            return int(address[1])
+    raise RuntimeError("the listener has no TCP address")
+

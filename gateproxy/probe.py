@@ -1,0 +1,133 @@
+"""One readiness probe over HTTP, signed the way the platform-server signs its calls.
+
+A probe never raises: every way it can fail becomes a ProbeError with its own code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import errno
+import hashlib
+import hmac
+import ssl
+import time
+import uuid
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from gateproxy.config import Dependency
+from gateproxy.status import ProbeError
+
+EMPTY_BODY_HASH = base64.b64encode(hashlib.sha256(b"").digest()).decode()
+_BODY_LIMIT = 64 * 1024  # enough for an error message; a 10 MB answer is not read
+
+
+def sign(secret: str, method: str, path_qs: str, timestamp_ms: int, nonce: str,
+         body: bytes = b"") -> dict[str, str]:
+    """The x-dr-* headers for one request (platform-contract section 2)."""
+    body_hash = (base64.b64encode(hashlib.sha256(body).digest()).decode()
+                 if body else EMPTY_BODY_HASH)
+    payload = "\n".join((method.upper(), path_qs, str(timestamp_ms), nonce, body_hash))
+    digest = hmac.new(secret.encode(), payload.encode(), hashlib.sha256).digest()
+    return {
+        "x-dr-timestamp": str(timestamp_ms),
+        "x-dr-nonce": nonce,
+        "x-dr-signature": base64.b64encode(digest).decode(),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    duration_ms: int
+    error: ProbeError | None  # None: success
+
+
+class Prober:
+    """Sends readiness probes; owns its own connection-less client session."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # A fresh connection per probe: a probe must see a refused or dead listener,
+            # not a pooled socket that happened to survive.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True, limit=0, ttl_dns_cache=1),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent",),
+                headers={"User-Agent": "gateproxy-probe"},
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def probe(self, dep: Dependency) -> ProbeResult:
+        url = URL(dep.base_url + dep.ready_path, encoded=True)
+        headers = {}
+        if dep.shared_secret:
+            headers = sign(dep.shared_secret, "GET", url.raw_path_qs,
+                           int(time.time() * 1000), str(uuid.uuid4()))
+        started = time.monotonic()
+        timeout = dep.probe_timeout_ms / 1000
+        try:
+            async with asyncio.timeout(timeout):
+                error = await self._request(url, headers)
+        except TimeoutError:
+            error = ProbeError("timeout", f"no answer within {dep.probe_timeout_ms} ms")
+        except Exception as exc:  # a probe must never take the monitor down
+            error = classify(exc)
+        return ProbeResult(round((time.monotonic() - started) * 1000), error)
+
+    async def _request(self, url: URL, headers: dict[str, str]) -> ProbeError | None:
+        async with self._client().get(url, headers=headers, allow_redirects=False) as resp:
+            if 200 <= resp.status < 300:
+                return None
+            body = await resp.content.read(_BODY_LIMIT)
+            return ProbeError(f"http_{resp.status}", _error_message(resp, body), resp.status)
+
+
+def _error_message(resp: aiohttp.ClientResponse, body: bytes) -> str:
+    """The runner's own `error.message` when it sent its JSON envelope."""
+    try:
+        data = orjson.loads(body)
+        message = data["error"]["message"]
+        if isinstance(message, str) and message:
+            return message[:500]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        pass
+    return f"HTTP {resp.status} {resp.reason or ''}".strip()
+
+
+def classify(exc: BaseException) -> ProbeError:
+    """One errorCode per way of failing."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return ProbeError("dns_failure", text)
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError
+                  | ssl.SSLError):
+        return ProbeError("tls_error", text)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if exc.os_error.errno == errno.ECONNREFUSED:
+            return ProbeError("connection_refused", text)
+        return ProbeError("connect_error", text)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return ProbeError("connection_reset", "the server closed the connection")
+    if isinstance(exc, ConnectionResetError) or (
+        isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE)
+    ):
+        return ProbeError("connection_reset", text)
+    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+        return ProbeError("bad_response", text)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return ProbeError("invalid_url", text)
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return ProbeError("network_error", text)
+    return ProbeError("unknown_error", text)

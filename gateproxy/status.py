@@ -1,0 +1,191 @@
+"""DependencyStatus: the pure state machine of one dependency, and its snapshot.
+
+No I/O and no clock of its own: the monitor passes the time in, so every rule
+(thresholds, backoff, exhaustion) is tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from gateproxy.backoff import retry_delay_ms
+from gateproxy.config import Dependency, redact_url
+
+
+class State(StrEnum):
+    UNKNOWN = "unknown"
+    UP = "up"
+    DOWN = "down"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeError:
+    code: str
+    message: str
+    status_code: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.status_code is not None:
+            out["statusCode"] = self.status_code
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    at: float
+    old: State
+    new: State
+    error: ProbeError | None
+    down_for_ms: int | None  # set when the dependency came back up after being down
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at": iso(self.at), "from": self.old.value, "to": self.new.value,
+                "error": self.error.as_dict() if self.error else None}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one probe result changed, and when to probe next (None: stop probing)."""
+
+    transition: Transition | None
+    next_delay_ms: int | None
+    exhausted: bool  # true only on the result that exhausted the retries
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+HISTORY = 50
+
+
+class DependencyStatus:
+    """Everything known about one dependency; only the monitor writes it."""
+
+    def __init__(self, dep: Dependency, rng: random.Random | None = None) -> None:
+        self.dep = dep
+        self.rng = rng or random.Random()
+        self.base_url = redact_url(dep.base_url)
+        self.state = State.UNKNOWN
+        self.since: float | None = None
+        self.last_checked_at: float | None = None
+        self.last_success_at: float | None = None
+        self.last_failure_at: float | None = None
+        self.last_duration_ms: int | None = None
+        self.last_error: ProbeError | None = None
+        self.next_retry_at: float | None = None
+        self.consecutive_failures = 0
+        self.consecutive_successes = 0
+        self.total_checks = 0
+        self.total_failures = 0
+        self.retries_exhausted = False
+        self.down_since: float | None = None
+        self.transitions: deque[Transition] = deque(maxlen=HISTORY)
+
+    @property
+    def is_up(self) -> bool:
+        return self.state is State.UP
+
+    def reconfigure(self, dep: Dependency) -> None:
+        """Take new settings (live reload); a reload restarts exhausted probing."""
+        self.dep = dep
+        self.base_url = redact_url(dep.base_url)
+        if self.retries_exhausted:
+            self.retries_exhausted = False
+            self.consecutive_failures = 0
+
+    def record_success(self, now: float, duration_ms: int) -> Outcome:
+        self._checked(now, duration_ms)
+        self.last_success_at = now
+        self.consecutive_failures = 0
+        self.consecutive_successes += 1
+        transition = None
+        if self.state is State.UNKNOWN or (
+            self.state is State.DOWN
+            and self.consecutive_successes >= self.dep.healthy_threshold
+        ):
+            transition = self._move(State.UP, now, None)
+        if self.state is State.UP:
+            self.last_error = None
+            delay = self.dep.probe_interval_ms
+        else:
+            # Confirming a recovery: probe again soon rather than after the backoff.
+            delay = self.dep.retry.base_delay_ms
+        self.next_retry_at = now + delay / 1000
+        return Outcome(transition, delay, False)
+
+    def record_failure(self, now: float, duration_ms: int, error: ProbeError) -> Outcome:
+        self._checked(now, duration_ms)
+        self.last_failure_at = now
+        self.last_error = error
+        self.total_failures += 1
+        self.consecutive_failures += 1
+        self.consecutive_successes = 0
+        transition = None
+        if self.state is State.UNKNOWN or (
+            self.state is State.UP
+            and self.consecutive_failures >= self.dep.unhealthy_threshold
+        ):
+            transition = self._move(State.DOWN, now, error)
+        max_retries = self.dep.retry.max_retries
+        if max_retries and self.consecutive_failures >= max_retries and not self.is_up:
+            self.retries_exhausted = True
+            self.next_retry_at = None
+            return Outcome(transition, None, True)
+        delay = retry_delay_ms(self.consecutive_failures, self.dep.retry, self.rng)
+        self.next_retry_at = now + delay / 1000
+        return Outcome(transition, delay, False)
+
+    def retry_after_s(self, now: float) -> int:
+        """Whole seconds until the next probe, at least 1 (the Retry-After header)."""
+        if self.next_retry_at is None:
+            if self.retries_exhausted:
+                return max(1, -(-self.dep.retry.max_delay_ms // 1000))
+            return 1
+        return max(1, -int((now - self.next_retry_at) // 1))
+
+    def _checked(self, now: float, duration_ms: int) -> None:
+        self.total_checks += 1
+        self.last_checked_at = now
+        self.last_duration_ms = duration_ms
+
+    def _move(self, new: State, now: float, error: ProbeError | None) -> Transition:
+        down_for_ms = None
+        if new is State.DOWN:
+            self.down_since = now
+        elif self.down_since is not None:
+            down_for_ms = round((now - self.down_since) * 1000)
+            self.down_since = None
+        transition = Transition(now, self.state, new, error, down_for_ms)
+        self.state = new
+        self.since = now
+        self.transitions.append(transition)
+        return transition
+
+    def snapshot(self) -> dict[str, Any]:
+        """The contract's camelCase view (section 6)."""
+        return {
+            "status": self.state.value,
+            "baseUrl": self.base_url,
+            "optional": self.dep.optional,
+            "since": iso(self.since),
+            "lastCheckedAt": iso(self.last_checked_at),
+            "lastSuccessAt": iso(self.last_success_at),
+            "lastFailureAt": iso(self.last_failure_at),
+            "lastDurationMs": self.last_duration_ms,
+            "lastError": self.last_error.as_dict() if self.last_error else None,
+            "nextRetryAt": iso(self.next_retry_at),
+            "consecutiveFailures": self.consecutive_failures,
+            "totalChecks": self.total_checks,
+            "totalFailures": self.total_failures,
+            "retriesExhausted": self.retries_exhausted,
+        }

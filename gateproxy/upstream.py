@@ -1,0 +1,119 @@
+"""The client that talks to the upstream, behind a small interface of its own.
+
+The proxy only sees `UpstreamClient.send()` and `UpstreamResponse`; aiohttp's
+ClientSession is one implementation and can be replaced by a leaner HTTP/1.1 client
+without touching the gate or the proxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+RawHeaders = tuple[tuple[bytes, bytes], ...]
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or did not answer in time."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code  # "upstream_unavailable" or "upstream_timeout"
+        self.message = message
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    reason: str
+    raw_headers: RawHeaders
+
+    def iter_chunks(self) -> AsyncIterator[bytes]:
+        """The body as the upstream sends it; raises UpstreamError when it breaks."""
+        ...
+
+    def release(self) -> None:
+        """Done with a fully read body: the connection may be reused."""
+
+    def close(self) -> None:
+        """Abandon the body: the connection is dropped."""
+
+
+class UpstreamClient(Protocol):
+    async def send(self, method: str, target: str, headers: CIMultiDict[str],
+                   body: aiohttp.StreamReader | None) -> UpstreamResponse: ...
+
+    async def close(self) -> None: ...
+
+
+class _AiohttpResponse:
+    __slots__ = ("_resp", "raw_headers", "reason", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status = resp.status
+        self.reason = resp.reason or ""
+        self.raw_headers = resp.raw_headers
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.content.iter_any():
+                yield chunk
+        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+            raise UpstreamError("upstream_timeout", "the upstream stalled mid-response") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError("upstream_unavailable", f"the upstream broke off: {exc}") from exc
+
+    def release(self) -> None:
+        self._resp.release()
+
+    def close(self) -> None:
+        self._resp.close()
+
+
+class AiohttpUpstream:
+    """One pooled keep-alive ClientSession; never follows redirects, never decompresses,
+    never stores cookies, adds no headers of its own."""
+
+    def __init__(self, base_url: str, connect_timeout_ms: int, read_timeout_ms: int) -> None:
+        self._base = base_url.rstrip("/")
+        self._read_timeout_ms = read_timeout_ms
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=10),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=connect_timeout_ms / 1000,
+                sock_read=read_timeout_ms / 1000 if read_timeout_ms else None,
+            ),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            requote_redirect_url=False,
+        )
+
+    async def send(self, method: str, target: str, headers: CIMultiDict[str],
+                   body: aiohttp.StreamReader | None) -> UpstreamResponse:
+        url = URL(self._base + target, encoded=True)
+        try:
+            resp = await self._session.request(
+                method, url, headers=headers, data=body, allow_redirects=False,
+                compress=None, chunked=None,
+            )
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise UpstreamError("upstream_unavailable",
+                                "the upstream did not accept a connection in time") from exc
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamError(
+                "upstream_timeout",
+                f"no response from the upstream within {self._read_timeout_ms} ms",
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError("upstream_unavailable", f"the upstream is unavailable: {exc}"
+                                ) from exc
+        return _AiohttpResponse(resp)
+
+    async def close(self) -> None:
+        await self._session.close()
