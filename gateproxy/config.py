@@ -441,13 +441,13 @@ def _build(
     f = _field
     listen, upstream, log, limits, cors = (
         tree["listen"], tree["upstream"], tree["log"], tree["limits"], tree["cors"])
-    port = _int(1, 65535)
+    port = _int(0, 65535)  # 0: any free port (tests, demos); the log says which
     ms = _int(0)
     positive_ms = _int(1)
     admin_port = None if tree["admin_port"] is None else port(
         loader, ("admin_port",), tree["admin_port"])
     listen_port = f(loader, listen, ("listen",), "port", port)
-    if admin_port is not None and admin_port == listen_port:
+    if admin_port is not None and admin_port and admin_port == listen_port:
         loader.problem(("admin_port",), f"must differ from listen.port ({listen_port})")
     origins = cors.get("allow_origins") if isinstance(cors, dict) else None
     if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):

@@ -1,0 +1,113 @@
+"""Shared fixtures: real stand-in servers and real gateways on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateproxy import config
+from gateproxy.app import Gateway
+from gateproxy.standins import StandIn, docker_runner, platform_server
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound and released), for 'connection refused'."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Recorder:
+    """A platform-server stand-in that records every request it receives."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+        self.app = platform_server()
+        self.app.middlewares.append(self._record)
+
+    @web.middleware
+    async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.seen.append((request.method, request.raw_path))
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        except web.HTTPNotFound:
+            return web.json_response({"echo": request.raw_path}, status=200)
+
+
+StartStandIn = Callable[[web.Application], Awaitable[StandIn]]
+
+
+@pytest.fixture
+async def start_standin() -> AsyncIterator[StartStandIn]:
+    started: list[StandIn] = []
+
+    async def start(app: web.Application, port: int = 0) -> StandIn:
+        standin = StandIn(app, port=port)
+        await standin.start()
+        started.append(standin)
+        return standin
+
+    yield start
+    for standin in started:
+        await standin.stop()
+
+
+@pytest.fixture
+async def runner(start_standin: StartStandIn) -> StandIn:
+    return await start_standin(docker_runner())
+
+
+@pytest.fixture
+async def recorder(start_standin: StartStandIn) -> tuple[Recorder, StandIn]:
+    rec = Recorder()
+    return rec, await start_standin(rec.app)
+
+
+def env_for(upstream: StandIn, runner_url: str, **extra: str) -> dict[str, str]:
+    env = {
+        "GATEPROXY_HOST": "127.0.0.1",
+        "GATEPROXY_PORT": "0",
+        "PLATFORM_SERVER_URL": upstream.url,
+        "DOCKER_RUNNER_BASE_URL": runner_url,
+        "DOCKER_RUNNER_CONNECT_RETRY_BASE_DELAY_MS": "50",
+        "DOCKER_RUNNER_CONNECT_RETRY_MAX_DELAY_MS": "200",
+        "DOCKER_RUNNER_CONNECT_RETRY_JITTER_MS": "0",
+        "DOCKER_RUNNER_CONNECT_PROBE_INTERVAL_MS": "200",
+        "DOCKER_RUNNER_CONNECT_PROBE_TIMEOUT_MS": "500",
+    }
+    env.update(extra)
+    return env
+
+
+MakeGateway = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def make_gateway() -> AsyncIterator[MakeGateway]:
+    """Start a real Gateway (port 0) from a config file and/or environment."""
+    gateways: list[Gateway] = []
+
+    async def make(env: dict[str, str], path: str | None = None) -> Gateway:
+        gateway = Gateway(config.load(path, env))
+        gateways.append(gateway)
+        await gateway.start()
+        return gateway
+
+    yield make
+    for gateway in gateways:
+        await gateway.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+def url(gateway: Gateway, path: str = "/") -> str:
+    return f"http://127.0.0.1:{gateway.port}{path}"

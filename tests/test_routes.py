@@ -1,0 +1,94 @@
+"""Canonical paths and prefix matching (contract section 5), as pure functions."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateproxy import routes
+from gateproxy.routes import BadPath, RouteTable, Rule
+
+TABLE: RouteTable[str] = RouteTable([
+    Rule("/api/containers", None, "runner"),
+    Rule("/test/workspaces", frozenset({"POST"}), "runner"),
+])
+
+
+def gated(target: str, method: str = "GET") -> bool:
+    path = routes.request_path(target)
+    return any(TABLE.match(method, r) for r in routes.readings(path))
+
+
+GATED_SPELLINGS = [
+    "/api/containers", "/api/containers/", "/api/containers/abc",
+    "/api/containers?x=1", "/api/containers#frag",
+    "/API/Containers", "/api/CONTAINERS/abc",
+    "//api/containers", "/api//containers", "/api/containers//abc",
+    "/./api/containers", "/api/./containers", "/x/../api/containers",
+    "/api/containers/abc/..", "/api/x/y/../../containers",
+    "/%2e/api/containers", "/x/%2E%2E/api/containers", "/x/%2e%2e/api/containers",
+    "/%61pi/containers", "/api/%63ontainers", "/api/c%6Fntainers", "/%41PI/%43ONTAINERS",
+    "/api%2Fcontainers", "/api%2fcontainers/abc", "/api\\containers", "/api%5Ccontainers",
+    "/api/containers;jsessionid=1", "/api;v=2/containers", "/api/containers;/abc",
+    "http://evil.example/api/containers", "HTTP://h:1/api//containers?q",
+    "/api/containers/11111111-2222-4333-8444-555555555555/terminal/ws?sessionId=x",
+    "/api/containers/%2e%2e/containers",
+]
+
+
+@pytest.mark.parametrize("target", GATED_SPELLINGS)
+def test_every_spelling_of_a_gated_path_is_gated(target: str) -> None:
+    assert gated(target), target
+
+
+@pytest.mark.parametrize("target", [
+    "/api/containersx", "/api/container", "/api", "/", "/api/threads",
+    "/api/containers%2Dx",  # an encoded '-' decodes to /api/containers-x: another route
+    "/api/containers%252fabc".replace("/api/containers", "/api/x"),
+    "*",
+])
+def test_other_paths_are_not_gated(target: str) -> None:
+    assert not gated(target), target
+
+
+def test_methods_restrict_a_rule() -> None:
+    assert gated("/test/workspaces", "POST")
+    assert not gated("/test/workspaces", "GET")
+    assert gated("/TEST/workspaces/", "POST")
+
+
+@pytest.mark.parametrize("target", [
+    "/api/containers\x00", "/api/con\ttainers", "/api/%00containers", "/a/%1fb", "/a%7f",
+    "/..", "/../api/containers", "/a/../../b", "/%2e%2e/x", "/a/..%2F..%2F..%2Fb",
+    "not-a-path",
+])
+def test_hostile_paths_are_bad_requests(target: str) -> None:
+    with pytest.raises(BadPath):
+        routes.readings(routes.request_path(target))
+
+
+@pytest.mark.parametrize("path", ["/api/Containers/%2e%2e/x", "/a%2fb/%41", "/A//b/./c/",
+                                  "/a;b/%252e", "/%7e/x", "/x/%C3%A9"])
+def test_canonical_form_is_idempotent(path: str) -> None:
+    once = routes.canonical(path)
+    assert routes.canonical(once) == once
+
+
+def test_nothing_is_decoded_twice() -> None:
+    assert routes.canonical("/api/%2563ontainers") == "/api/%2563ontainers"
+    assert not gated("/api/%2563ontainers")
+
+
+def test_origin_form_keeps_the_target_exactly() -> None:
+    assert routes.origin_form("/a//b/../c?x=%2F") == "/a//b/../c?x=%2F"
+    assert routes.origin_form("http://h:1/a/b?q=1") == "/a/b?q=1"
+    assert routes.origin_form("http://h:1?q=1") == "/?q=1"
+    assert routes.origin_form("http://h:1") == "/"
+
+
+def test_lookup_cost_does_not_depend_on_the_number_of_rules() -> None:
+    many: RouteTable[int] = RouteTable(Rule(f"/p{i}/x", None, i) for i in range(1000))
+    assert many.match("GET", "/p999/x/y") is not None
+    assert many.match("GET", "/p999") is None
+    assert many.match("GET", "/p1000/x") is None
+    root: RouteTable[int] = RouteTable([Rule("/", None, 0)])
+    assert root.match("GET", "/anything") is not None

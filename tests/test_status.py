@@ -1,0 +1,131 @@
+"""The dependency state machine, with a fake clock and seeded randomness: no sleeping."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from gateproxy import config
+from gateproxy.backoff import retry_delay_ms
+from gateproxy.status import DependencyStatus, ProbeError, State
+
+REFUSED = ProbeError("connection_refused", "refused")
+
+
+def dep(**changes: object) -> config.Dependency:
+    base = config.load(None, {}).dependencies[0]
+    retry = dataclasses.replace(base.retry, **{
+        k: v for k, v in changes.items() if k in ("base_delay_ms", "max_delay_ms",
+                                                 "jitter_ms", "max_retries")})
+    rest = {k: v for k, v in changes.items() if k not in dataclasses.asdict(base.retry)}
+    return dataclasses.replace(base, retry=retry, **rest)  # type: ignore[arg-type]
+
+
+def test_delay_sequence_without_jitter_doubles_up_to_the_cap() -> None:
+    status = DependencyStatus(dep(base_delay_ms=500, max_delay_ms=30000, jitter_ms=0))
+    delays = [status.record_failure(100.0 + i, 3, REFUSED).next_delay_ms for i in range(9)]
+    assert delays == [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+
+
+def test_jitter_is_uniform_in_the_closed_range_and_seeded() -> None:
+    retry = dep(base_delay_ms=500, max_delay_ms=30000, jitter_ms=250).retry
+    draws = [retry_delay_ms(1, retry, random.Random(seed)) for seed in range(400)]
+    assert min(draws) == 500 and max(draws) == 750
+    assert len(set(draws)) > 100
+    again = [retry_delay_ms(1, retry, random.Random(seed)) for seed in range(400)]
+    assert draws == again
+
+
+def test_huge_failure_counts_do_not_overflow() -> None:
+    retry = dep(base_delay_ms=500, max_delay_ms=30000, jitter_ms=0).retry
+    assert retry_delay_ms(10_000, retry, random.Random(1)) == 30000
+
+
+def test_unknown_then_first_result_decides() -> None:
+    up = DependencyStatus(dep(healthy_threshold=3))
+    assert up.state is State.UNKNOWN
+    outcome = up.record_success(10.0, 5)
+    assert up.state is State.UP and outcome.transition is not None
+    assert outcome.next_delay_ms == up.dep.probe_interval_ms
+    down = DependencyStatus(dep(unhealthy_threshold=3))
+    down.record_failure(10.0, 5, REFUSED)
+    assert down.state is State.DOWN
+
+
+def test_thresholds_damp_flapping() -> None:
+    status = DependencyStatus(dep(healthy_threshold=2, unhealthy_threshold=3, jitter_ms=0))
+    status.record_success(0.0, 1)
+    assert status.state is State.UP
+    status.record_failure(1.0, 1, REFUSED)
+    status.record_failure(2.0, 1, REFUSED)
+    assert status.state is State.UP, "two failures are below the threshold of three"
+    status.record_success(3.0, 1)
+    status.record_failure(4.0, 1, REFUSED)
+    status.record_failure(5.0, 1, REFUSED)
+    assert status.state is State.UP, "a success in between resets the count"
+    outcome = status.record_failure(6.0, 1, REFUSED)
+    assert status.state is State.DOWN and outcome.transition is not None
+    status.record_success(7.0, 1)
+    assert status.state is State.DOWN, "one success is below the threshold of two"
+    status.record_failure(8.0, 1, REFUSED)
+    status.record_success(9.0, 1)
+    assert status.state is State.DOWN, "a failure in between resets the count"
+    outcome = status.record_success(10.0, 1)
+    assert status.state is State.UP
+    assert outcome.transition is not None and outcome.transition.down_for_ms == 4000
+
+
+def test_max_retries_exhausts_once_and_stops_scheduling() -> None:
+    status = DependencyStatus(dep(max_retries=2, jitter_ms=0))
+    first = status.record_failure(0.0, 1, REFUSED)
+    assert first.next_delay_ms == 500 and not first.exhausted
+    second = status.record_failure(0.5, 1, REFUSED)
+    assert second.exhausted and second.next_delay_ms is None
+    assert status.retries_exhausted and status.next_retry_at is None
+    assert status.consecutive_failures == 2
+    assert status.retry_after_s(1.0) == 30
+    status.reconfigure(status.dep)
+    assert not status.retries_exhausted and status.consecutive_failures == 0
+
+
+def test_snapshot_has_the_contract_fields_in_camel_case() -> None:
+    status = DependencyStatus(dep(base_url="http://user:pw@runner:7071", jitter_ms=0))
+    status.record_failure(1_700_000_000.0, 12, ProbeError("http_503", "no docker", 503))
+    snap = status.snapshot()
+    assert snap == {
+        "status": "down",
+        "baseUrl": "http://runner:7071",
+        "optional": True,
+        "since": "2023-11-14T22:13:20.000Z",
+        "lastCheckedAt": "2023-11-14T22:13:20.000Z",
+        "lastSuccessAt": None,
+        "lastFailureAt": "2023-11-14T22:13:20.000Z",
+        "lastDurationMs": 12,
+        "lastError": {"code": "http_503", "message": "no docker", "statusCode": 503},
+        "nextRetryAt": "2023-11-14T22:13:20.500Z",
+        "consecutiveFailures": 1,
+        "totalChecks": 1,
+        "totalFailures": 1,
+        "retriesExhausted": False,
+    }
+    status.record_success(1_700_000_001.0, 3)
+    assert status.snapshot()["lastError"] is None
+    assert status.snapshot()["consecutiveFailures"] == 0
+
+
+@pytest.mark.parametrize(("now", "expected"), [(0.0, 2), (1.2, 1), (1.9, 1), (5.0, 1)])
+def test_retry_after_is_whole_seconds_until_the_next_probe(now: float, expected: int) -> None:
+    status = DependencyStatus(dep(base_delay_ms=1500, jitter_ms=0))
+    status.record_failure(0.0, 1, REFUSED)
+    assert status.retry_after_s(now) == expected
+
+
+def test_transitions_keep_the_last_fifty() -> None:
+    status = DependencyStatus(dep(jitter_ms=0))
+    for i in range(60):
+        status.record_success(float(2 * i), 1)
+        status.record_failure(float(2 * i + 1), 1, REFUSED)
+    assert len(status.transitions) == 50
+    assert status.transitions[-1].new is State.DOWN
