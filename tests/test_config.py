@@ -102,7 +102,8 @@ dependencies:
     ("", {"DOCKER_RUNNER_OPTIONAL": "maybe"},
      "env DOCKER_RUNNER_OPTIONAL: dependencies[0].optional: must be a boolean"),
     ("dependencies:\n  - {name: docker-runner, base_url: 'http://r',"
-     " retry: {base_delay_ms: -5}}\n", {}, "{path}: dependencies[0].retry.base_delay_ms: must be at least 1, got -5"),
+     " retry: {base_delay_ms: -5}}\n", {},
+     "{path}: dependencies[0].retry.base_delay_ms: must be at least 1, got -5"),
     ("", {"DOCKER_RUNNER_CONNECT_RETRY_JITTER_MS": "-1"},
      "env DOCKER_RUNNER_CONNECT_RETRY_JITTER_MS: dependencies[0].retry.jitter_ms: "
      "must be at least 0"),
@@ -111,7 +112,8 @@ dependencies:
     ("upstream: {url: 'unix:///tmp/sock'}\n", {},
      "{path}: upstream.url: must be an http:// or https:// URL"),
     ("", {"GATEPROXY_PORT": "eighty"}, "env GATEPROXY_PORT: listen.port: must be a whole number"),
-    ("", {"GATEPROXY_PORT": "70000"}, "env GATEPROXY_PORT: listen.port: must be between 0 and 65535"),
+    ("", {"GATEPROXY_PORT": "70000"},
+     "env GATEPROXY_PORT: listen.port: must be between 0 and 65535"),
     ("log: {format: xml}\n", {}, "{path}: log.format: must be one of json, text"),
     ("admin_port: 8080\n", {}, "{path}: admin_port: must differ from listen.port"),
     ("dependencies:\n  - {name: docker-runner, base_url: 'http://r', gated_routes: [api]}\n", {},
