@@ -17,7 +17,7 @@ demo: setup
 	$(BIN)/gateproxy demo
 
 lint: setup
-	$(BIN)/ruff check gateproxy tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 test: lint
