@@ -66,9 +66,10 @@ WORKDIR /tmp
 EXPOSE 8080 9901
 
 # No curl in a slim image: Python is already there. Any non-2xx answer, refused connection
-# or timeout makes urlopen raise, hence a non-zero exit.
+# or timeout makes open() raise, hence a non-zero exit. ProxyHandler({}) ignores any
+# HTTP_PROXY in the environment: the check is always local.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['GATEPROXY_HEALTHCHECK_URL'], timeout=2)"]
+    CMD ["python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(os.environ['GATEPROXY_HEALTHCHECK_URL'], timeout=2)"]
 
 # Exec form: gateproxy is PID 1 and receives SIGTERM itself; it handles SIGTERM and SIGINT
 # (drain, then exit 0) and starts no child processes, so no init is needed.
