@@ -1,11 +1,13 @@
 """Forwarding: one request to the upstream and its answer back, streamed both ways.
 
-Headers change only as the README documents: hop-by-hop headers (and those named in
+Headers change only as docs/headers.md lists: hop-by-hop headers (and those named in
 `Connection`) are dropped both ways, `X-Forwarded-*` and `Via` are added. Bodies are
 never buffered, decompressed or re-encoded.
 """
 
 from __future__ import annotations
+
+import functools
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
@@ -25,18 +27,40 @@ VIA = "1.1 gateproxy"
 def _dropped(connection: str | None) -> frozenset[str]:
     if not connection:
         return HOP_BY_HOP
+    return _dropped_by(connection)
+
+
+@functools.lru_cache(maxsize=256)
+def _dropped_by(connection: str) -> frozenset[str]:
+    # Cached: nearly every client sends one of a handful of values (`keep-alive`).
     return HOP_BY_HOP | {t.strip().lower() for t in connection.split(",")}
 
 
-def request_headers(request: web.BaseRequest) -> CIMultiDict[str]:
+def header_text(raw: bytes) -> str:
+    """A header name or value as aiohttp's writers will re-encode it (UTF-8). Bytes that
+    are not UTF-8 cannot survive that; they travel as their Latin-1 reading."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def request_headers(request: web.BaseRequest,
+                    extra_drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
     """The headers to send upstream. Hop-by-hop ones go first, so that a client cannot
     remove our X-Forwarded-* by naming them in `Connection`."""
     drop = _dropped(request.headers.get(hdrs.CONNECTION))
+    if extra_drop:
+        drop = drop | extra_drop
     out: CIMultiDict[str] = CIMultiDict()
+    # aiohttp's client keeps only the last of the values of a name spelled in several
+    # cases (`X-A: 1`, `x-a: 2`); one spelling per name keeps them all.
+    spelling: dict[str, str] = {}
     for name, value in request.raw_headers:
-        key = name.decode("latin-1")
-        if key.lower() not in drop:
-            out.add(key, value.decode("latin-1"))
+        key = header_text(name)
+        lowered = key.lower()
+        if lowered not in drop:
+            out.add(spelling.setdefault(lowered, key), header_text(value))
     peer = request.remote or ""
     previous = out.getall("X-Forwarded-For", None)
     if previous:
@@ -49,26 +73,33 @@ def request_headers(request: web.BaseRequest) -> CIMultiDict[str]:
             request.transport.get_extra_info("sslcontext") else "http"
     if "X-Forwarded-Host" not in out and "Host" in out:
         out["X-Forwarded-Host"] = out["Host"]
-    _add_via(out)
+    add_via(out)
     return out
 
 
-def response_headers(raw: RawHeaders) -> CIMultiDict[str]:
+def response_headers(raw: RawHeaders,
+                     extra_drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
     connection = None
     for name, value in raw:
         if name.lower() == b"connection":
             connection = value.decode("latin-1")
     drop = _dropped(connection)
+    if extra_drop:
+        drop = drop | extra_drop
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in raw:
-        key = name.decode("latin-1")
-        if key.lower() not in drop:
-            out.add(key, value.decode("latin-1"))
-    _add_via(out)
+        key = header_text(name)
+        lowered = key.lower()
+        if lowered not in drop:
+            out.add(key, header_text(value))
+        elif lowered == "transfer-encoding":
+            # Its place: aiohttp writes its own framing header there, or nothing.
+            out.add(key, "chunked")
+    add_via(out)
     return out
 
 
-def _add_via(headers: CIMultiDict[str]) -> None:
+def add_via(headers: CIMultiDict[str]) -> None:
     via = headers.getall("Via", None)
     if via:
         del headers["Via"]
@@ -83,8 +114,32 @@ def error_response(error: UpstreamError) -> web.Response:
                         content_type=JSON)
 
 
-def _has_body(request: web.BaseRequest) -> bool:
-    return request.body_exists
+def strip_server_defaults(headers: CIMultiDict[str], had_server: bool,
+                          had_type: bool) -> None:
+    """Undo what aiohttp's server adds on its own: a `Server` naming aiohttp and an
+    `application/octet-stream` Content-Type the upstream never claimed. (`Date` stays:
+    RFC 9110 section 6.6.1 asks a forwarding recipient to add one when it is missing.)"""
+    if not had_server:
+        headers.popall(hdrs.SERVER, None)
+    if not had_type:
+        headers.popall(hdrs.CONTENT_TYPE, None)
+
+
+class RelayedResponse(web.StreamResponse):
+    """A response that carries the upstream's headers and nothing aiohttp invents."""
+
+    async def _prepare_headers(self) -> None:
+        headers = self._headers
+        had_server = hdrs.SERVER in headers
+        had_type = hdrs.CONTENT_TYPE in headers
+        placeholder = hdrs.TRANSFER_ENCODING in headers
+        await super()._prepare_headers()
+        if not (had_server and had_type):
+            strip_server_defaults(headers, had_server, had_type)
+        if placeholder:
+            writer = self._payload_writer
+            if writer is None or not writer.chunked:  # type: ignore[attr-defined]
+                headers.popall(hdrs.TRANSFER_ENCODING, None)
 
 
 class Forwarder:
@@ -94,31 +149,35 @@ class Forwarder:
         self.client = client
 
     async def forward(self, request: web.BaseRequest, target: str) -> web.StreamResponse:
-        body = request.content if _has_body(request) else None
+        body = request.content if request.body_exists else None
         try:
             upstream = await self.client.send(request.method, target,
                                               request_headers(request), body)
         except UpstreamError as exc:
             return error_response(exc)
         try:
-            return await self._relay(request, upstream)
+            return await relay(request, upstream)
         finally:
+            # After a complete body aiohttp has already pooled the connection and this
+            # is a no-op; after a broken or abandoned one it drops the connection.
             upstream.close()
 
-    async def _relay(self, request: web.BaseRequest,
-                     upstream: UpstreamResponse) -> web.StreamResponse:
-        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                  headers=response_headers(upstream.raw_headers))
-        try:
-            await resp.prepare(request)
-            async for chunk in upstream.iter_chunks():
-                await resp.write(chunk)
-            await resp.write_eof()
-        except UpstreamError:
-            # The status line is out: the only honest signal left is an unclean end,
-            # never a terminating chunk that would make a cut body look complete.
-            if request.transport is not None:
-                request.transport.abort()
-        except ConnectionError:
-            pass  # the client went away; closing the upstream response is all there is
-        return resp
+
+async def relay(request: web.BaseRequest, upstream: UpstreamResponse,
+                extra_drop: frozenset[str] = frozenset()) -> web.StreamResponse:
+    """Stream `upstream` to the client: its status, reason, headers and body bytes."""
+    resp = RelayedResponse(status=upstream.status, reason=upstream.reason,
+                           _real_headers=response_headers(upstream.raw_headers, extra_drop))
+    try:
+        await resp.prepare(request)
+        async for chunk in upstream.iter_chunks():
+            await resp.write(chunk)
+        await resp.write_eof()
+    except UpstreamError:
+        # The status line is out: the only honest signal left is an unclean end,
+        # never a terminating chunk that would make a cut body look complete.
+        if request.transport is not None:
+            request.transport.abort()
+    except ConnectionError:
+        pass  # the client went away; closing the upstream response is all there is
+    return resp

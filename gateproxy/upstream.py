@@ -8,7 +8,7 @@ without touching the gate or the proxy.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import aiohttp
 from multidict import CIMultiDict
@@ -24,6 +24,19 @@ class UpstreamError(Exception):
         super().__init__(message)
         self.code = code  # "upstream_unavailable" or "upstream_timeout"
         self.message = message
+
+
+class HandshakeRefused(Exception):
+    """The upstream answered a WebSocket handshake with something other than 101."""
+
+    def __init__(self, status: int, reason: str, headers: RawHeaders) -> None:
+        super().__init__(f"the upstream refused the WebSocket handshake with {status}")
+        self.status = status
+        self.reason = reason
+        self.raw_headers = headers
+
+
+UpstreamWebSocket = aiohttp.ClientWebSocketResponse[Literal[False]]
 
 
 class UpstreamResponse(Protocol):
@@ -49,6 +62,18 @@ class UpstreamClient(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class WebSocketUpstream(Protocol):
+    """An upstream client that can also open WebSockets (a separate interface, so that
+    wrappers of UpstreamClient need not implement it)."""
+
+    async def open_websocket(self, target: str, headers: CIMultiDict[str],
+                             protocols: tuple[str, ...], compress: bool,
+                             max_msg_size: int) -> UpstreamWebSocket:
+        """Open a WebSocket upstream; raises HandshakeRefused or UpstreamError."""
+        ...
+
+
 class _AiohttpResponse:
     __slots__ = ("_resp", "raw_headers", "reason", "status")
 
@@ -72,6 +97,11 @@ class _AiohttpResponse:
 
     def close(self) -> None:
         self._resp.close()
+
+
+# An open WebSocket has no read deadline (idle terminals are normal); closing handshakes
+# get a few seconds before the connection is dropped.
+_WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0)
 
 
 class AiohttpUpstream:
@@ -114,6 +144,36 @@ class AiohttpUpstream:
             raise UpstreamError("upstream_unavailable", f"the upstream is unavailable: {exc}"
                                 ) from exc
         return _AiohttpResponse(resp)
+
+    async def open_websocket(self, target: str, headers: CIMultiDict[str],
+                             protocols: tuple[str, ...], compress: bool,
+                             max_msg_size: int) -> UpstreamWebSocket:
+        url = URL(self._base + target, encoded=True)
+        try:
+            return await self._session.ws_connect(
+                url, protocols=protocols, headers=headers, autoclose=False,
+                autoping=False, compress=15 if compress else 0, max_msg_size=max_msg_size,
+                decode_text=False, timeout=_WS_TIMEOUT,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            # aiohttp has already dropped the refusal's body; status and headers remain.
+            # aiohttp decoded them as UTF-8 with surrogateescape: this is the inverse.
+            raw = tuple((k.encode("utf-8", "surrogateescape"),
+                         v.encode("utf-8", "surrogateescape"))
+                        for k, v in (exc.headers or {}).items())
+            # The reason phrase is gone as well: aiohttp's message is its own.
+            raise HandshakeRefused(exc.status, "", raw) from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise UpstreamError("upstream_unavailable",
+                                "the upstream did not accept a connection in time") from exc
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamError(
+                "upstream_timeout",
+                f"no response from the upstream within {self._read_timeout_ms} ms",
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError("upstream_unavailable", f"the upstream is unavailable: {exc}"
+                                ) from exc
 
     async def close(self) -> None:
         await self._session.close()
