@@ -10,22 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
+from collections.abc import Callable
 
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 
-from gateproxy import admin, health, routes
+from gateproxy import accesslog, admin, fastpath, health, limits, routes, websocket
 from gateproxy.config import Config, Dependency
+from gateproxy.fastclient import FastUpstream
 from gateproxy.gate import Gate, Guard, bad_request, error_body
 from gateproxy.logs import log
+from gateproxy.metrics import Metrics
 from gateproxy.monitor import Monitor
 from gateproxy.probe import Prober
 from gateproxy.proxy import Forwarder
+from gateproxy.reload import ConfigVersion
 from gateproxy.routes import BadPath
 from gateproxy.status import DependencyStatus, State
 from gateproxy.upstream import AiohttpUpstream, UpstreamClient
+from gateproxy.websocket import WebSocketRelay
 
 
 class StartupError(Exception):
@@ -38,21 +44,25 @@ class Gateway:
 
     def __init__(self, config: Config, upstream: UpstreamClient | None = None) -> None:
         self.config = config
+        self.config_version = ConfigVersion.of(config, 1)
+        self.metrics = Metrics(self.statuses, lambda: self.websockets.open_count)
         self.prober = Prober()
-        self.upstream = upstream or AiohttpUpstream(
+        client = FastUpstream if config.upstream.client == "fast" else AiohttpUpstream
+        self.upstream = upstream or client(
             config.upstream.url, config.upstream.connect_timeout_ms,
             config.upstream.read_timeout_ms)
-        self.forwarder = Forwarder(self.upstream)
-        self.guards = tuple(self._guard(dep) for dep in config.dependencies)
+        self.forwarder = Forwarder(self.metrics.timed(self.upstream))
+        self.websockets = WebSocketRelay(self.upstream)
+        self.guards = tuple(self.make_guard(dep) for dep in config.dependencies)
         self.gate = Gate(self.guards, config.cors.allow_origins)
         self.draining = False
         self.started_at = time.time()
         self._runners: list[web.AppRunner] = []
         self._stopping: asyncio.Event | None = None
 
-    def _guard(self, dep: Dependency) -> Guard:
+    def make_guard(self, dep: Dependency) -> Guard:
         status = DependencyStatus(dep)
-        return Guard(status, Monitor(status, self.prober),
+        return Guard(status, Monitor(status, self.prober, on_result=self.metrics.observe_probe),
                      error_body(dep.not_ready.code, dep.not_ready.message))
 
     def statuses(self) -> list[DependencyStatus]:
@@ -61,16 +71,23 @@ class Gateway:
     # --- the applications -------------------------------------------------------------
 
     def main_app(self) -> web.Application:
-        app = web.Application(handler_args={"max_field_size": 16384})
+        # auto_decompress off: a gzip request body is forwarded as sent, not inflated
+        # under its Content-Encoding and Content-Length.
+        app = web.Application(handler_args={"max_field_size": 16384,
+                                            "auto_decompress": False})
         if self.config.admin_port is None:
-            app.add_routes(admin.routes(self, self.config.admin_prefix))
-        app.router.add_route("GET", self.config.health_path, self._health)
-        app.router.add_route("*", "/{tail:.*}", self._proxy, expect_handler=self._expect)
+            admin.install(app, self)
+        app.router.add_get(self.config.health_path, self._health)  # HEAD too
+        # `[\s\S]`, not `.`: aiohttp matches the decoded path, and `.` stops at a `%0A`,
+        # which would get aiohttp's own 404 instead of the gate's 400.
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._proxy,
+                             expect_handler=self._expect)
+        app.on_shutdown.append(self.websockets.on_shutdown)
         return app
 
     def admin_app(self) -> web.Application:
         app = web.Application()
-        app.add_routes(admin.routes(self, self.config.admin_prefix))
+        admin.install(app, self)
         return app
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
@@ -97,13 +114,28 @@ class Gateway:
             guard = rule.target
         else:
             guard.monitor.request_recheck()
+        self.metrics.count_gated(guard.status.dep.name, rule.prefix)
+        request[accesslog.OUTCOME] = accesslog.GATED
         return gate.reject(guard, request.headers.get(hdrs.ORIGIN))
 
     async def _proxy(self, request: web.Request) -> web.StreamResponse:
         answer = await self._judge(request)
         if answer is not None:
             return answer
-        return await self.forwarder.forward(request, routes.origin_form(request.raw_path))
+        # After the gate (a gated path gets its 503 whatever else is wrong), before the
+        # upstream: what aiohttp's parser accepts but would make the two of us disagree.
+        answer = limits.request_problem(request)
+        if answer is not None:
+            return answer
+        target = routes.origin_form(request.raw_path)
+        request[accesslog.OUTCOME] = accesslog.FORWARDED
+        if request.headers.get(hdrs.UPGRADE) is not None and websocket.is_upgrade(request):
+            # Not a forwarded request in the metrics: a session usually ends with the
+            # client hanging up, which cancels this handler (the gauge counts sessions).
+            return await self.websockets.relay(request, target)
+        response = await self.forwarder.forward(request, target)
+        self.metrics.count_forwarded(request.method, response.status)
+        return response
 
     async def _expect(self, request: web.Request) -> web.StreamResponse | None:
         """Answer a gated `Expect: 100-continue` before the client sends its body."""
@@ -133,7 +165,8 @@ class Gateway:
                         f"({error.code if error else 'unknown'}: "
                         f"{error.message if error else ''})")
         cfg = self.config
-        await self._listen(self.main_app(), cfg.listen.host, cfg.listen.port)
+        await self._listen(self.main_app(), cfg.listen.host, cfg.listen.port,
+                           fastpath.FastPath(self))
         if cfg.admin_port is not None:
             await self._listen(self.admin_app(), cfg.listen.host, cfg.admin_port)
         for guard in self.guards:
@@ -142,12 +175,24 @@ class Gateway:
                  adminPort=self.admin_port, upstream=cfg.upstream.url,
                  dependencies=[g.status.dep.name for g in self.guards])
 
-    async def _listen(self, app: web.Application, host: str, port: int) -> None:
+    async def _listen(self, app: web.Application, host: str, port: int,
+                      fast: fastpath.FastPath | None = None) -> None:
         runner = web.AppRunner(
-            app, handle_signals=False, access_log=None, handler_cancellation=True,
-            shutdown_timeout=self.config.shutdown_grace_ms / 1000)
+            app, handle_signals=False, handler_cancellation=True,
+            shutdown_timeout=self.config.shutdown_grace_ms / 1000,
+            **accesslog.runner_options(lambda: self.config.log.access))
         await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        # aiohttp has no request-head timeout and no connection cap: LimitedSite adds both
+        # (and a body timeout, with the same allowance as the head).
+        limits_cfg = self.config.limits
+        # With `fast`, the gate's 503s and plain GETs skip aiohttp's per-request machinery.
+        site_class: Callable[..., limits.LimitedSite] = (
+            limits.LimitedSite if fast is None
+            else functools.partial(fastpath.FastPathSite, fast=fast))
+        site = site_class(
+            runner, host, port, backlog=1024, max_connections=limits_cfg.max_connections,
+            head_timeout_s=limits_cfg.header_timeout_ms / 1000,
+            body_timeout_s=limits_cfg.header_timeout_ms / 1000)
         try:
             await site.start()
         except OSError as exc:

@@ -18,6 +18,7 @@ import yaml
 from gateproxy import __version__, config, logs
 from gateproxy.app import Gateway, StartupError
 from gateproxy.logs import log
+from gateproxy.reload import Reloader
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,7 +90,8 @@ async def _serve(cfg: config.Config) -> int:
         log.error("startup_failed", message=str(exc))
         await gateway.stop()
         return 1
-    await gateway.serve_until_signalled()
+    async with Reloader(gateway).running():
+        await gateway.serve_until_signalled()
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
         "connect_timeout_ms": 5000,
         "read_timeout_ms": 300000,
         "health_timeout_ms": 2000,
+        "client": "fast",
     },
     "health_path": "/health",
     "admin_prefix": "/_gateproxy",
@@ -103,6 +105,7 @@ class Upstream:
     connect_timeout_ms: int
     read_timeout_ms: int
     health_timeout_ms: int
+    client: Literal["fast", "aiohttp"]  # see gateproxy/fastclient.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +240,8 @@ class _Loader:
             for key, value in over.items():
                 if not isinstance(key, str) or key not in schema:
                     known = ", ".join(sorted(schema))
-                    self.problem((*path, str(key)), f"unknown key (known keys: {known})", source)
+                    self.problem((*path, _key_text(key)), f"unknown key (known keys: {known})",
+                                 source)
                     continue
                 merged[key] = self.merge(merged.get(key), value, (*path, key), source, schema[key])
             return merged
@@ -245,6 +249,10 @@ class _Loader:
             if not isinstance(over, list):
                 self.problem(path, f"must be a list, got {_kind(over)}", source)
                 return base
+            # The list replaces the one before it, and the origins of its entries go too:
+            # a problem in this list is this source's, not the defaults'.
+            for key in [k for k in self.origins if k[:1] == path]:
+                del self.origins[key]
             self.origins[path] = source
             return [
                 self.merge(copy.deepcopy(DEFAULT_DEPENDENCY), item, (*path, i), source,
@@ -308,6 +316,12 @@ def _read_yaml(path: str, loader: _Loader) -> Any:
     except RecursionError:
         loader.problem((), "is not valid YAML: nested too deeply", path)
         return None
+    except Exception as exc:
+        # PyYAML's constructors raise ValueError, AttributeError... for values its
+        # resolvers accepted (`2001-13-45`, `0x_`, `!!int x`, 5000 digits).
+        what = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        loader.problem((), f"is not valid YAML: {what}", path)
+        return None
     if document is None:
         return {}
     if not isinstance(document, dict):
@@ -339,25 +353,62 @@ def _apply_env(tree: dict[str, Any], env: Mapping[str, str], loader: _Loader) ->
                 loader.origins[("dependencies", i, *path)] = f"env {name}"
 
 
+class _ShortRepr(reprlib.Repr):
+    """repr() for problem messages: bounded in size and time whatever the document holds
+    (YAML aliases can make a list of billions of items out of a few lines), and safe for
+    integers past the 4300 digits Python refuses to print."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxstring = self.maxother = 80
+        self.maxlevel, self.maxlist, self.maxdict = 3, 5, 5
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 128:
+            return f"<a {x.bit_length()}-bit number>"
+        return repr(x)
+
+
+_show = _ShortRepr().repr
+
+
+def _key_text(key: Any) -> str:
+    """A YAML key as it goes into a problem line: as written when it is plain text,
+    quoted otherwise, so that a key holding a newline cannot break the one-line format."""
+    if isinstance(key, str) and key and key.isprintable() and key.strip() == key and (
+            ": " not in key):
+        return key
+    return _show(key)
+
+
 # --- typed readers: each returns the value or None after recording a problem -------------
 
 Reader = Callable[[_Loader, Path, Any], Any]
 
 
+# No setting goes past this (in ms, some 31 000 years): a larger number is a typo, and one
+# past 2**1024 would not even convert to a float.
+_INT_CEILING = 10**15
+
+
 def _int(minimum: int, maximum: int | None = None) -> Reader:
+    ceiling = _INT_CEILING if maximum is None else maximum
+
     def read(loader: _Loader, path: Path, value: Any) -> int | None:
         number: int | None = None
         if isinstance(value, int) and not isinstance(value, bool):
             number = value
         elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-            number = int(value)
+            # int() refuses strings past 4300 digits: anything past 18 is out of range.
+            digits = len(value.strip().lstrip("+-"))
+            number = int(value) if digits <= 18 else (-1 if "-" in value else 1) * 10**18
         if number is None:
-            loader.problem(path, f"must be a whole number, got {value!r}")
+            loader.problem(path, f"must be a whole number, got {_show(value)}")
             return None
-        if number < minimum or (maximum is not None and number > maximum):
-            bound = f"between {minimum} and {maximum}" if maximum is not None else (
-                f"at least {minimum}")
-            loader.problem(path, f"must be {bound}, got {number}")
+        if number < minimum or number > ceiling:
+            bound = (f"between {minimum} and {maximum}" if maximum is not None
+                     else f"at least {minimum}" if number < minimum else f"at most {ceiling}")
+            loader.problem(path, f"must be {bound}, got {_show(value)}")
             return None
         return number
 
@@ -372,14 +423,14 @@ def _bool(loader: _Loader, path: Path, value: Any) -> bool | None:
         return True
     if text in _FALSE:
         return False
-    loader.problem(path, f"must be a boolean (true/false/1/0/yes/no), got {value!r}")
+    loader.problem(path, f"must be a boolean (true/false/1/0/yes/no), got {_show(value)}")
     return None
 
 
 def _str(loader: _Loader, path: Path, value: Any) -> str | None:
     if isinstance(value, str) and value.strip():
         return value.strip()
-    loader.problem(path, f"must be a non-empty string, got {value!r}")
+    loader.problem(path, f"must be a non-empty string, got {_show(value)}")
     return None
 
 
@@ -390,13 +441,14 @@ def _http_url(loader: _Loader, path: Path, value: Any) -> str | None:
     try:
         url = URL(text)
     except ValueError as exc:
-        loader.problem(path, f"is not a valid URL ({exc}): {redact_url(text)!r}")
+        loader.problem(path, f"is not a valid URL ({exc}): {_show(redact_url(text))}")
         return None
     if url.scheme not in ("http", "https"):
-        loader.problem(path, f"must be an http:// or https:// URL, got {redact_url(text)!r}")
+        loader.problem(path,
+                       f"must be an http:// or https:// URL, got {_show(redact_url(text))}")
         return None
     if not url.host:
-        loader.problem(path, f"has no host: {redact_url(text)!r}")
+        loader.problem(path, f"has no host: {_show(redact_url(text))}")
         return None
     if url.query_string or url.fragment:
         loader.problem(path, "must not have a query or fragment")
@@ -411,7 +463,7 @@ def _abs_path(loader: _Loader, path: Path, value: Any) -> str | None:
     if not text.startswith("/") or any(c in text for c in " #\\") or any(
         ord(c) < 0x20 or ord(c) == 0x7F for c in text
     ):
-        loader.problem(path, f"must be a path starting with '/', got {text!r}")
+        loader.problem(path, f"must be a path starting with '/', got {_show(text)}")
         return None
     return text
 
@@ -424,7 +476,7 @@ def _choice(*choices: str, upper: bool = False) -> Reader:
         elif text is not None:
             text = text.lower()
         if text not in choices:
-            loader.problem(path, f"must be one of {', '.join(choices)}, got {value!r}")
+            loader.problem(path, f"must be one of {', '.join(choices)}, got {_show(value)}")
             return None
         return text
 
@@ -472,6 +524,7 @@ def _build(
             read_timeout_ms=f(loader, upstream, ("upstream",), "read_timeout_ms", ms),
             health_timeout_ms=f(loader, upstream, ("upstream",), "health_timeout_ms",
                                 positive_ms),
+            client=f(loader, upstream, ("upstream",), "client", _choice("fast", "aiohttp")),
         ),
         health_path=(health_path or "/").rstrip("/") or "/",
         admin_prefix=(admin_prefix or "").rstrip("/"),
@@ -505,7 +558,8 @@ def _dependency(loader: _Loader, dep: Any, i: int, secret: str | None) -> Depend
     before = len(loader.problems)
     name = f(loader, dep, path, "name", _str)
     if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        loader.problem((*path, "name"), f"must be letters, digits, '-', '_' or '.', got {name!r}")
+        loader.problem((*path, "name"),
+                       f"must be letters, digits, '-', '_' or '.', got {_show(name)}")
     health_key = dep.get("health_key") or (camel_case(name) if name else None)
     retry_node = dep.get("retry")
     retry_path = (*path, "retry")
@@ -558,7 +612,7 @@ def _gated_routes(loader: _Loader, value: Any, path: Path) -> tuple[GatedRoute, 
         methods: frozenset[str] | None = None
         if isinstance(item, dict):
             unknown = set(item) - {"prefix", "methods"}
-            for key in sorted(map(str, unknown)):
+            for key in sorted(map(_key_text, unknown)):
                 loader.problem((*item_path, key), "unknown key (known keys: methods, prefix)")
             prefix = _abs_path(loader, (*item_path, "prefix"), item.get("prefix"))
             raw_methods = item.get("methods")
@@ -584,7 +638,7 @@ def _methods(loader: _Loader, value: Any, path: Path) -> frozenset[str] | None:
     methods = set()
     for m in value:
         if not isinstance(m, str) or m.upper() not in HTTP_METHODS:
-            loader.problem(path, f"{m!r} is not an HTTP method")
+            loader.problem(path, f"{_show(m)} is not an HTTP method")
             continue
         methods.add(m.upper())
     # Routers answer HEAD with the GET handler, so a gated GET gates HEAD too.
@@ -599,7 +653,7 @@ def _check_unique(loader: _Loader, deps: tuple[Dependency, ...]) -> None:
         for i, dep in enumerate(deps):
             value = getattr(dep, attr)
             if value in seen:
-                loader.problem(("dependencies", i, attr), f"{value!r} is used twice")
+                loader.problem(("dependencies", i, attr), f"{_show(value)} is used twice")
             seen.add(value)
 
 
@@ -624,6 +678,7 @@ def effective(config: Config) -> dict[str, Any]:
             "connect_timeout_ms": config.upstream.connect_timeout_ms,
             "read_timeout_ms": config.upstream.read_timeout_ms,
             "health_timeout_ms": config.upstream.health_timeout_ms,
+            "client": config.upstream.client,
         },
         "health_path": config.health_path,
         "admin_prefix": config.admin_prefix,

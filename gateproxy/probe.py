@@ -88,10 +88,25 @@ class Prober:
 
     async def _request(self, url: URL, headers: dict[str, str]) -> ProbeError | None:
         async with self._client().get(url, headers=headers, allow_redirects=False) as resp:
+            # The answer must arrive whole (up to _BODY_LIMIT) within the probe timeout: a
+            # server that sends a status line and then hangs is hung, whatever the status.
+            body = await _read_prefix(resp, _BODY_LIMIT)
             if 200 <= resp.status < 300:
                 return None
-            body = await resp.content.read(_BODY_LIMIT)
             return ProbeError(f"http_{resp.status}", _error_message(resp, body), resp.status)
+
+
+async def _read_prefix(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body up to its end or `limit` bytes, whichever comes first."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await resp.content.readany()
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)[:limit]
 
 
 def _error_message(resp: aiohttp.ClientResponse, body: bytes) -> str:

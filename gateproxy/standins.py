@@ -22,6 +22,7 @@ class StandIn:
         self.app = app
         self.host = host
         self.port = port
+        self.changed_at = time.monotonic()  # when it last started or stopped
         self._runner: web.AppRunner | None = None
 
     @property
@@ -47,11 +48,16 @@ class StandIn:
         for address in runner.addresses:
             self.port = int(address[1])
         self._runner = runner
+        self.changed_at = time.monotonic()
 
     async def stop(self) -> None:
         if self._runner is not None:
             runner, self._runner = self._runner, None
+            self.changed_at = time.monotonic()
             await runner.cleanup()
+
+    async def flip(self) -> None:
+        await (self.stop() if self.running else self.start())
 
 
 def docker_runner() -> web.Application:
@@ -72,14 +78,17 @@ def docker_runner() -> web.Application:
 DEMO_PAGE = """<!doctype html><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>stand-in platform-server</title>
-<style>body{font:16px system-ui,sans-serif;margin:2em;max-width:40em}
+<style>body{font:16px/1.45 system-ui,sans-serif;margin:1.5em auto;padding:0 1em;max-width:40em}
 button{font-size:1.1em;padding:.5em 1em}</style>
 <h1>stand-in platform-server</h1>
-<p>docker-runner is <b id="state">%(state)s</b>.</p>
-<form method="post" action="%(flip)s"><button>Flip docker-runner</button></form>
-<p>Try <a href="/api/containers">/api/containers</a> (gated),
-<a href="/api/threads">/api/threads</a> (always forwarded),
-<a href="/health">/health</a>, <a href="/_gateproxy/status">the status page</a>.</p>
+<p>This page is served by the demo's stand-in platform-server, through gateproxy.
+The stand-in docker-runner is <b id="state">%(state)s</b> (the demo also flips it on a
+timer).</p>
+<form method="post" action="%(flip)s"><button>%(action)s docker-runner</button></form>
+<p>Watch <a href="/_gateproxy/status" target="_blank">gateproxy's status page</a> while you
+flip it, and try <a href="/api/containers">/api/containers</a> (gated),
+<a href="/api/threads">/api/threads</a> (always forwarded) and
+<a href="/health">/health</a>.</p>
 """
 
 
@@ -128,13 +137,15 @@ def platform_server(runner: StandIn | None = None) -> web.Application:
         return ws
 
     async def page(_: web.Request) -> web.Response:
-        state = "up" if runner is not None and runner.running else "down"
-        return web.Response(text=DEMO_PAGE % {"state": state, "flip": FLIP_PATH},
-                            content_type="text/html")
+        up = runner is not None and runner.running
+        return web.Response(
+            text=DEMO_PAGE % {"state": "up" if up else "down", "flip": FLIP_PATH,
+                              "action": "Stop" if up else "Start"},
+            content_type="text/html", headers={"Cache-Control": "no-store"})
 
     async def flip(_: web.Request) -> web.Response:
         if runner is not None:
-            await (runner.stop() if runner.running else runner.start())
+            await runner.flip()
         raise web.HTTPSeeOther("/demo")
 
     app = web.Application()

@@ -1,0 +1,639 @@
+"""gateproxy against HAProxy doing the same job, on this machine, in one run (issue 6).
+
+Starts on 127.0.0.1: nginx (the upstream: ~100-byte JSON on /api/ping, a 1 MiB file on
+/big), a stand-in docker-runner, HAProxy (one thread, `option httpchk`, the JSON 503 on
+/api/containers while the runner is down) and gateproxy (`python -m gateproxy serve`).
+Then `wrk --latency` rounds, interleaved (A B C A B C ...), for small GETs, the 503
+short-circuit with the runner stopped and 1 MiB downloads; gateproxy's peak RSS; startup
+time; the gate's cost with 1 and 1000 prefixes; WebSocket echo through gateproxy vs
+direct. Prints a table of medians and a last line `RESULT key=value ...`.
+
+Installs nothing: wrk, nginx and haproxy come from Debian
+(`apt-get install -y wrk nginx-light haproxy`). Everything it starts it stops by PID.
+
+    .venv/bin/python bench/run.py            # a few minutes
+    .venv/bin/python bench/run.py --quick    # about a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+HOST = "127.0.0.1"
+GATED_BODY = '{"error":{"code":"docker_runner_not_ready","message":"docker-runner not ready"}}'
+# ~100 bytes, like a small API answer.
+PING_BODY = ('{"status":"ok","service":"platform-server","items":[1,2,3],'
+             '"padding":"0123456789abcdef0123"}')
+BIG_SIZE = 1 << 20
+TOOLS = {"wrk": "wrk", "nginx": "nginx-light (or nginx)", "haproxy": "haproxy"}
+# Environment variables that would override the benchmark's gateproxy configuration.
+_CONFIG_ENV = re.compile(r"^(GATEPROXY_(?!UVLOOP)|DOCKER_RUNNER_|PLATFORM_SERVER_URL)")
+
+RUNNER_SCRIPT = """
+import sys
+from aiohttp import web
+from gateproxy.standins import docker_runner
+web.run_app(docker_runner(), host=sys.argv[1], port=int(sys.argv[2]), access_log=None,
+            print=None)
+"""
+ECHO_SCRIPT = """
+import sys
+from aiohttp import web
+from gateproxy.standins import platform_server
+web.run_app(platform_server(), host=sys.argv[1], port=int(sys.argv[2]), access_log=None,
+            print=None)
+"""
+WS_PATH = "/api/echo/ws"
+
+
+class BenchError(Exception):
+    """Something the benchmark needs did not work; the message says what."""
+
+
+# --- processes --------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    """A process this benchmark started; stopped by its PID only."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, wait_s: float = 5.0) -> None:
+        if not self.alive():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+        try:
+            self.popen.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.popen.wait(5)
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class Procs:
+    """Everything started, for the `finally` that stops it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.started: list[Proc] = []
+
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Proc:
+        log = self.workdir / f"{name}.log"
+        with log.open("ab") as out:
+            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                     env=env, cwd=self.workdir)
+        proc = Proc(name, popen, log)
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            proc.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def get(port: int, path: str, timeout: float = 1.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 10.0,
+              proc: Proc | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise BenchError(f"{proc.name} exited ({proc.popen.returncode}):\n{proc.tail()}")
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            if check():
+                return
+        time.sleep(0.02)
+    tail = f":\n{proc.tail()}" if proc is not None else ""
+    raise BenchError(f"timed out waiting for {what}{tail}")
+
+
+def status_is(port: int, path: str, status: int) -> Callable[[], bool]:
+    return lambda: get(port, path)[0] == status
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM: the most resident memory the process has ever had."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise BenchError(f"no VmHWM for pid {pid}")
+
+
+# --- wrk --------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    mib_s: float
+    errors: int  # socket errors, and non-2xx answers where 2xx were expected
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+_BYTES = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+
+
+def _duration_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise BenchError(f"wrk printed a latency I cannot read: {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_wrk(out: str, expect_2xx: bool) -> Run:
+    def find(pattern: str) -> re.Match[str]:
+        match = re.search(pattern, out, re.MULTILINE)
+        if match is None:
+            raise BenchError(f"unexpected wrk output:\n{out}")
+        return match
+
+    rps = float(find(r"^Requests/sec:\s+([\d.]+)").group(1))
+    transfer = find(r"^Transfer/sec:\s+([\d.]+)(B|KB|MB|GB|TB)")
+    mib_s = float(transfer.group(1)) * _BYTES[transfer.group(2)] / (1 << 20)
+    p50 = _duration_ms(find(r"^\s+50%\s+(\S+)").group(1))
+    p99 = _duration_ms(find(r"^\s+99%\s+(\S+)").group(1))
+    errors = 0
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if sock is not None:
+        errors += sum(int(n) for n in sock.groups())
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx is not None and expect_2xx:
+        errors += int(non2xx.group(1))
+    return Run(rps, p50, p99, mib_s, errors)
+
+
+@dataclass
+class Series:
+    scenario: str
+    target: str
+    runs: list[Run] = field(default_factory=list)
+
+    def median(self, attr: str) -> float:
+        return float(statistics.median(getattr(r, attr) for r in self.runs))
+
+    @property
+    def rps(self) -> float:
+        return self.median("rps")
+
+
+@dataclass
+class Settings:
+    rounds: int
+    duration: float
+    connections: int
+    big_connections: int
+    threads: int
+
+
+def wrk(url: str, seconds: float, connections: int, threads: int, expect_2xx: bool) -> Run:
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency",
+            "--timeout", "5s", url]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30,
+                          check=False)
+    if done.returncode != 0:
+        raise BenchError(f"wrk failed ({done.returncode}): {done.stderr.strip()}")
+    return parse_wrk(done.stdout, expect_2xx)
+
+
+def interleaved(scenario: str, targets: dict[str, str], settings: Settings,
+                connections: int, expect_2xx: bool = True) -> list[Series]:
+    """A B C A B C ...: each target runs once per round, after a short warm-up each."""
+    series = [Series(scenario, name) for name in targets]
+    for url in targets.values():
+        wrk(url, 1, connections, settings.threads, expect_2xx)
+    for _ in range(settings.rounds):
+        for s, url in zip(series, targets.values(), strict=True):
+            s.runs.append(wrk(url, settings.duration, connections, settings.threads,
+                              expect_2xx))
+    return series
+
+
+# --- WebSocket --------------------------------------------------------------------------
+
+
+@dataclass
+class WsRun:
+    rtt_p50_ms: float
+    rtt_p99_ms: float
+    msgs_s: float
+
+
+async def _ws_round(url: str, seconds: float, window: int) -> WsRun:
+    import aiohttp
+
+    payload = "x" * 64
+    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        rtts: list[float] = []
+        end = time.perf_counter() + seconds / 2
+        while time.perf_counter() < end:
+            start = time.perf_counter()
+            await ws.send_str(payload)
+            await ws.receive_str()
+            rtts.append((time.perf_counter() - start) * 1000)
+        # Throughput: `window` messages in flight on one connection.
+        count = 0
+        start = time.perf_counter()
+        end = start + seconds / 2
+        while time.perf_counter() < end:
+            for _ in range(window):
+                await ws.send_str(payload)
+            for _ in range(window):
+                await ws.receive_str()
+            count += window
+        msgs_s = count / (time.perf_counter() - start)
+    rtts.sort()
+    return WsRun(statistics.median(rtts), rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))],
+                 msgs_s)
+
+
+def websocket_rounds(targets: dict[str, str], settings: Settings) -> dict[str, list[WsRun]]:
+    seconds = max(1.0, settings.duration)
+    out: dict[str, list[WsRun]] = {name: [] for name in targets}
+    for _ in range(settings.rounds):
+        for name, url in targets.items():
+            out[name].append(asyncio.run(_ws_round(url, seconds, 32)))
+    return out
+
+
+def ws_handshake_ok(port: int) -> bool:
+    """True when a WebSocket upgrade through `port` reaches the echo server."""
+    with socket.create_connection((HOST, port), timeout=2) as s:
+        s.sendall(f"GET {WS_PATH} HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
+        return s.recv(64).startswith(b"HTTP/1.1 101")
+
+
+# --- the setup --------------------------------------------------------------------------
+
+
+def render(template: str, dest: Path, **values: object) -> Path:
+    text = Template((HERE / template).read_text()).substitute(
+        {k: str(v) for k, v in values.items()})
+    dest.write_text(text)
+    return dest
+
+
+def missing_tools() -> list[str]:
+    path = os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/sbin"
+    return [tool for tool in TOOLS if shutil.which(tool, path=path) is None]
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name, path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/sbin")
+    assert found is not None  # checked by missing_tools() before anything starts
+    return found
+
+
+class Bench:
+    def __init__(self, workdir: Path, procs: Procs, args: argparse.Namespace) -> None:
+        self.dir = workdir
+        self.procs = procs
+        self.args = args
+        self.nginx_port = free_port()
+        self.runner_port = free_port()
+        self.haproxy_port = free_port()
+        self.python = sys.executable
+        self.env = {k: v for k, v in os.environ.items() if not _CONFIG_ENV.match(k)}
+        self.runner: Proc | None = None
+
+    # nginx, the runner, HAProxy
+
+    def start_nginx(self) -> None:
+        (self.dir / "big.bin").write_bytes(os.urandom(BIG_SIZE))
+        conf = render("nginx.conf.tmpl", self.dir / "nginx.conf", dir=self.dir,
+                      port=self.nginx_port, ping=PING_BODY)
+        proc = self.procs.start("nginx", [tool("nginx"), "-p", str(self.dir), "-c", str(conf)])
+        wait_for("nginx", status_is(self.nginx_port, "/api/ping", 200), proc=proc)
+
+    def start_runner(self) -> None:
+        self.runner = self.procs.start(
+            "docker-runner", [self.python, "-c", RUNNER_SCRIPT, HOST, str(self.runner_port)],
+            env=self.env)
+        wait_for("the stand-in docker-runner", status_is(self.runner_port, "/v1/ready", 200),
+                 proc=self.runner)
+
+    def stop_runner(self) -> None:
+        if self.runner is not None:
+            self.runner.stop()
+
+    def start_haproxy(self) -> Proc:
+        conf = render("haproxy.cfg.tmpl", self.dir / "haproxy.cfg", port=self.haproxy_port,
+                      body=GATED_BODY, upstream_port=self.nginx_port,
+                      runner_port=self.runner_port)
+        proc = self.procs.start("haproxy", [tool("haproxy"), "-db", "-f", str(conf)])
+        wait_for("HAProxy", status_is(self.haproxy_port, "/api/ping", 200), proc=proc)
+        return proc
+
+    # gateproxy
+
+    def gateproxy_config(self, name: str, port: int, prefixes: int = 1,
+                         upstream_port: int | None = None) -> Path:
+        routes = ["/api/containers"]
+        # Other prefixes under /api, so that a lookup of /api/... walks a crowded level.
+        routes += [f"/api/g{i:04d}/items" for i in range(prefixes - 1)]
+        extra = f"  client: {self.args.client}\n" if self.args.client else ""
+        return render("gateproxy.yaml.tmpl", self.dir / f"{name}.yaml", port=port,
+                      upstream_port=upstream_port or self.nginx_port,
+                      runner_port=self.runner_port, upstream_extra=extra,
+                      routes="\n".join(f"      - {r}" for r in routes))
+
+    def start_gateproxy(self, name: str, config: Path) -> Proc:
+        return self.procs.start(name, [self.python, "-m", "gateproxy", "serve", "--config",
+                                       str(config)], env=self.env)
+
+    def gateproxy(self, name: str, prefixes: int = 1,
+                  upstream_port: int | None = None, path: str = "/api/ping") -> tuple[Proc, int]:
+        port = free_port()
+        proc = self.start_gateproxy(
+            name, self.gateproxy_config(name, port, prefixes, upstream_port))
+        wait_for(name, status_is(port, path, 200), proc=proc)
+        return proc, port
+
+    def startup_seconds(self) -> float:
+        """Process start to the first proxied 200."""
+        port = free_port()
+        config = self.gateproxy_config("gateproxy-startup", port)
+        request = f"GET /api/ping HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+        start = time.perf_counter()
+        proc = self.start_gateproxy("gateproxy-startup", config)
+        try:
+            while time.perf_counter() - start < 10:
+                if not proc.alive():
+                    raise BenchError(f"gateproxy exited:\n{proc.tail()}")
+                try:
+                    with socket.create_connection((HOST, port), timeout=1) as s:
+                        s.sendall(request)
+                        if s.recv(16).startswith(b"HTTP/1.1 200"):
+                            return time.perf_counter() - start
+                except OSError:
+                    time.sleep(0.002)
+            raise BenchError("gateproxy did not answer within 10 s")
+        finally:
+            proc.stop()
+            self.procs.started.remove(proc)
+
+
+# --- reporting --------------------------------------------------------------------------
+
+
+def table(series: list[Series], ws: dict[str, list[WsRun]]) -> str:
+    head = (f"{'scenario':<16}{'target':<16}{'rounds':>6}{'req/s med':>11}{'min':>10}"
+            f"{'max':>10}{'p50 ms':>9}{'p99 ms':>9}{'MiB/s':>9}{'errors':>8}")
+    lines = [head, "-" * len(head)]
+    for s in series:
+        rps = [r.rps for r in s.runs]
+        lines.append(
+            f"{s.scenario:<16}{s.target:<16}{len(s.runs):>6}{statistics.median(rps):>11.0f}"
+            f"{min(rps):>10.0f}{max(rps):>10.0f}{s.median('p50_ms'):>9.2f}"
+            f"{s.median('p99_ms'):>9.2f}{s.median('mib_s'):>9.1f}"
+            f"{sum(r.errors for r in s.runs):>8}")
+    if ws:
+        lines.append("")
+        lines.append(f"{'websocket echo':<32}{'rounds':>6}{'msg/s med':>11}{'min':>10}"
+                     f"{'max':>10}{'rtt p50':>9}{'rtt p99':>9}")
+        for name, runs in ws.items():
+            msgs = [r.msgs_s for r in runs]
+            lines.append(
+                f"{name:<32}{len(runs):>6}{statistics.median(msgs):>11.0f}{min(msgs):>10.0f}"
+                f"{max(msgs):>10.0f}{statistics.median(r.rtt_p50_ms for r in runs):>9.3f}"
+                f"{statistics.median(r.rtt_p99_ms for r in runs):>9.3f}")
+    return "\n".join(lines)
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+# --- main -------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="2 rounds of 2 s (about a minute) instead of 4 of 5 s")
+    parser.add_argument("--rounds", type=int, help="rounds per scenario")
+    parser.add_argument("--duration", type=float, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=64,
+                        help="wrk connections for small GETs and 503s (64)")
+    parser.add_argument("--big-connections", type=int, default=16,
+                        help="wrk connections for 1 MiB downloads (16)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
+    parser.add_argument("--client", choices=("aiohttp", "fast"),
+                        help="gateproxy's upstream.client (default: its own default)")
+    parser.add_argument("--skip-websocket", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    missing = missing_tools()
+    if missing:
+        print("bench: missing " + ", ".join(missing) + ". On Debian or Ubuntu:\n"
+              "    apt-get update && apt-get install -y "
+              + " ".join(TOOLS[m].split()[0] for m in missing), file=sys.stderr)
+        return 2
+    settings = Settings(
+        rounds=args.rounds or (2 if args.quick else 4),
+        duration=args.duration or (2.0 if args.quick else 5.0),
+        connections=args.connections, big_connections=args.big_connections,
+        threads=args.threads)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="gateproxy-bench-") as tmp:
+        procs = Procs(Path(tmp))
+        try:
+            return run(Bench(Path(tmp), procs, args), settings, args, started)
+        except BenchError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            procs.stop_all()
+
+
+def run(bench: Bench, settings: Settings, args: argparse.Namespace, started: float) -> int:
+    print(f"bench: {settings.rounds} rounds x {settings.duration:g} s, wrk -t{settings.threads}"
+          f" -c{settings.connections} (1 MiB: -c{settings.big_connections}), "
+          f"{os.cpu_count()} CPUs, loopback", flush=True)
+    bench.start_nginx()
+    bench.start_runner()
+    bench.start_haproxy()
+    gp, gp_port = bench.gateproxy("gateproxy")
+    _, gp1000_port = bench.gateproxy("gateproxy-1000", prefixes=1000)
+    url = {
+        "direct": f"http://{HOST}:{bench.nginx_port}",
+        "haproxy": f"http://{HOST}:{bench.haproxy_port}",
+        "gateproxy": f"http://{HOST}:{gp_port}",
+    }
+    # With the runner up, both proxies forward the gated prefix: the configuration works.
+    for name, port in (("haproxy", bench.haproxy_port), ("gateproxy", gp_port)):
+        wait_for(f"{name} to forward /api/containers", status_is(port, "/api/containers", 404))
+
+    series: list[Series] = []
+    print("bench: small GETs", flush=True)
+    series += interleaved("small GET", {n: u + "/api/ping" for n, u in url.items()},
+                          settings, settings.connections)
+
+    print("bench: 1 MiB downloads", flush=True)
+    series += interleaved("1 MiB GET", {n: u + "/big" for n, u in url.items()},
+                          settings, settings.big_connections)
+    rss = peak_rss_mib(gp.pid)
+
+    print("bench: 503 short-circuit (runner stopped)", flush=True)
+    bench.stop_runner()
+    for name, port in (("haproxy", bench.haproxy_port), ("gateproxy", gp_port),
+                       ("gateproxy-1000", gp1000_port)):
+        wait_for(f"{name} to answer 503", status_is(port, "/api/containers", 503))
+        status, body = get(port, "/api/containers/abc")
+        if status != 503 or body.decode() != GATED_BODY:
+            raise BenchError(f"{name} answered {status} {body!r} on a gated path")
+    series += interleaved(
+        "503 gated", {n: url[n] + "/api/containers/abc" for n in ("haproxy", "gateproxy")},
+        settings, settings.connections, expect_2xx=False)
+
+    print("bench: gate cost, 1 vs 1000 prefixes", flush=True)
+    gate_url = {"1 prefix": url["gateproxy"], "1000 prefixes": f"http://{HOST}:{gp1000_port}"}
+    gate_503 = interleaved("gate 503", {n: u + "/api/containers/abc"
+                                        for n, u in gate_url.items()},
+                           settings, settings.connections, expect_2xx=False)
+    gate_fwd = interleaved("gate forwarded", {n: u + "/api/ping" for n, u in gate_url.items()},
+                           settings, settings.connections)
+    series += gate_503 + gate_fwd
+
+    print("bench: startup", flush=True)
+    startups = [bench.startup_seconds() for _ in range(3 if args.quick else 5)]
+
+    ws: dict[str, list[WsRun]] = {}
+    if not args.skip_websocket:
+        print("bench: WebSocket echo", flush=True)
+        ws = websocket_phase(bench, settings)
+
+    by = {(s.scenario, s.target): s for s in series}
+    print()
+    print(table(series, ws))
+    print(f"\nstartup (process start to first proxied 200), median of {len(startups)}: "
+          f"{statistics.median(startups) * 1000:.0f} ms "
+          f"(min {min(startups) * 1000:.0f}, max {max(startups) * 1000:.0f})")
+    print(f"gateproxy peak RSS (VmHWM) after the 1 MiB downloads: {rss:.1f} MiB")
+    print(f"bench took {time.monotonic() - started:.0f} s")
+
+    def r(scenario: str, a: str, b: str, attr: str = "rps") -> float:
+        return ratio(by[scenario, a].median(attr), by[scenario, b].median(attr))
+
+    result = {
+        "small_rps_vs_haproxy": r("small GET", "gateproxy", "haproxy"),
+        "small_p99_vs_haproxy": r("small GET", "gateproxy", "haproxy", "p99_ms"),
+        "small_rps_vs_direct": r("small GET", "gateproxy", "direct"),
+        "gated_rps_vs_haproxy": r("503 gated", "gateproxy", "haproxy"),
+        "gated_vs_proxied": ratio(by["503 gated", "gateproxy"].rps,
+                                  by["small GET", "gateproxy"].rps),
+        "big_mibs_vs_haproxy": r("1 MiB GET", "gateproxy", "haproxy", "mib_s"),
+        "big_mibs_vs_direct": r("1 MiB GET", "gateproxy", "direct", "mib_s"),
+        "peak_rss_mib": rss,
+        "startup_s": statistics.median(startups),
+        "gate_1000_vs_1_gated": r("gate 503", "1000 prefixes", "1 prefix"),
+        "gate_1000_vs_1_forwarded": r("gate forwarded", "1000 prefixes", "1 prefix"),
+    }
+    if ws:
+        def ws_median(name: str, attr: str) -> float:
+            return float(statistics.median(getattr(run, attr) for run in ws[name]))
+
+        result["ws_msgs_vs_direct"] = ratio(ws_median("gateproxy", "msgs_s"),
+                                            ws_median("direct", "msgs_s"))
+        result["ws_rtt_vs_direct"] = ratio(ws_median("gateproxy", "rtt_p50_ms"),
+                                           ws_median("direct", "rtt_p50_ms"))
+    targets = {
+        "small GETs >= 0.30x HAProxy rps": result["small_rps_vs_haproxy"] >= 0.30,
+        "small GETs p99 <= 4x HAProxy": result["small_p99_vs_haproxy"] <= 4.0,
+        "503 >= 0.30x HAProxy rps": result["gated_rps_vs_haproxy"] >= 0.30,
+        "503 faster than proxied": result["gated_vs_proxied"] > 1.0,
+        "1 MiB >= 0.90x HAProxy MiB/s": result["big_mibs_vs_haproxy"] >= 0.90,
+        "peak RSS <= 80 MiB": rss <= 80,
+        "startup < 0.5 s": result["startup_s"] < 0.5,
+        "gate flat 1 -> 1000 prefixes (5 %)": all(
+            abs(result[k] - 1) <= 0.05
+            for k in ("gate_1000_vs_1_gated", "gate_1000_vs_1_forwarded")),
+    }
+    print()
+    for name, ok in targets.items():
+        print(f"target {'met ' if ok else 'MISS'}  {name}")
+    errors = sum(run.errors for s in series for run in s.runs)
+    if errors:
+        print(f"bench: {errors} socket errors or unexpected statuses; see the table",
+              file=sys.stderr)
+    print("RESULT " + " ".join(f"{k}={v:.3f}" for k, v in result.items())
+          + f" targets_met={sum(targets.values())}/{len(targets)}")
+    return 0 if errors == 0 else 1
+
+
+def websocket_phase(bench: Bench, settings: Settings) -> dict[str, list[WsRun]]:
+    echo_port = free_port()
+    echo = bench.procs.start("echo", [bench.python, "-c", ECHO_SCRIPT, HOST, str(echo_port)],
+                             env=bench.env)
+    wait_for("the echo server", status_is(echo_port, "/api/threads", 200), proc=echo)
+    _, gp_port = bench.gateproxy("gateproxy-ws", upstream_port=echo_port, path="/api/threads")
+    try:
+        usable = ws_handshake_ok(gp_port)
+    except OSError:
+        usable = False
+    if not usable:
+        print("bench: gateproxy does not relay WebSockets (yet); skipped", flush=True)
+        return {}
+    return websocket_rounds({"direct": f"ws://{HOST}:{echo_port}{WS_PATH}",
+                             "gateproxy": f"ws://{HOST}:{gp_port}{WS_PATH}"}, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""A lean keep-alive HTTP/1.1 client for the one upstream (`upstream.client: fast`).
+
+aiohttp's ClientSession is general-purpose: per request it builds a ClientRequest and
+yarl URLs, looks up a connector key, runs tracing hooks, timers and header defaults.
+For a proxy that sends every request to one origin, that costs more than the forwarding
+itself (the profile in docs/performance.md). This client keeps the parts of aiohttp that
+matter for correctness, its client protocol `ResponseHandler` with the llhttp-based C
+response parser (the same ones ClientSession uses underneath: read timeouts, flow
+control, HEAD, 1xx, 204/304, chunked, Content-Length and close-delimited bodies), and
+replaces the rest with:
+
+- a LIFO pool of idle connections (the hottest are reused, the rest expire);
+- a request head serialised with one join and written together with the body when the
+  body has already arrived (the usual small JSON request), so one send per request;
+- one retry on a fresh connection when a pooled connection turns out to be closed
+  before any answer, only for requests that are safe to repeat (idempotent, no body).
+
+WebSocket handshakes go through an aiohttp ClientSession created on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Final
+
+import aiohttp
+from aiohttp.client_exceptions import ClientPayloadError
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.http import RawResponseMessage
+from aiohttp.streams import StreamReader
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateproxy.upstream import AiohttpUpstream, UpstreamError, UpstreamWebSocket
+
+# RFC 9110 section 9.2.2: a request with one of these methods may be repeated.
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_BODYLESS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# Idle pooled connections are closed after this long: under Node's default
+# keepAliveTimeout (5 s), so that usually the proxy, not the upstream, closes first.
+POOL_IDLE_S: Final = 4.0
+MAX_IDLE: Final = 256
+# Response bytes buffered per request before reading from the upstream pauses (aiohttp
+# pauses at twice this): enough for a few socket reads, little for many downloads.
+READ_BUFSIZE: Final = 1 << 18
+
+
+_UNANSWERED: Final = "the upstream closed the connection without an answer"
+
+
+class _Stale(Exception):
+    """The connection closed before answering a request that had no body: on a pooled
+    connection, most likely the upstream closed it as idle just as it was reused."""
+
+
+class FastResponse:
+    """One upstream response; its connection goes back to the pool when the body has
+    been read to the end."""
+
+    __slots__ = ("_body_task", "_client", "_done", "_framed", "_payload", "_proto",
+                 "raw_headers", "reason", "status")
+
+    def __init__(self, client: FastUpstream, proto: ResponseHandler, message: RawResponseMessage,
+                 payload: StreamReader, body_task: asyncio.Task[bool] | None) -> None:
+        self._client = client
+        self._proto = proto
+        self._payload = payload
+        self._body_task = body_task
+        self._done = False
+        # Delimited by a Content-Length (not chunked, not by the connection's end).
+        self._framed = not message.chunked and "Content-Length" in message.headers
+        self.status = message.code
+        self.reason = message.reason
+        self.raw_headers = message.raw_headers
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        payload = self._payload
+        try:
+            while chunk := await payload.readany():
+                yield chunk
+        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+            self.close()
+            raise UpstreamError("upstream_timeout", "the upstream stalled mid-response") from exc
+        except (ClientPayloadError, aiohttp.ClientError, OSError) as exc:
+            self.close()
+            raise UpstreamError("upstream_unavailable", f"the upstream broke off: {exc}"
+                                ) from exc
+        self.release()
+
+    def whole_body(self) -> bytes | None:
+        """The whole body, when it is delimited by a Content-Length and has already
+        arrived (a small answer usually comes in one piece with its head); the
+        connection then goes back to the pool. None otherwise: iterate instead."""
+        payload = self._payload
+        if self._done or not self._framed or not payload.is_eof() \
+                or payload.exception() is not None or self._body_task is not None:
+            return None
+        body = payload.read_nowait(-1)
+        self.release()
+        return body
+
+    def release(self) -> None:
+        if self._done:
+            return
+        if not self._payload.is_eof():
+            self.close()
+            return
+        self._done = True
+        task = self._body_task
+        if task is not None and not (task.done() and not task.cancelled() and task.result()):
+            # The upstream answered before it had the whole request body: what it has
+            # not read yet would be taken for the next request.
+            task.cancel()
+            self._proto.abort()
+            return
+        self._client._release(self._proto)
+
+    def close(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._body_task is not None:
+            self._body_task.cancel()
+        self._proto.abort()
+
+
+class FastUpstream:
+    """Keep-alive HTTP/1.1 to one upstream origin; adds no headers of its own except a
+    `Host` when the client sent none, never decompresses, never follows redirects."""
+
+    def __init__(self, base_url: str, connect_timeout_ms: int, read_timeout_ms: int) -> None:
+        url = URL(base_url)
+        self._base_url = base_url
+        self._host = url.raw_host or "127.0.0.1"
+        self._port = url.port or (443 if url.scheme == "https" else 80)
+        self._ssl: ssl.SSLContext | None = (
+            ssl.create_default_context() if url.scheme == "https" else None)
+        self._authority = url.host_port_subcomponent or self._host
+        # A base URL with a path prefixes every target, as AiohttpUpstream does.
+        self._prefix = url.raw_path.rstrip("/")
+        self._connect_timeout_ms = connect_timeout_ms
+        self._read_timeout_ms = read_timeout_ms
+        self._read_timeout = read_timeout_ms / 1000 if read_timeout_ms else None
+        self._idle: deque[tuple[ResponseHandler, float]] = deque()
+        self._closed = False
+        self._websockets: AiohttpUpstream | None = None
+
+    # --- requests ---------------------------------------------------------------------
+
+    async def send(self, method: str, target: str, headers: CIMultiDict[str],
+                   body: aiohttp.StreamReader | None) -> FastResponse:
+        if self._closed:
+            raise UpstreamError("upstream_unavailable", "the proxy is shutting down")
+        chunked = body is not None and "Content-Length" not in headers
+        head = self._head(method, target, headers, body is not None, chunked)
+        proto, reused = await self._acquire()
+        try:
+            return await self._exchange(proto, method, head, body, chunked)
+        except _Stale:
+            if not (reused and method in IDEMPOTENT):
+                raise UpstreamError("upstream_unavailable", _UNANSWERED) from None
+        proto = await self._connect()
+        try:
+            return await self._exchange(proto, method, head, body, chunked)
+        except _Stale:
+            raise UpstreamError("upstream_unavailable", _UNANSWERED) from None
+
+    def _head(self, method: str, target: str, headers: CIMultiDict[str],
+              body: bool, chunked: bool) -> bytes:
+        # The same request head as the aiohttp client sends, so that switching clients
+        # changes nothing the upstream sees: an empty query dropped (yarl cannot
+        # represent one), a missing Host first, `Content-Length: 0` on a bodiless
+        # request whose method gives a body meaning (RFC 9110 section 8.6; some
+        # servers answer 411 without it).
+        if target.endswith("?") and target.count("?") == 1:
+            target = target[:-1]
+        lines = [f"{method} {self._prefix}{target} HTTP/1.1"]
+        if "Host" not in headers:
+            lines.append(f"Host: {self._authority}")
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        if chunked:
+            lines.append("Transfer-Encoding: chunked")
+        elif not body and method not in _BODYLESS and "Content-Length" not in headers:
+            lines.append("Content-Length: 0")
+        text = "\r\n".join(lines) + "\r\n\r\n"
+        # A CR or LF inside a name, value or target would split the head: request
+        # smuggling. aiohttp's parser rejects them from clients; this holds for every
+        # header, the proxy's own included.
+        if text.count("\n") != len(lines) + 1 or text.count("\r") != len(lines) + 1:
+            raise UpstreamError("upstream_unavailable",
+                                "a request header contains a line break")
+        # UTF-8, as aiohttp's client: header bytes that are not UTF-8 reach the upstream
+        # as their Latin-1 reading (docs/headers.md).
+        return text.encode("utf-8")
+
+    async def _exchange(self, proto: ResponseHandler, method: str, head: bytes,
+                        body: aiohttp.StreamReader | None, chunked: bool) -> FastResponse:
+        proto.set_response_params(skip_payload=method == "HEAD", read_until_eof=True,
+                                  auto_decompress=False, read_timeout=self._read_timeout,
+                                  read_bufsize=READ_BUFSIZE)
+        transport = proto.transport
+        if transport is None:
+            raise _Stale
+        body_task: asyncio.Task[bool] | None = None
+        try:
+            if body is None:
+                transport.write(head)
+                proto.start_timeout()
+            elif body.is_eof() and body.exception() is None:
+                # The whole body is already here: head and body in one write.
+                data = body.read_nowait(-1)
+                if chunked:
+                    framed = [head, b"%x\r\n" % len(data), data, b"\r\n0\r\n\r\n"] if data \
+                        else [head, b"0\r\n\r\n"]
+                    transport.writelines(framed)
+                else:
+                    transport.writelines([head, data])
+                proto.start_timeout()
+            else:
+                transport.write(head)
+                body_task = asyncio.get_running_loop().create_task(
+                    _send_body(proto, body, chunked))
+            message, payload = await _read_head(proto)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            _cancel(body_task)
+            proto.abort()
+            if body is None:
+                raise _Stale from exc
+            raise UpstreamError("upstream_unavailable", f"the upstream is unavailable: {exc}"
+                                ) from exc
+        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+            _cancel(body_task)
+            proto.abort()
+            raise UpstreamError(
+                "upstream_timeout",
+                f"no response from the upstream within {self._read_timeout_ms} ms") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            _cancel(body_task)
+            proto.abort()
+            raise UpstreamError("upstream_unavailable", f"the upstream is unavailable: {exc}"
+                                ) from exc
+        except BaseException:
+            # Cancelled (the client went away, a caller's timeout): the exchange is
+            # unfinished, so the connection cannot be reused.
+            _cancel(body_task)
+            proto.abort()
+            raise
+        return FastResponse(self, proto, message, payload, body_task)
+
+    # --- the pool ---------------------------------------------------------------------
+
+    async def _acquire(self) -> tuple[ResponseHandler, bool]:
+        idle = self._idle
+        if idle:
+            now = asyncio.get_running_loop().time()
+            while idle:
+                proto, since = idle.pop()
+                if now - since < POOL_IDLE_S and proto.is_connected() \
+                        and not proto.should_close:
+                    return proto, True
+                proto.close()
+        return await self._connect(), False
+
+    def _release(self, proto: ResponseHandler) -> None:
+        if self._closed or proto.should_close or not proto.is_connected() \
+                or len(self._idle) >= MAX_IDLE:
+            proto.close()
+            return
+        now = asyncio.get_running_loop().time()
+        idle = self._idle
+        idle.append((proto, now))
+        # The stack's bottom holds the connections least recently used: expire them
+        # here, one per release, instead of keeping a timer.
+        if now - idle[0][1] >= POOL_IDLE_S:
+            idle.popleft()[0].close()
+
+    async def _connect(self) -> ResponseHandler:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout_ms / 1000):
+                _, proto = await loop.create_connection(
+                    lambda: ResponseHandler(loop), self._host, self._port, ssl=self._ssl)
+        except TimeoutError as exc:
+            raise UpstreamError("upstream_unavailable",
+                                "the upstream did not accept a connection in time") from exc
+        except OSError as exc:
+            raise UpstreamError("upstream_unavailable", f"the upstream is unavailable: {exc}"
+                                ) from exc
+        return proto
+
+    # --- WebSockets and closing -------------------------------------------------------
+
+    async def open_websocket(self, target: str, headers: CIMultiDict[str],
+                             protocols: tuple[str, ...], compress: bool,
+                             max_msg_size: int) -> UpstreamWebSocket:
+        if self._websockets is None:
+            self._websockets = AiohttpUpstream(self._base_url, self._connect_timeout_ms,
+                                               self._read_timeout_ms)
+        return await self._websockets.open_websocket(target, headers, protocols, compress,
+                                                     max_msg_size)
+
+    async def close(self) -> None:
+        self._closed = True
+        while self._idle:
+            self._idle.pop()[0].close()
+        if self._websockets is not None:
+            await self._websockets.close()
+
+
+async def _read_head(proto: ResponseHandler) -> tuple[RawResponseMessage, StreamReader]:
+    """The final response's head; informational (1xx) answers are skipped."""
+    while True:
+        message, payload = await proto.read()
+        if not 100 <= message.code < 200:
+            return message, payload
+
+
+async def _send_body(proto: ResponseHandler, body: aiohttp.StreamReader, chunked: bool) -> bool:
+    """Stream the request body; True once all of it is written. On any failure the
+    upstream connection is aborted, so the upstream sees an unfinished request, never a
+    shortened one that looks complete, and the response read fails."""
+    transport = proto.transport
+    assert transport is not None
+    try:
+        while chunk := await body.readany():
+            if chunked:
+                transport.writelines([b"%x\r\n" % len(chunk), chunk, b"\r\n"])
+            else:
+                transport.write(chunk)
+            if proto.writing_paused:
+                await proto._drain_helper()
+        if chunked:
+            transport.write(b"0\r\n\r\n")
+    except asyncio.CancelledError:
+        proto.abort()
+        raise
+    except Exception as exc:
+        proto.set_exception(aiohttp.ClientOSError(f"the request body broke off: {exc!r}"))
+        proto.abort()
+        return False
+    # All sent: from here the upstream's silence counts against read_timeout_ms.
+    proto.start_timeout()
+    return True
+
+
+def _cancel(task: asyncio.Task[bool] | None) -> None:
+    if task is not None:
+        task.cancel()

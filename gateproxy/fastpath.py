@@ -1,0 +1,361 @@
+"""The proxy's two busiest answers, given without aiohttp's per-request machinery.
+
+Through aiohttp's usual path every request costs a task, a Request, the router, a
+response object, its header preparation and a few writes; measured, that machinery is
+most of what a gated 503 costs and half of what a small forwarded GET costs
+(docs/performance.md). `FastPathHandler` takes the plain cases right after aiohttp's
+parser has produced the request, in `data_received`:
+
+- the gate's 503: written at once, formatted as the usual path formats it;
+- a bodiless GET forwarded upstream: through the same Forwarder client, request
+  checks and header functions as the usual path; an answer whose whole body has already
+  arrived with a Content-Length goes back in one write, any other answer (streamed,
+  chunked, empty-by-status, an upstream error) through the usual `relay`, on a real
+  aiohttp Request.
+
+Everything else goes the usual way, unchanged: requests with a body, other methods,
+HTTP/1.0, `Connection: close`, upgrades, `Expect`, an `Origin` on a gated path, a
+dependency whose first probe is still running, bad paths, the admin endpoints and the
+health path, and every request while the access log is on. Requests on one connection
+are answered in order: while a forward is in flight, what arrives waits in aiohttp's
+queue, and aiohttp's loop is woken only when the fast path leaves a request to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage, StreamWriter
+from aiohttp.http_writer import _serialize_headers
+from aiohttp.streams import EMPTY_PAYLOAD
+
+from gateproxy import limits, routes
+from gateproxy.fastclient import FastResponse
+from gateproxy.gate import JSON, Guard
+from gateproxy.limits import LimitedHandler, LimitedSite
+from gateproxy.logs import log
+from gateproxy.proxy import error_response, relay, request_headers, response_headers
+from gateproxy.routes import BadPath
+from gateproxy.status import State
+from gateproxy.upstream import UpstreamError, UpstreamResponse
+
+if TYPE_CHECKING:
+    from gateproxy.app import Gateway
+
+
+class _Forward:
+    """The verdict "forward this one on the fast path"."""
+
+
+FORWARD: Final = _Forward()
+# aiohttp answers these with no body and drops their Content-Length.
+_EMPTY_STATUS: Final = frozenset({204, 304})
+# A path that any reader might read differently from its raw spelling.
+_NOT_PLAIN: Final = re.compile(r"[^\x21-\x7e]|[%\\]|//|/\.")
+# Keep-alive close pushed out of the way while a forward is in flight (seconds).
+_BUSY_S: Final = 1e9
+
+
+class FastPath:
+    """What the fast path does with one parsed request, for one Gateway."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        # Per configuration (a reload may move them): the canonical health path and admin
+        # prefix, and for each gated prefix whether a path under it can also be one of
+        # those, which the router serves before the gate; only those need a closer look.
+        self._config: object = None
+        self._raw_health = ""
+        self._raw_admin: str | None = None
+        self._health = ""
+        self._admin: str | None = None
+        self._overlaps: dict[str, bool] = {}
+        # The last 503 of each guard: its bytes change with Retry-After and Date only.
+        self._answers: dict[Guard, tuple[tuple[int, str], bytes]] = {}
+
+    # --- deciding ---------------------------------------------------------------------
+
+    def decide(self, message: RawRequestMessage) -> bytes | _Forward | None:
+        """The 503's bytes, FORWARD, or None for the usual path. The caller has checked
+        that the request is HTTP/1.1, keep-alive and without a body."""
+        method = message.method
+        headers = message.headers
+        target = message.path
+        if "Expect" in headers or "Upgrade" in headers:
+            return None
+        gate = self._gateway.gate
+        if all(guard.status.is_up for guard in gate.guards):
+            return self._forwardable(method, target)
+        try:
+            rule = gate.judge(method, target, headers)
+            if rule is None:
+                return self._forwardable(method, target)
+            if self._reserved(rule.prefix, target):
+                return None
+        except BadPath:
+            return None
+        # HEAD has no body to send and a browser's Origin may need CORS headers: rarer
+        # than worth a second copy of that logic.
+        if method == "HEAD" or "Origin" in headers:
+            return None
+        guard = rule.target
+        status = guard.status
+        if status.state is State.UNKNOWN:
+            return None  # the usual path waits for the first probe
+        guard.monitor.request_recheck()
+        self._gateway.metrics.count_gated(status.dep.name, rule.prefix)
+        key = (status.retry_after_s(time.time()), rfc822_formatted_time())
+        last = self._answers.get(guard)
+        if last is None or last[0] != key:
+            last = self._answers[guard] = (key, rejection(guard.body, *key))
+        return last[1]
+
+    def _forwardable(self, method: str, target: str) -> _Forward | None:
+        """FORWARD for a GET of a plain path the router gives to the proxy. A plain path
+        (no percent-encoding, backslash, dot segment, empty segment or control character)
+        is read the same by the gate, by aiohttp's router and by the upstream, so its
+        raw spelling decides; any other path takes the usual route."""
+        if method != "GET" or not target.startswith("/"):
+            return None
+        path = target.partition("?")[0]
+        if _NOT_PLAIN.search(path):
+            return None
+        self._refresh()
+        admin = self._raw_admin
+        if path == self._raw_health or (
+                admin is not None and (path == admin or path.startswith(admin + "/"))):
+            return None
+        return FORWARD
+
+    def _refresh(self) -> None:
+        """Follow a reload that moved the health path or the admin prefix."""
+        config = self._gateway.config
+        if self._config is not config:
+            self._config = config
+            self._raw_health = config.health_path
+            self._raw_admin = config.admin_prefix if config.admin_port is None else None
+            self._health = routes.canonical(config.health_path)
+            self._admin = routes.canonical(config.admin_prefix) \
+                if config.admin_port is None else None
+            self._overlaps.clear()
+
+    def _reserved(self, prefix: str, target: str) -> bool:
+        """Whether the router may give `target`, gated under `prefix`, to the health
+        check or an admin endpoint (served before the gate): then the usual path
+        decides. Compared in canonical form, so as not to miss another spelling."""
+        self._refresh()
+        health, admin = self._health, self._admin
+        overlap = self._overlaps.get(prefix)
+        if overlap is None:
+            overlap = self._overlaps[prefix] = _related(prefix, health) or (
+                admin is not None and _related(prefix, admin))
+        if not overlap:
+            return False
+        canonical = routes.canonical(routes.request_path(target))
+        return canonical == health or (
+            admin is not None and (canonical == admin or canonical.startswith(admin + "/")))
+
+    # --- forwarding -------------------------------------------------------------------
+
+    async def forward(self, handler: FastPathHandler, message: RawRequestMessage) -> bool:
+        """Forward a bodiless GET as `Gateway._proxy` does after the gate; True when the
+        client connection may take its next request."""
+        gateway = self._gateway
+        request = handler.make_request(message)
+        answer = limits.request_problem(request)
+        if answer is not None:
+            return await _finish(request, answer)
+        try:
+            upstream = await gateway.forwarder.client.send(
+                "GET", routes.origin_form(message.path), request_headers(request), None)
+        except UpstreamError as exc:
+            answer = error_response(exc)
+            gateway.metrics.count_forwarded("GET", answer.status)
+            return await _finish(request, answer)
+        try:
+            head = _whole(upstream)
+            if head is not None:
+                transport = handler.transport
+                if transport is None:
+                    return False
+                transport.writelines(head)
+                gateway.metrics.count_forwarded("GET", upstream.status)
+                return True
+            response = await relay(request, upstream)
+            gateway.metrics.count_forwarded("GET", response.status)
+            request._finish()
+            # relay aborts the client connection when the upstream breaks off mid-body.
+            transport = handler.transport
+            return bool(response.keep_alive) and transport is not None \
+                and not transport.is_closing()
+        finally:
+            upstream.close()
+
+
+def _whole(upstream: UpstreamResponse) -> list[bytes] | None:
+    """Head and body of an answer that has arrived whole with a Content-Length, as
+    `relay` would write them to an HTTP/1.1 keep-alive client; None for anything else."""
+    if not isinstance(upstream, FastResponse) or upstream.status < 200 \
+            or upstream.status in _EMPTY_STATUS:
+        return None
+    body = upstream.whole_body()
+    if body is None:
+        return None
+    headers = response_headers(upstream.raw_headers)
+    if "Date" not in headers:
+        headers["Date"] = rfc822_formatted_time()
+    status_line = f"HTTP/1.1 {upstream.status} {upstream.reason}"
+    return [_serialize_headers(status_line, headers), body]
+
+
+async def _finish(request: web.BaseRequest, response: web.StreamResponse) -> bool:
+    """Write a response object as aiohttp's loop would; True to keep the connection."""
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        return False
+    finally:
+        request._finish()
+    return bool(response.keep_alive)
+
+
+def _related(a: str, b: str) -> bool:
+    """Whether one canonical path is the other or lies under it."""
+    return a == b or a == "/" or b == "/" or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+def rejection(body: bytes, retry_after: int, date: str) -> bytes:
+    """The gate's 503 (`Gate.reject`, no Origin) as aiohttp writes it to an HTTP/1.1
+    keep-alive client: the same headers in the same order, aiohttp's Date and Server."""
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        f"Content-Type: {JSON}\r\n"
+        "Cache-Control: no-store\r\n"
+        f"Retry-After: {retry_after}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"Date: {date}\r\n"
+        f"Server: {SERVER_SOFTWARE}\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+class FastPathHandler(LimitedHandler):
+    """A LimitedHandler that gives the fast path the first look at each request."""
+
+    __slots__ = ("_fast", "_forwarding")
+
+    def __init__(self, manager: web.Server, *, fast: FastPath, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._fast = fast
+        self._forwarding: asyncio.Task[None] | None = None
+
+    def make_request(self, message: RawRequestMessage) -> web.BaseRequest:
+        """The aiohttp Request the usual path would have made for `message`."""
+        assert self._request_factory is not None
+        return self._request_factory(message, EMPTY_PAYLOAD, self, StreamWriter(self, self._loop),
+                                     self._task_handler)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self._waiter
+        if self._forwarding is None and (
+                waiter is None or waiter.done() or self._messages or self._logging_enabled
+                or self._upgraded or self._payload_parser is not None):
+            super().data_received(data)
+            return
+        # aiohttp's loop is idle (or the fast path holds the connection): hold its
+        # wake-up until the new requests have been looked at.
+        self._waiter = None
+        try:
+            super().data_received(data)
+        finally:
+            self._waiter = waiter
+        if self._forwarding is None:
+            self._take()
+
+    def _take(self) -> None:
+        """Answer queued requests from the front while the fast path can; then leave
+        the rest, if any, to aiohttp's loop."""
+        messages = self._messages
+        fast = self._fast
+        while messages and not self._upgraded and not self._force_close and not self._close \
+                and self.transport is not None:
+            message, payload = messages[0]
+            if (payload is not EMPTY_PAYLOAD or not isinstance(message, RawRequestMessage)
+                    or message.version != HttpVersion11 or message.should_close):
+                break
+            verdict = fast.decide(message)
+            if verdict is None:
+                break
+            messages.popleft()
+            # What aiohttp's loop does for every request it takes from the queue.
+            if self._parser is not None:
+                self._parser.message_consumed()
+            if self._manager is not None:
+                self._manager.requests_count += 1
+            if isinstance(verdict, _Forward):
+                self._request_in_progress = True  # aiohttp's graceful shutdown waits
+                self._next_keepalive_close_time = self._loop.time() + _BUSY_S
+                self._forwarding = self._loop.create_task(self._forward(message))
+                if self._buffer_paused and len(messages) <= self._msg_queue_resume_size:
+                    self._resume_reading_if_drained()
+                return
+            self.transport.write(verdict)
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+        self._leave(messages)
+
+    def _leave(self, messages: Any) -> None:
+        """Hand what is left to aiohttp's loop, and read again if the queue was full
+        (aiohttp's loop does that as it takes requests; here the fast path took them)."""
+        waiter = self._waiter
+        if messages and waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._buffer_paused and len(messages) <= self._msg_queue_resume_size:
+            self._resume_reading_if_drained()
+
+    async def _forward(self, message: RawRequestMessage) -> None:
+        keep = False
+        try:
+            keep = await self._fast.forward(self, message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("fast_path_failed", message=repr(exc))
+        finally:
+            self._forwarding = None
+            self._request_in_progress = False
+            if self._handler_waiter is not None and not self._handler_waiter.done():
+                self._handler_waiter.set_result(None)
+        if not keep:
+            self.force_close()
+            return
+        self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+        self._take()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        # The client went away: so does its upstream request.
+        if self._forwarding is not None:
+            self._forwarding.cancel()
+        super().connection_lost(exc)
+
+
+class FastPathSite(LimitedSite):
+    """A LimitedSite whose connections are FastPathHandlers."""
+
+    __slots__ = ("_fast",)
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, fast: FastPath,
+                 **kwargs: Any) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self._fast = fast
+
+    def _protocol(self) -> LimitedHandler:
+        server = self._runner.server
+        assert server is not None
+        return FastPathHandler(server, site=self, loop=self.loop, fast=self._fast,
+                               **server._kwargs)

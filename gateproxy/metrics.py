@@ -1,0 +1,137 @@
+"""Prometheus metrics of one Gateway, on a registry of its own.
+
+A registry per Gateway (not prometheus-client's global one) lets several gateways live in
+one process, as they do in the tests. The per-request counters are label children bound
+in advance and picked from small tables, so a request pays an index and a locked add,
+never a label lookup or string formatting.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import aiohttp
+from multidict import CIMultiDict
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from gateproxy.probe import ProbeResult
+from gateproxy.status import DependencyStatus
+from gateproxy.upstream import UpstreamClient, UpstreamResponse
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+METHOD_CLASSES = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+OTHER = "other"
+# Index = status // 100; codes outside 100-599 (aiohttp lets 600-999 through) are "other".
+STATUS_CLASSES = (OTHER, "1xx", "2xx", "3xx", "4xx", "5xx", OTHER, OTHER, OTHER, OTHER)
+
+
+class _DependencyUp(Collector):
+    """`gateproxy_dependency_up`, read from the statuses at scrape time, so that a
+    dependency added or removed by a reload appears or disappears with it."""
+
+    def __init__(self, statuses: Callable[[], Iterable[DependencyStatus]]) -> None:
+        self._statuses = statuses
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("gateproxy_dependency_up",
+                               "1 while the dependency is up, 0 while down or unknown",
+                               labels=["dependency"])
+        for status in self._statuses():
+            up.add_metric([status.dep.name], 1.0 if status.is_up else 0.0)
+        yield up
+
+
+class Metrics:
+    def __init__(self, statuses: Callable[[], Iterable[DependencyStatus]],
+                 open_websockets: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        ProcessCollector(registry=registry)
+        registry.register(_DependencyUp(statuses))
+        self._probes = Counter(
+            "gateproxy_probes", "Readiness probes by result and errorCode",
+            ["dependency", "result", "error_code"], registry=registry)
+        self._probe_seconds = Histogram(
+            "gateproxy_probe_duration_seconds", "Duration of readiness probes",
+            ["dependency"], registry=registry)
+        self._gated = Counter(
+            "gateproxy_gated_requests", "Requests answered 503 by the gate",
+            ["dependency", "route"], registry=registry)
+        self._gated_children: dict[tuple[str, str], Counter] = {}
+        forwarded = Counter(
+            "gateproxy_forwarded_requests",
+            "HTTP requests forwarded upstream, by method and by the class of the status "
+            "sent back (WebSocket sessions: gateproxy_websockets_open)",
+            ["method", "status_class"], registry=registry)
+        incs = {(m, s): forwarded.labels(m, s).inc
+                for m in (*METHOD_CLASSES, OTHER) for s in STATUS_CLASSES}
+        self._forwarded_other = [incs[OTHER, s] for s in STATUS_CLASSES]
+        self._forwarded = {m: [incs[m, s] for s in STATUS_CLASSES] for m in METHOD_CLASSES}
+        self._upstream_seconds = Histogram(
+            "gateproxy_upstream_latency_seconds",
+            "Time from sending a request upstream to receiving its response headers",
+            registry=registry)
+        Gauge("gateproxy_websockets_open", "WebSocket sessions being relayed",
+              registry=registry).set_function(open_websockets)
+        reloads = Counter(
+            "gateproxy_config_reloads", "Configuration reloads by result",
+            ["result"], registry=registry)
+        self.reload_applied = reloads.labels("applied")
+        self.reload_rejected = reloads.labels("rejected")
+
+    def observe_probe(self, status: DependencyStatus, result: ProbeResult) -> None:
+        """The monitor's `on_result` hook."""
+        name = status.dep.name
+        if result.error is None:
+            self._probes.labels(name, "success", "").inc()
+        else:
+            self._probes.labels(name, "failure", result.error.code).inc()
+        self._probe_seconds.labels(name).observe(result.duration_ms / 1000)
+
+    def count_gated(self, dependency: str, prefix: str) -> None:
+        key = (dependency, prefix)
+        child = self._gated_children.get(key)
+        if child is None:
+            child = self._gated_children[key] = self._gated.labels(dependency, prefix)
+        child.inc()
+
+    def count_forwarded(self, method: str, status: int) -> None:
+        self._forwarded.get(method, self._forwarded_other)[status // 100]()
+
+    def timed(self, client: UpstreamClient) -> UpstreamClient:
+        """`client`, with the time to each response's headers observed."""
+        return _TimedUpstream(client, self._upstream_seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _TimedUpstream:
+    __slots__ = ("_client", "_observe")
+
+    def __init__(self, client: UpstreamClient, histogram: Histogram) -> None:
+        self._client = client
+        self._observe = histogram.observe
+
+    async def send(self, method: str, target: str, headers: CIMultiDict[str],
+                   body: aiohttp.StreamReader | None) -> UpstreamResponse:
+        started = time.perf_counter()
+        response = await self._client.send(method, target, headers, body)
+        # Only answers count: a refused connection is not a fast upstream.
+        self._observe(time.perf_counter() - started)
+        return response
+
+    async def close(self) -> None:
+        await self._client.close()

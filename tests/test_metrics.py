@@ -1,0 +1,142 @@
+"""Prometheus metrics after known traffic, through a real Gateway between stand-ins."""
+
+from __future__ import annotations
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateproxy.app import Gateway
+from gateproxy.metrics import CONTENT_TYPE
+from gateproxy.standins import StandIn, docker_runner, platform_server
+from tests.conftest import MakeGateway, StartStandIn, env_for, url
+from tests.test_gateway import wait_for
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum over every series of `name` that has these labels (and any others)."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+async def scrape(http: aiohttp.ClientSession, gateway: Gateway) -> Samples:
+    async with http.get(url(gateway, "/_gateproxy/metrics")) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == CONTENT_TYPE
+        return parse(await resp.text())
+
+
+async def test_metrics_after_known_traffic(
+        start_standin: StartStandIn, make_gateway: MakeGateway,
+        http: aiohttp.ClientSession) -> None:
+    upstream = await start_standin(platform_server())
+    runner = await start_standin(docker_runner())
+    await runner.stop()  # down first, on a port that will come back
+    gateway = await make_gateway(env_for(upstream, runner.url))
+    status = gateway.guards[0].status
+    await wait_for(lambda: status.total_failures >= 2)
+
+    for _ in range(3):
+        async with http.get(url(gateway, "/api/containers/abc/events")) as resp:
+            assert resp.status == 503
+    async with http.delete(url(gateway, "/api/containers/abc")) as resp:
+        assert resp.status == 503
+    samples = await scrape(http, gateway)
+    assert value(samples, "gateproxy_dependency_up", dependency="docker-runner") == 0
+    assert value(samples, "gateproxy_gated_requests_total", dependency="docker-runner",
+                 route="/api/containers") == 4
+    assert total(samples, "gateproxy_forwarded_requests_total") == 0
+    assert value(samples, "gateproxy_upstream_latency_seconds_count") == 0
+
+    await runner.start()
+    await wait_for(lambda: status.is_up)
+    for _ in range(2):
+        async with http.get(url(gateway, "/api/threads")) as resp:
+            assert resp.status == 200
+    async with http.get(url(gateway, "/no/such/route")) as resp:
+        assert resp.status == 404
+    async with http.post(url(gateway, "/api/containers/w1/terminal/sessions")) as resp:
+        assert resp.status == 201
+    async with http.delete(url(gateway, "/api/containers/abc")) as resp:
+        assert resp.status == 204
+    async with http.request("PROPFIND", url(gateway, "/api/threads")) as resp:
+        assert resp.status == 405
+    async with http.get(url(gateway, "/health")) as resp:
+        assert resp.status == 200  # answered by gateproxy: not a forwarded request
+
+    samples = await scrape(http, gateway)
+    forwarded = "gateproxy_forwarded_requests_total"
+    assert value(samples, forwarded, method="GET", status_class="2xx") == 2
+    assert value(samples, forwarded, method="GET", status_class="4xx") == 1
+    assert value(samples, forwarded, method="POST", status_class="2xx") == 1
+    assert value(samples, forwarded, method="DELETE", status_class="2xx") == 1
+    assert value(samples, forwarded, method="other", status_class="4xx") == 1
+    assert total(samples, forwarded) == 6
+    assert value(samples, "gateproxy_upstream_latency_seconds_count") == 6
+    assert value(samples, "gateproxy_upstream_latency_seconds_bucket", le="+Inf") == 6
+    assert 0 < value(samples, "gateproxy_upstream_latency_seconds_sum") < 6
+    assert value(samples, "gateproxy_dependency_up", dependency="docker-runner") == 1
+    assert value(samples, "gateproxy_gated_requests_total", dependency="docker-runner",
+                 route="/api/containers") == 4, "nothing gated while up"
+    assert value(samples, "gateproxy_websockets_open") == 0
+    assert value(samples, "process_resident_memory_bytes") > 0
+    assert value(samples, "process_cpu_seconds_total") > 0
+
+    # The probe series agree with the status, read together without yielding to the loop.
+    samples = parse(gateway.metrics.exposition().decode())
+    probes = "gateproxy_probes_total"
+    assert value(samples, probes, dependency="docker-runner", result="failure",
+                 error_code="connection_refused") == status.total_failures
+    assert value(samples, probes, dependency="docker-runner", result="success",
+                 error_code="") == status.total_checks - status.total_failures
+    assert value(samples, "gateproxy_probe_duration_seconds_count",
+                 dependency="docker-runner") == status.total_checks
+
+
+async def test_two_gateways_in_one_process_count_separately(
+        start_standin: StartStandIn, runner: StandIn, make_gateway: MakeGateway,
+        http: aiohttp.ClientSession) -> None:
+    upstream = await start_standin(platform_server())
+    first = await make_gateway(env_for(upstream, runner.url))
+    second = await make_gateway(env_for(upstream, runner.url))
+    for _ in range(3):
+        async with http.get(url(first, "/api/threads")) as resp:
+            assert resp.status == 200
+    first_samples = await scrape(http, first)
+    second_samples = await scrape(http, second)
+    name = "gateproxy_forwarded_requests_total"
+    assert value(first_samples, name, method="GET", status_class="2xx") == 3
+    assert value(second_samples, name, method="GET", status_class="2xx") == 0
+
+
+async def test_open_websockets_are_counted_while_relayed(
+        start_standin: StartStandIn, runner: StandIn, make_gateway: MakeGateway,
+        http: aiohttp.ClientSession) -> None:
+    upstream = await start_standin(platform_server())
+    gateway = await make_gateway(env_for(upstream, runner.url))
+    echo = url(gateway, "/api/echo/ws")
+    async with http.ws_connect(echo) as first, http.ws_connect(echo) as second:
+        for ws in (first, second):
+            await ws.send_str("ping")
+            assert await ws.receive_str() == "ping"
+        samples = await scrape(http, gateway)
+        assert value(samples, "gateproxy_websockets_open") == 2
+        await first.close()
+        await wait_for(lambda: gateway.websockets.open_count == 1)
+        samples = await scrape(http, gateway)
+        assert value(samples, "gateproxy_websockets_open") == 1
+    await wait_for(lambda: gateway.websockets.open_count == 0)
+    samples = await scrape(http, gateway)
+    assert value(samples, "gateproxy_websockets_open") == 0
+    assert total(samples, "gateproxy_forwarded_requests_total") == 0, (
+        "WebSocket sessions are not counted as forwarded requests")

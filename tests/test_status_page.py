@@ -1,0 +1,231 @@
+"""The status page: what it serves, and in real headless Chromium that its badge follows
+docker-runner down and back up, and its cards follow reloaded dependencies, without a
+reload of the page.
+
+The browser test drives Debian's chromium over the DevTools protocol (a WebSocket, with
+aiohttp's client) and saves screenshots under artifacts/. It installs nothing; it is
+skipped only where chromium is absent (CI installs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateproxy import config
+from gateproxy.reload import apply
+from gateproxy.standins import StandIn
+from tests.conftest import MakeGateway, Recorder, StartStandIn, env_for, free_port, url
+from tests.test_gateway import wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+BADGE = 'document.querySelector(\'[data-dep="docker-runner"] [data-f="status"]\')'
+
+
+async def test_the_page_is_self_contained_and_carries_the_state(
+        recorder: tuple[Recorder, StandIn], make_gateway: MakeGateway,
+        http: aiohttp.ClientSession) -> None:
+    _, upstream = recorder
+    gateway = await make_gateway(env_for(upstream, f"http://127.0.0.1:{free_port()}"))
+    async with http.get(url(gateway, "/_gateproxy/status")) as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/html"
+        assert resp.headers["Cache-Control"] == "no-store"
+        assert "connect-src 'self'" in resp.headers["Content-Security-Policy"]
+        page = await resp.text()
+    links = re.findall(r'(?:src|href|action)="([^"]*)"', page)
+    assert links and all(link.startswith(("/_gateproxy/", "data:")) for link in links), links
+    assert '<meta name="viewport"' in page
+    embedded = re.search(r'<script type="application/json" id="initial">(.*?)</script>',
+                         page, re.S)
+    assert embedded is not None
+    state = json.loads(embedded.group(1))
+    assert [d["name"] for d in state["dependencies"]] == ["docker-runner"]
+    assert state["dependencies"][0]["gatedRoutes"] == [
+        {"prefix": "/api/containers", "methods": None}]
+    assert state["config"]["version"] == 1
+
+
+class DevTools:
+    """A minimal DevTools protocol client: commands by id, events kept."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+        self.events: list[dict[str, Any]] = []
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        call_id = next(self.ids)
+        await self.ws.send_json({"id": call_id, "method": method, "params": params})
+        async with asyncio.timeout(20):
+            while True:
+                message = await self.ws.receive_json()
+                if message.get("id") == call_id:
+                    assert "error" not in message, message
+                    result: dict[str, Any] = message["result"]
+                    return result
+                self.events.append(message)
+
+    async def eval(self, expression: str) -> Any:
+        answer = await self.call("Runtime.evaluate", expression=expression,
+                                 returnByValue=True)
+        assert "exceptionDetails" not in answer, answer
+        return answer["result"].get("value")
+
+    async def until(self, expression: str, expected: Any, timeout: float = 10.0) -> None:
+        for _ in range(round(timeout / 0.1)):
+            last = await self.eval(expression)
+            if last == expected:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{expression} is {last!r}, not {expected!r}, after {timeout} s")
+
+    async def screenshot(self, name: str) -> Path:
+        shot = await self.call("Page.captureScreenshot", format="png")
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / name
+        path.write_bytes(base64.b64decode(shot["data"]))
+        return path
+
+
+@contextlib.asynccontextmanager
+async def chromium(http: aiohttp.ClientSession) -> AsyncIterator[DevTools]:
+    with tempfile.TemporaryDirectory(prefix="gateproxy-chromium-") as profile:
+        proc = await asyncio.create_subprocess_exec(
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--disable-extensions", f"--user-data-dir={profile}",
+            "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+            "about:blank",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        assert proc.stderr is not None
+        drain: asyncio.Task[None] | None = None
+        try:
+            async with asyncio.timeout(30):
+                while True:
+                    line = (await proc.stderr.readline()).decode()
+                    assert line, "chromium ended before opening DevTools"
+                    found = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", line)
+                    if found:
+                        break
+            # Keep reading its stderr so that chromium never blocks on a full pipe.
+            drain = asyncio.get_running_loop().create_task(_discard(proc.stderr))
+            async with http.get(f"http://127.0.0.1:{found.group(1)}/json/list") as resp:
+                targets = await resp.json()
+            page = next(t for t in targets if t["type"] == "page")
+            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                yield DevTools(ws)
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    async with asyncio.timeout(10):
+                        await proc.wait()
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+            if drain is not None:
+                await drain
+
+
+async def _discard(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                    reason=f"{CHROMIUM} is not installed (Debian package chromium; CI has it)")
+async def test_badge_follows_docker_runner_without_a_reload(
+        tmp_path: Path, start_standin: StartStandIn, recorder: tuple[Recorder, StandIn],
+        make_gateway: MakeGateway, http: aiohttp.ClientSession) -> None:
+    from gateproxy.standins import docker_runner
+
+    _, upstream = recorder
+    runner = await start_standin(docker_runner())
+    env = env_for(upstream, runner.url)
+    gateway = await make_gateway(env)
+    status = gateway.guards[0].status
+    await wait_for(lambda: status.is_up)
+    base = url(gateway, "")
+    async with chromium(http) as browser:
+        await browser.call("Network.enable")
+        await browser.call("Emulation.setDeviceMetricsOverride", width=960, height=1000,
+                           deviceScaleFactor=1, mobile=False)
+        await browser.call("Page.navigate", url=f"{base}/_gateproxy/status")
+        await browser.until(f"{BADGE}?.textContent", "up")
+        marker = await browser.eval("window.__sameDocument = Math.random()")
+        await browser.screenshot("status-page-up.png")
+
+        await runner.stop()
+        await browser.until(f"{BADGE}.textContent", "down")
+        assert await browser.eval(f"{BADGE}.className") == "badge down"
+        assert await browser.eval("window.__sameDocument") == marker, "the page reloaded"
+        card = 'document.querySelector(\'[data-dep="docker-runner"]\')'
+        last_error = await browser.eval(f"{card}.querySelector('[data-f=lastError]')"
+                                        ".textContent")
+        assert last_error.startswith("connection_refused: ")
+        newest = await browser.eval(f"{card}.querySelector('[data-f=transitions] li')"
+                                    ".textContent")
+        assert "up → down" in newest and "connection_refused" in newest
+        assert await browser.eval(f"{card}.querySelector('[data-f=routes]').textContent"
+                                  ) == "/api/containers"
+        assert await browser.eval("document.getElementById('overall').textContent") == (
+            "1 not up")
+        await browser.screenshot("status-page-down.png")
+        await browser.call("Emulation.setDeviceMetricsOverride", width=390, height=844,
+                           deviceScaleFactor=2, mobile=True)
+        await asyncio.sleep(0.3)
+        assert await browser.eval(
+            "document.documentElement.scrollWidth <= window.innerWidth"), (
+            "no sideways scrolling on a phone")
+        await browser.screenshot("status-page-phone.png")
+        await browser.call("Emulation.setDeviceMetricsOverride", width=960, height=1000,
+                           deviceScaleFactor=1, mobile=False)
+
+        await runner.start()
+        await browser.until(f"{BADGE}.textContent", "up")
+        assert await browser.eval(f"{BADGE}.className") == "badge up"
+        assert await browser.eval("window.__sameDocument") == marker, "the page reloaded"
+        assert await browser.eval("document.getElementById('overall').textContent") == (
+            "all up")
+        await browser.screenshot("status-page-recovered.png")
+
+        # A dependency added by a reload gets its card, and loses it when removed.
+        two = tmp_path / "two.yaml"
+        two.write_text(f"""\
+dependencies:
+  - name: docker-runner
+    health_key: dockerRunner
+    base_url: "{runner.url}"
+    gated_routes: [/api/containers]
+  - name: other-runner
+    base_url: "{runner.url}"
+    gated_routes: [/api/other]
+""")
+        await apply(gateway, config.load(str(two), env))
+        cards = "[...document.querySelectorAll('.dep')].map((c) => c.dataset.dep).join()"
+        await browser.until(cards, "docker-runner,other-runner")
+        await apply(gateway, config.load(None, env))
+        await browser.until(cards, "docker-runner")
+        assert await browser.eval("window.__sameDocument") == marker, "the page reloaded"
+
+        requested = [e["params"]["request"]["url"] for e in browser.events
+                     if e.get("method") == "Network.requestWillBeSent"]
+    assert f"{base}/_gateproxy/status.json" in requested, "it polls status.json"
+    outside = [u for u in requested if not u.startswith((base + "/", "data:"))]
+    assert outside == [], "the page loads nothing from anywhere else"
+    for name in ("up", "down", "phone", "recovered"):
+        assert (ARTIFACTS / f"status-page-{name}.png").read_bytes().startswith(b"\x89PNG")
