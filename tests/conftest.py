@@ -105,7 +105,9 @@ async def make_gateway() -> AsyncIterator[MakeGateway]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
+    # A bounded total: a hung request fails fast and names its test.
+    async with aiohttp.ClientSession(auto_decompress=False,
+                                     timeout=aiohttp.ClientTimeout(total=30)) as session:
         yield session
 
 
