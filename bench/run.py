@@ -260,6 +260,36 @@ def interleaved(scenario: str, targets: dict[str, str], settings: Settings,
     return series
 
 
+# --- the gate, in process ---------------------------------------------------------------
+
+
+def judge_microseconds(configs: dict[str, Path]) -> dict[str, tuple[float, float]]:
+    """Per configuration: microseconds per gate decision for a gated path and for one
+    that is not (the dependency counts as down: every rule is live)."""
+    from gateproxy import config
+    from gateproxy.app import Gateway
+
+    async def measure() -> dict[str, tuple[float, float]]:
+        out = {}
+        for name, path in configs.items():
+            gateway = Gateway(config.load(str(path), env={}))
+            judge = gateway.gate.judge
+            times = []
+            for target in ("/api/containers/abc", "/api/ping"):
+                best = float("inf")
+                for _ in range(5):
+                    start = time.perf_counter()
+                    for _ in range(20000):
+                        judge("GET", target, {})
+                    best = min(best, (time.perf_counter() - start) / 20000 * 1e6)
+                times.append(best)
+            out[name] = (times[0], times[1])
+            await gateway.upstream.close()
+        return out
+
+    return asyncio.run(measure())
+
+
 # --- WebSocket --------------------------------------------------------------------------
 
 
@@ -551,6 +581,8 @@ def run(bench: Bench, settings: Settings, args: argparse.Namespace, started: flo
     gate_fwd = interleaved("gate forwarded", {n: u + "/api/ping" for n, u in gate_url.items()},
                            settings, settings.connections)
     series += gate_503 + gate_fwd
+    judge_us = judge_microseconds({"1 prefix": bench.dir / "gateproxy.yaml",
+                                   "1000 prefixes": bench.dir / "gateproxy-1000.yaml"})
 
     print("bench: startup", flush=True)
     startups = [bench.startup_seconds() for _ in range(3 if args.quick else 5)]
@@ -567,6 +599,9 @@ def run(bench: Bench, settings: Settings, args: argparse.Namespace, started: flo
           f"{statistics.median(startups) * 1000:.0f} ms "
           f"(min {min(startups) * 1000:.0f}, max {max(startups) * 1000:.0f})")
     print(f"gateproxy peak RSS (VmHWM) after the 1 MiB downloads: {rss:.1f} MiB")
+    for name, (gated_us, passed_us) in judge_us.items():
+        print(f"gate decision in process, {name}: {gated_us:.2f} us gated, "
+              f"{passed_us:.2f} us not gated")
     print(f"bench took {time.monotonic() - started:.0f} s")
 
     def r(scenario: str, a: str, b: str, attr: str = "rps") -> float:
@@ -585,6 +620,8 @@ def run(bench: Bench, settings: Settings, args: argparse.Namespace, started: flo
         "startup_s": statistics.median(startups),
         "gate_1000_vs_1_gated": r("gate 503", "1000 prefixes", "1 prefix"),
         "gate_1000_vs_1_forwarded": r("gate forwarded", "1000 prefixes", "1 prefix"),
+        "judge_us_1": judge_us["1 prefix"][0],
+        "judge_us_1000": judge_us["1000 prefixes"][0],
     }
     if ws:
         def ws_median(name: str, attr: str) -> float:

@@ -560,7 +560,11 @@ def _dependency(loader: _Loader, dep: Any, i: int, secret: str | None) -> Depend
     if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         loader.problem((*path, "name"),
                        f"must be letters, digits, '-', '_' or '.', got {_show(name)}")
-    health_key = dep.get("health_key") or (camel_case(name) if name else None)
+    raw_key = dep.get("health_key")
+    if raw_key is not None and not (isinstance(raw_key, str) and raw_key.strip()):
+        # Not silently replaced by a blank: /health would show the dependency under "".
+        loader.problem((*path, "health_key"), f"must be a non-empty string, got {_show(raw_key)}")
+    health_key = raw_key or (camel_case(name) if name else None)
     retry_node = dep.get("retry")
     retry_path = (*path, "retry")
     retry = Retry(

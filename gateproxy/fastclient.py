@@ -45,10 +45,113 @@ POOL_IDLE_S: Final = 4.0
 MAX_IDLE: Final = 256
 # Response bytes buffered per request before reading from the upstream pauses (aiohttp
 # pauses at twice this): enough for a few socket reads, little for many downloads.
-READ_BUFSIZE: Final = 1 << 18
+READ_BUFSIZE: Final = 1 << 16
 
 
 _UNANSWERED: Final = "the upstream closed the connection without an answer"
+
+
+class _Protocol(ResponseHandler):
+    """aiohttp's client protocol, able to hand the rest of a body straight to another
+    transport (`FastResponse.pipe_body`) instead of parsing and queueing it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.pipe: _Pipe | None = None
+
+    def data_received(self, data: bytes) -> None:
+        pipe = self.pipe
+        if pipe is None or not data:
+            super().data_received(data)
+            return
+        self._reschedule_timeout()
+        pipe.feed(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.pipe is not None:
+            self.pipe.finish(False)
+        super().connection_lost(exc)
+
+    def _on_read_timeout(self) -> None:
+        if self.pipe is not None:
+            self.pipe.finish(False)
+            self.abort()
+            return
+        super()._on_read_timeout()
+
+
+class _Pipe:
+    """The rest of a Content-Length body, from an upstream connection to a client's
+    transport as it arrives: no parsing, no queue, no task switch per piece. The client
+    transport's flow control pauses the upstream (`pause`, `resume`)."""
+
+    __slots__ = ("_payload", "_proto", "_remaining", "_sink", "done")
+
+    def __init__(self, proto: _Protocol, payload: StreamReader, sink: asyncio.Transport,
+                 remaining: int) -> None:
+        self._proto = proto
+        self._payload = payload
+        self._sink = sink
+        self._remaining = remaining
+        self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def feed(self, data: bytes) -> None:
+        sink = self._sink
+        if sink.is_closing():
+            self.finish(False)
+            return
+        remaining = self._remaining
+        if len(data) > remaining:
+            # Bytes past the body: not HTTP any more; the connection is not reused.
+            self._proto.force_close()
+            data = data[:remaining]
+        sink.write(data)
+        self._remaining = remaining - len(data)
+        if not self._remaining:
+            self.finish(True)
+
+    def pause(self) -> None:
+        self._proto.pause_reading()
+
+    def resume(self) -> None:
+        if self._proto._reading_paused:
+            self._proto.resume_reading(resume_parser=False)
+
+    def finish(self, complete: bool) -> None:
+        """End the pipe; `complete`: the whole body went through."""
+        proto = self._proto
+        if proto.pipe is not self:
+            return
+        proto.pipe = None
+        if proto._reading_paused:
+            proto.resume_reading(resume_parser=False)
+        if complete:
+            # The parser never saw these bytes: the answer is complete all the same, and
+            # the next request gets a parser of its own.
+            self._payload.feed_eof()
+        if not self.done.done():
+            self.done.set_result(complete)
+
+
+class PipeSlot:
+    """The sink's flow control, kept by whoever sees it (the client connection's
+    protocol), and the pipe of a running `pipe_body` that follows it."""
+
+    __slots__ = ("paused", "pipe")
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.pipe: _Pipe | None = None
+
+    def pause(self) -> None:
+        self.paused = True
+        if self.pipe is not None:
+            self.pipe.pause()
+
+    def resume(self) -> None:
+        self.paused = False
+        if self.pipe is not None:
+            self.pipe.resume()
 
 
 class _Stale(Exception):
@@ -60,18 +163,20 @@ class FastResponse:
     """One upstream response; its connection goes back to the pool when the body has
     been read to the end."""
 
-    __slots__ = ("_body_task", "_client", "_done", "_framed", "_payload", "_proto",
+    __slots__ = ("_body_task", "_client", "_done", "_length", "_payload", "_proto",
                  "raw_headers", "reason", "status")
 
-    def __init__(self, client: FastUpstream, proto: ResponseHandler, message: RawResponseMessage,
+    def __init__(self, client: FastUpstream, proto: _Protocol, message: RawResponseMessage,
                  payload: StreamReader, body_task: asyncio.Task[bool] | None) -> None:
         self._client = client
         self._proto = proto
         self._payload = payload
         self._body_task = body_task
         self._done = False
-        # Delimited by a Content-Length (not chunked, not by the connection's end).
-        self._framed = not message.chunked and "Content-Length" in message.headers
+        # The body's length when a Content-Length delimits it (not chunked, not the
+        # connection's end): aiohttp's parser has checked it is a number.
+        length = None if message.chunked else message.headers.get("Content-Length")
+        self._length = None if length is None else int(length)
         self.status = message.code
         self.reason = message.reason
         self.raw_headers = message.raw_headers
@@ -95,12 +200,59 @@ class FastResponse:
         arrived (a small answer usually comes in one piece with its head); the
         connection then goes back to the pool. None otherwise: iterate instead."""
         payload = self._payload
-        if self._done or not self._framed or not payload.is_eof() \
+        if self._done or self._length is None or not payload.is_eof() \
                 or payload.exception() is not None or self._body_task is not None:
             return None
         body = payload.read_nowait(-1)
         self.release()
         return body
+
+    @property
+    def pipeable(self) -> bool:
+        """Whether `pipe_body` can take the body: delimited by a Content-Length and none
+        of it read yet."""
+        return not self._done and self._length is not None and self._body_task is None \
+            and self._payload.exception() is None
+
+    async def pipe_body(self, sink: asyncio.Transport, pipes: PipeSlot) -> bool:
+        """Send the body, delimited by a Content-Length, to `sink` as it arrives, past
+        the parser and without a task switch per piece (large downloads). `pipes`
+        gets the pipe while it runs, for the sink's flow control to pause and resume.
+        True when the whole body went through (the connection is then pooled); False
+        when the upstream broke off or stalled, or the sink closed."""
+        payload = self._payload
+        proto = self._proto
+        length = self._length
+        if not self.pipeable or length is None:
+            raise ValueError("only a fresh Content-Length body can be piped")
+        # What the parser has already queued goes first, and what it holds back while
+        # its queue is over the high-water mark (reading the queue empty resumes it,
+        # which queues the rest). From here on the parser is left behind (each request
+        # gets a new one).
+        while True:
+            buffered = payload.read_nowait(-1)
+            if buffered:
+                sink.write(buffered)
+            elif proto._reading_paused:
+                proto.resume_reading()
+            else:
+                break
+        remaining = length - payload.total_bytes
+        if remaining > 0 and not payload.is_eof():
+            pipe = proto.pipe = _Pipe(proto, payload, sink, remaining)
+            pipes.pipe = pipe
+            if pipes.paused:
+                pipe.pause()
+            try:
+                complete = await pipe.done
+            finally:
+                pipe.finish(False)
+                pipes.pipe = None
+            if not complete:
+                self.close()
+                return False
+        self.release()
+        return True
 
     def release(self) -> None:
         if self._done:
@@ -144,7 +296,7 @@ class FastUpstream:
         self._connect_timeout_ms = connect_timeout_ms
         self._read_timeout_ms = read_timeout_ms
         self._read_timeout = read_timeout_ms / 1000 if read_timeout_ms else None
-        self._idle: deque[tuple[ResponseHandler, float]] = deque()
+        self._idle: deque[tuple[_Protocol, float]] = deque()
         self._closed = False
         self._websockets: AiohttpUpstream | None = None
 
@@ -196,7 +348,7 @@ class FastUpstream:
         # as their Latin-1 reading (docs/headers.md).
         return text.encode("utf-8")
 
-    async def _exchange(self, proto: ResponseHandler, method: str, head: bytes,
+    async def _exchange(self, proto: _Protocol, method: str, head: bytes,
                         body: aiohttp.StreamReader | None, chunked: bool) -> FastResponse:
         proto.set_response_params(skip_payload=method == "HEAD", read_until_eof=True,
                                   auto_decompress=False, read_timeout=self._read_timeout,
@@ -252,7 +404,7 @@ class FastUpstream:
 
     # --- the pool ---------------------------------------------------------------------
 
-    async def _acquire(self) -> tuple[ResponseHandler, bool]:
+    async def _acquire(self) -> tuple[_Protocol, bool]:
         idle = self._idle
         if idle:
             now = asyncio.get_running_loop().time()
@@ -264,7 +416,7 @@ class FastUpstream:
                 proto.close()
         return await self._connect(), False
 
-    def _release(self, proto: ResponseHandler) -> None:
+    def _release(self, proto: _Protocol) -> None:
         if self._closed or proto.should_close or not proto.is_connected() \
                 or len(self._idle) >= MAX_IDLE:
             proto.close()
@@ -277,12 +429,12 @@ class FastUpstream:
         if now - idle[0][1] >= POOL_IDLE_S:
             idle.popleft()[0].close()
 
-    async def _connect(self) -> ResponseHandler:
+    async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout_ms / 1000):
                 _, proto = await loop.create_connection(
-                    lambda: ResponseHandler(loop), self._host, self._port, ssl=self._ssl)
+                    lambda: _Protocol(loop), self._host, self._port, ssl=self._ssl)
         except TimeoutError as exc:
             raise UpstreamError("upstream_unavailable",
                                 "the upstream did not accept a connection in time") from exc
@@ -310,7 +462,7 @@ class FastUpstream:
             await self._websockets.close()
 
 
-async def _read_head(proto: ResponseHandler) -> tuple[RawResponseMessage, StreamReader]:
+async def _read_head(proto: _Protocol) -> tuple[RawResponseMessage, StreamReader]:
     """The final response's head; informational (1xx) answers are skipped."""
     while True:
         message, payload = await proto.read()
@@ -318,7 +470,7 @@ async def _read_head(proto: ResponseHandler) -> tuple[RawResponseMessage, Stream
             return message, payload
 
 
-async def _send_body(proto: ResponseHandler, body: aiohttp.StreamReader, chunked: bool) -> bool:
+async def _send_body(proto: _Protocol, body: aiohttp.StreamReader, chunked: bool) -> bool:
     """Stream the request body; True once all of it is written. On any failure the
     upstream connection is aborted, so the upstream sees an unfinished request, never a
     shortened one that looks complete, and the response read fails."""

@@ -8,10 +8,12 @@ parser has produced the request, in `data_received`:
 
 - the gate's 503: written at once, formatted as the usual path formats it;
 - a bodiless GET forwarded upstream: through the same Forwarder client, request
-  checks and header functions as the usual path; an answer whose whole body has already
-  arrived with a Content-Length goes back in one write, any other answer (streamed,
-  chunked, empty-by-status, an upstream error) through the usual `relay`, on a real
-  aiohttp Request.
+  checks and header functions as the usual path. An answer delimited by a Content-Length
+  goes back with the head `relay` would write: in one write when the whole body came
+  with the head (small answers), else piped from the upstream connection to the
+  client's as it arrives (large downloads: no parsing, queueing or task switch per
+  piece). Any other answer (chunked, close-delimited, empty by its status, an upstream
+  error) goes through the usual `relay`, on a real aiohttp Request.
 
 Everything else goes the usual way, unchanged: requests with a body, other methods,
 HTTP/1.0, `Connection: close`, upgrades, `Expect`, an `Origin` on a gated path, a
@@ -35,7 +37,7 @@ from aiohttp.http_writer import _serialize_headers
 from aiohttp.streams import EMPTY_PAYLOAD
 
 from gateproxy import limits, routes
-from gateproxy.fastclient import FastResponse
+from gateproxy.fastclient import FastResponse, PipeSlot
 from gateproxy.gate import JSON, Guard
 from gateproxy.limits import LimitedHandler, LimitedSite
 from gateproxy.logs import log
@@ -178,39 +180,45 @@ class FastPath:
             gateway.metrics.count_forwarded("GET", answer.status)
             return await _finish(request, answer)
         try:
-            head = _whole(upstream)
-            if head is not None:
+            head = _framed_head(upstream)
+            if head is None:
+                response = await relay(request, upstream)
+                gateway.metrics.count_forwarded("GET", response.status)
+                request._finish()
+                # relay aborts the client connection when the upstream breaks off.
                 transport = handler.transport
-                if transport is None:
-                    return False
-                transport.writelines(head)
-                gateway.metrics.count_forwarded("GET", upstream.status)
-                return True
-            response = await relay(request, upstream)
-            gateway.metrics.count_forwarded("GET", response.status)
-            request._finish()
-            # relay aborts the client connection when the upstream breaks off mid-body.
+                return bool(response.keep_alive) and transport is not None \
+                    and not transport.is_closing()
+            assert isinstance(upstream, FastResponse)
             transport = handler.transport
-            return bool(response.keep_alive) and transport is not None \
-                and not transport.is_closing()
+            if transport is None:
+                return False
+            gateway.metrics.count_forwarded("GET", upstream.status)
+            body = upstream.whole_body()
+            if body is not None:
+                transport.writelines([head, body])
+                return True
+            transport.write(head)
+            if await upstream.pipe_body(transport, handler.pipes):
+                return True
+            # The head is out: the only honest signal left is an unclean end, never a
+            # short body that looks complete.
+            transport.abort()
+            return False
         finally:
             upstream.close()
 
 
-def _whole(upstream: UpstreamResponse) -> list[bytes] | None:
-    """Head and body of an answer that has arrived whole with a Content-Length, as
-    `relay` would write them to an HTTP/1.1 keep-alive client; None for anything else."""
-    if not isinstance(upstream, FastResponse) or upstream.status < 200 \
-            or upstream.status in _EMPTY_STATUS:
-        return None
-    body = upstream.whole_body()
-    if body is None:
+def _framed_head(upstream: UpstreamResponse) -> bytes | None:
+    """For an answer delimited by a Content-Length, the head `relay` would write to an
+    HTTP/1.1 keep-alive client; None for anything else (left to `relay`)."""
+    if not isinstance(upstream, FastResponse) or not upstream.pipeable \
+            or upstream.status < 200 or upstream.status in _EMPTY_STATUS:
         return None
     headers = response_headers(upstream.raw_headers)
     if "Date" not in headers:
         headers["Date"] = rfc822_formatted_time()
-    status_line = f"HTTP/1.1 {upstream.status} {upstream.reason}"
-    return [_serialize_headers(status_line, headers), body]
+    return _serialize_headers(f"HTTP/1.1 {upstream.status} {upstream.reason}", headers)
 
 
 async def _finish(request: web.BaseRequest, response: web.StreamResponse) -> bool:
@@ -248,12 +256,22 @@ def rejection(body: bytes, retry_after: int, date: str) -> bytes:
 class FastPathHandler(LimitedHandler):
     """A LimitedHandler that gives the fast path the first look at each request."""
 
-    __slots__ = ("_fast", "_forwarding")
+    __slots__ = ("_fast", "_forwarding", "pipes")
 
     def __init__(self, manager: web.Server, *, fast: FastPath, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._fast = fast
         self._forwarding: asyncio.Task[None] | None = None
+        # A body piped from upstream pauses with this connection's writing.
+        self.pipes = PipeSlot()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.pipes.pause()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.pipes.resume()
 
     def make_request(self, message: RawRequestMessage) -> web.BaseRequest:
         """The aiohttp Request the usual path would have made for `message`."""

@@ -47,7 +47,7 @@ from typing import Any, Final, cast
 import orjson
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.streams import StreamReader
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 from gateproxy.gate import JSON, bad_request, error_body
 from gateproxy.logs import log
@@ -297,6 +297,12 @@ class LimitedHandler(web.RequestHandler):
                 self._body_bytes = 0
                 self._deadline = self._body_start + self._site.body_timeout_s
                 self._arm()
+            elif payload is EMPTY_PAYLOAD and not data.endswith(b"\r\n\r\n"):
+                # The start of the next head came with this one (pipelining) and stays in
+                # the parser: time it from now, or nothing would (nothing more may come).
+                self._body = None
+                self._start_head(self._loop.time())
+                self._head_bytes = True
             else:
                 self._phase = _IDLE
                 self._body = None
@@ -355,7 +361,11 @@ class LimitedHandler(web.RequestHandler):
                 self._payload_parser is not None):
             return
         now = self._loop.time()
-        if self._reading_paused or self._buffer_paused:
+        if self._reading_paused or self._buffer_paused or (phase == _HEAD and (
+                self._request_in_progress or self._messages)):
+            # The proxy is holding the client back, or (a head pipelined behind requests
+            # still being answered) the client has no reason to hurry: the clock starts
+            # again when that is over. A 408 now would also land inside another answer.
             self._forgive()
         if now < self._deadline:
             self._arm()

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,58 @@ def test_every_tricky_scalar_in_every_place(scalar: str, tmp_path: Path) -> None
         assert_loads_or_explains(str(path), {})
     for name in ENV_NAMES:
         assert_loads_or_explains(None, {name: scalar})
+
+
+# --- what the fuzzing found, kept as plain regressions ----------------------------------
+
+def _problems(text: str, tmp_path: Path) -> list[str]:
+    path = tmp_path / "r.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(str(path), {})
+    return str(caught.value).split("\n")
+
+
+def test_a_billion_laughs_is_explained_quickly_and_briefly(tmp_path: Path) -> None:
+    """Aliases make a list of 9**9 items from ten lines; a message must not print it."""
+    levels = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        levels.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    text = "x:\n" + "".join(f"  {line}\n" for line in levels) + "health_path: *i\n"
+    started = time.monotonic()
+    lines = _problems(text, tmp_path)
+    assert time.monotonic() - started < 2
+    assert max(len(line) for line in lines) < 2000, lines
+
+
+def test_an_unknown_key_with_a_newline_stays_on_one_line(tmp_path: Path) -> None:
+    lines = _problems('"a\\nb": 1\n"": 2\n', tmp_path)
+    assert len(lines) == 2
+    assert lines[0].endswith("unknown key (known keys: admin_port, admin_prefix, cors, "
+                             "dependencies, health_path, limits, listen, log, "
+                             "shutdown_delay_ms, shutdown_grace_ms, upstream)")
+    assert "'a\\nb'" in lines[0] and ": '': " in lines[1]
+
+
+def test_problems_in_a_dependency_list_name_the_file(tmp_path: Path) -> None:
+    """The file's list replaced the defaults' one: none of its problems are 'defaults'."""
+    lines = _problems("dependencies:\n  - name: 1_000\n    base_url: http://h\n", tmp_path)
+    assert lines and all(line.startswith(str(tmp_path / "r.yaml") + ": ") for line in lines)
+
+
+def test_a_health_key_that_is_not_a_string_is_an_error(tmp_path: Path) -> None:
+    lines = _problems("dependencies: [{name: x, base_url: 'http://h', health_key: 5}]\n",
+                      tmp_path)
+    assert lines == [f"{tmp_path / 'r.yaml'}: dependencies[0].health_key: "
+                     "must be a non-empty string, got 5"]
+
+
+@pytest.mark.parametrize("text", ["listen: {port: 0x" + "f" * 5000 + "}\n",
+                                  "limits: {max_connections: " + "9" * 40 + "}\n",
+                                  "shutdown_delay_ms: 1e999\n"])
+def test_numbers_too_large_for_any_setting_are_errors(text: str, tmp_path: Path) -> None:
+    lines = _problems(text, tmp_path)
+    assert len(lines) == 1 and max(len(line) for line in lines) < 300, lines
 
 
 # --- the real command -------------------------------------------------------------------

@@ -13,15 +13,19 @@ import asyncio
 import io
 import logging
 import re
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 import pytest
 
 from gateproxy import config, logs
 from gateproxy.app import Gateway
+from tests.conftest import free_port
 from tests.hostile_support import Ambiguous, RawUpstream, WireRequest
+from tests.test_process import Proc, procs, wait_live  # noqa: F401 (procs: a fixture)
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: platform.test\r\n\r\n"
 
@@ -352,3 +356,30 @@ async def test_malformed_requests_do_not_write_a_log_line_each(
     assert 1 <= len(limits) <= 2, limits
     assert sum(int(line.get("badRequests", 0)) for line in limits) >= 35
     assert not [line for line in lines if line["event"] == "request_error"]
+
+
+async def test_the_process_writes_only_json_lines_under_hostile_input(
+        tmp_path: Path, raw_upstream: RawUpstream, procs: list[Proc]) -> None:  # noqa: F811
+    """The real process (uvloop, the C parser): every malformed request above, and its
+    stderr still holds one JSON object per line, a handful of them."""
+    port = free_port()
+    path = tmp_path / "hostile.yaml"
+    path.write_text(f"listen: {{host: 127.0.0.1, port: {port}}}\n"
+                    f"upstream: {{url: '{raw_upstream.url}'}}\n"
+                    "shutdown_delay_ms: 0\n"
+                    "dependencies: [{name: docker-runner, base_url: 'http://127.0.0.1:9'}]\n")
+    proc = Proc("serve", "--config", str(path))
+    procs.append(proc)
+    await asyncio.wait_for(wait_live(port), 15)
+    for _ in range(3):
+        await asyncio.gather(*(exchange(port, case.data, timeout=2.0, split=case.split)
+                               for case in CASES))
+    assert received(raw_upstream) == []
+    proc.popen.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.popen.wait, 15) == 0
+    assert proc.popen.stderr is not None
+    lines = proc.popen.stderr.read().decode().splitlines()
+    assert all(line.startswith("{") for line in lines), [ln for ln in lines if ln[:1] != "{"][:5]
+    events = [orjson.loads(line)["event"] for line in lines]
+    assert len(events) < 25, events
+    assert "client_limits" in events

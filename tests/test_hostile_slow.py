@@ -180,6 +180,21 @@ async def test_a_keep_alive_pause_between_requests_is_not_a_slow_head(
     writer.close()
 
 
+async def test_a_head_pipelined_behind_a_long_response_waits_its_turn(
+        gateway: Gateway) -> None:
+    """The clock of a pipelined head starts once the answers before it are out, and its
+    408 never lands inside another answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(b"GET /api/events/sse?count=4&interval=0.4 HTTP/1.1\r\nHost: p\r\n\r\n"
+                 b"GET /api/threads HTTP/1.1\r\nHost: p\r\n")  # and no more of it
+    data = await read_all(reader, 6)
+    writer.close()
+    first, _, rest = data.partition(b"\r\n0\r\n\r\n")  # the stream's last chunk
+    assert first.startswith(b"HTTP/1.1 200") and first.count(b"event: tick") == 4, data[:300]
+    assert b"408" not in first
+    assert rest.startswith(b"HTTP/1.1 408 Request Timeout"), rest[:100]
+
+
 async def test_a_long_response_is_not_cut_by_the_client_timeouts(
         gateway: Gateway, http: aiohttp.ClientSession) -> None:
     url = f"http://127.0.0.1:{gateway.port}/api/events/sse?count=4&interval=0.4"
