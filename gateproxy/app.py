@@ -72,9 +72,11 @@ class Gateway:
 
     def main_app(self) -> web.Application:
         # auto_decompress off: a gzip request body is forwarded as sent, not inflated
-        # under its Content-Encoding and Content-Length.
+        # under its Content-Encoding and Content-Length. keepalive_timeout: aiohttp's own
+        # default (an hour) would let idle clients hold connection slots; 75 s as nginx.
         app = web.Application(handler_args={"max_field_size": 16384,
-                                            "auto_decompress": False})
+                                            "auto_decompress": False,
+                                            "keepalive_timeout": 75.0})
         if self.config.admin_port is None:
             admin.install(app, self)
         app.router.add_get(self.config.health_path, self._health)  # HEAD too

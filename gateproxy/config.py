@@ -579,9 +579,11 @@ def _dependency(loader: _Loader, dep: Any, i: int, secret: str | None) -> Depend
                        f"must be at least base_delay_ms ({retry.base_delay_ms}), "
                        f"got {retry.max_delay_ms}")
     not_ready = dep.get("not_ready")
-    if not_ready is None and name is not None:
-        snake = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-        not_ready = {"code": f"{snake}_not_ready", "message": f"{name} not ready"}
+    if not_ready is None:
+        # Without a usable name the entry is already rejected: no second line for it.
+        label = name or "dependency"
+        snake = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+        not_ready = {"code": f"{snake}_not_ready", "message": f"{label} not ready"}
     nr_path = (*path, "not_ready")
     built = Dependency(
         name=name,

@@ -70,13 +70,13 @@ def procs() -> Iterator[list[Proc]]:
 
 async def wait_live(port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
         while True:
             try:
                 async with http.get(f"http://127.0.0.1:{port}/_gateproxy/live") as resp:
                     if resp.status == 200:
                         return
-            except aiohttp.ClientError:
+            except (aiohttp.ClientError, TimeoutError):
                 pass
             if time.monotonic() > deadline:
                 raise AssertionError("gateproxy did not come up")
