@@ -58,7 +58,6 @@ class Gateway:
         self.draining = False
         self.started_at = time.time()
         self._runners: list[web.AppRunner] = []
-        self._stopping: asyncio.Event | None = None
 
     def make_guard(self, dep: Dependency) -> Guard:
         status = DependencyStatus(dep)

@@ -13,7 +13,10 @@ replaces the rest with:
 - a request head serialised with one join and written together with the body when the
   body has already arrived (the usual small JSON request), so one send per request;
 - one retry on a fresh connection when a pooled connection turns out to be closed
-  before any answer, only for requests that are safe to repeat (idempotent, no body).
+  before any answer, only for requests that are safe to repeat (idempotent, no body);
+- `whole_body` for a small answer that came in one piece with its head, and `pipe_body`,
+  which hands the rest of a Content-Length body from the upstream socket straight to
+  the client's transport (the fast path in gateproxy/fastpath.py uses both).
 
 WebSocket handshakes go through an aiohttp ClientSession created on first use.
 """

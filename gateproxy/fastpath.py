@@ -59,8 +59,6 @@ FORWARD: Final = _Forward()
 _EMPTY_STATUS: Final = frozenset({204, 304})
 # A path that any reader might read differently from its raw spelling.
 _NOT_PLAIN: Final = re.compile(r"[^\x21-\x7e]|[%\\]|//|/\.")
-# Keep-alive close pushed out of the way while a forward is in flight (seconds).
-_BUSY_S: Final = 1e9
 
 
 class FastPath:
@@ -77,8 +75,9 @@ class FastPath:
         self._health = ""
         self._admin: str | None = None
         self._overlaps: dict[str, bool] = {}
-        # The last 503 of each guard: its bytes change with Retry-After and Date only.
-        self._answers: dict[Guard, tuple[tuple[int, str], bytes]] = {}
+        # The last 503 of each guard (by identity: a Guard hashes all its fields), whose
+        # bytes change with Retry-After and Date only.
+        self._answers: dict[int, tuple[Guard, tuple[int, str], bytes]] = {}
 
     # --- deciding ---------------------------------------------------------------------
 
@@ -112,10 +111,10 @@ class FastPath:
         guard.monitor.request_recheck()
         self._gateway.metrics.count_gated(status.dep.name, rule.prefix)
         key = (status.retry_after_s(time.time()), rfc822_formatted_time())
-        last = self._answers.get(guard)
-        if last is None or last[0] != key:
-            last = self._answers[guard] = (key, rejection(guard.body, *key))
-        return last[1]
+        last = self._answers.get(id(guard))
+        if last is None or last[0] is not guard or last[1] != key:
+            last = self._answers[id(guard)] = (guard, key, rejection(guard.body, *key))
+        return last[2]
 
     def _forwardable(self, method: str, target: str) -> _Forward | None:
         """FORWARD for a GET of a plain path the router gives to the proxy. A plain path
@@ -318,13 +317,16 @@ class FastPathHandler(LimitedHandler):
                 self._manager.requests_count += 1
             if isinstance(verdict, _Forward):
                 self._request_in_progress = True  # aiohttp's graceful shutdown waits
-                self._next_keepalive_close_time = self._loop.time() + _BUSY_S
+                # Busy, not idle: aiohttp's keep-alive close must not fire meanwhile.
+                if self._keepalive_handle is not None:
+                    self._keepalive_handle.cancel()
+                    self._keepalive_handle = None
                 self._forwarding = self._loop.create_task(self._forward(message))
                 if self._buffer_paused and len(messages) <= self._msg_queue_resume_size:
                     self._resume_reading_if_drained()
                 return
             self.transport.write(verdict)
-            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+            self._idle_again()
         self._leave(messages)
 
     def _leave(self, messages: Any) -> None:
@@ -352,8 +354,16 @@ class FastPathHandler(LimitedHandler):
         if not keep:
             self.force_close()
             return
-        self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+        self._idle_again()
         self._take()
+
+    def _idle_again(self) -> None:
+        """A request is answered: aiohttp's keep-alive clock starts again, as its own
+        loop restarts it after each request."""
+        close_time = self._loop.time() + self._keepalive_timeout
+        self._next_keepalive_close_time = close_time
+        if self._keepalive_handle is None:
+            self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         # The client went away: so does its upstream request.

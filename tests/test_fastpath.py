@@ -235,3 +235,27 @@ async def test_a_download_that_stalls_is_cut_after_the_read_timeout(tmp_path: Pa
     finally:
         await gateway.stop()
         await standin.stop()
+
+
+async def test_keep_alive_is_not_cut_during_a_forward_and_closes_an_idle_connection(
+        upstream: StandIn, gateways: Callable[..., Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    made = fastpath.FastPathHandler.__init__
+
+    def short_keep_alive(self: fastpath.FastPathHandler, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **kwargs)
+        self._keepalive_timeout = 0.3
+
+    monkeypatch.setattr(fastpath.FastPathHandler, "__init__", short_keep_alive)
+    gateway = await gateways(upstream.url)
+    verdicts = spy(gateway)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    try:
+        for target in ("/slow?delay=0.5", "/bytes/10"):  # longer than keep-alive, then not
+            writer.write(get(target))
+            assert (await asyncio.wait_for(read_exchange(reader, "GET"), 3)).status == 200
+        # Idle for longer than keep-alive: aiohttp's own clock closes the connection.
+        assert await asyncio.wait_for(reader.read(), 2) == b""
+    finally:
+        writer.close()
+    assert verdicts == ["forward", "forward"]
