@@ -389,6 +389,8 @@ Reader = Callable[[_Loader, Path, Any], Any]
 # No setting goes past this (in ms, some 31 000 years): a larger number is a typo, and one
 # past 2**1024 would not even convert to a float.
 _INT_CEILING = 10**15
+# ASCII only: `\s` and `\d` would also take characters int() refuses or reads otherwise.
+_INTEGER = re.compile(r"[ \t]*([+-]?[0-9]+)[ \t]*")
 
 
 def _int(minimum: int, maximum: int | None = None) -> Reader:
@@ -398,10 +400,11 @@ def _int(minimum: int, maximum: int | None = None) -> Reader:
         number: int | None = None
         if isinstance(value, int) and not isinstance(value, bool):
             number = value
-        elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        elif isinstance(value, str) and (match := _INTEGER.fullmatch(value)):
             # int() refuses strings past 4300 digits: anything past 18 is out of range.
-            digits = len(value.strip().lstrip("+-"))
-            number = int(value) if digits <= 18 else (-1 if "-" in value else 1) * 10**18
+            text = match.group(1)
+            digits = len(text.lstrip("+-"))
+            number = int(text) if digits <= 18 else (-1 if "-" in text else 1) * 10**18
         if number is None:
             loader.problem(path, f"must be a whole number, got {_show(value)}")
             return None

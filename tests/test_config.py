@@ -205,3 +205,10 @@ def test_serve_with_bad_config_exits_2_before_opening_a_port(tmp_path: Path) -> 
 def test_version() -> None:
     done = run_cli("--version")
     assert done.returncode == 0 and done.stdout.startswith("gateproxy ")
+
+
+@pytest.mark.parametrize("value", ["0\x1f", "\u0663", "1e3", "0x10", ""])
+def test_numbers_are_plain_ascii_digits(value: str) -> None:
+    lines = problems(None, {"DOCKER_RUNNER_CONNECT_MAX_RETRIES": value})
+    assert lines[0].startswith("env DOCKER_RUNNER_CONNECT_MAX_RETRIES: "
+                               "dependencies[0].retry.max_retries: must be a whole number")
