@@ -104,6 +104,17 @@ class _AiohttpResponse:
 _WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0)
 
 
+def _failure(exc: BaseException, read_timeout_ms: int) -> UpstreamError:
+    """What a failed connect or a missing answer means to the client: 502 or 504."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamError("upstream_unavailable",
+                             "the upstream did not accept a connection in time")
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return UpstreamError("upstream_timeout",
+                             f"no response from the upstream within {read_timeout_ms} ms")
+    return UpstreamError("upstream_unavailable", f"the upstream is unavailable: {exc}")
+
+
 class AiohttpUpstream:
     """One pooled keep-alive ClientSession; never follows redirects, never decompresses,
     never stores cookies, adds no headers of its own."""
@@ -132,17 +143,8 @@ class AiohttpUpstream:
                 method, url, headers=headers, data=body, allow_redirects=False,
                 compress=None, chunked=None,
             )
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise UpstreamError("upstream_unavailable",
-                                "the upstream did not accept a connection in time") from exc
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamError(
-                "upstream_timeout",
-                f"no response from the upstream within {self._read_timeout_ms} ms",
-            ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError("upstream_unavailable", f"the upstream is unavailable: {exc}"
-                                ) from exc
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _failure(exc, self._read_timeout_ms) from exc
         return _AiohttpResponse(resp)
 
     async def open_websocket(self, target: str, headers: CIMultiDict[str],
@@ -163,17 +165,8 @@ class AiohttpUpstream:
                         for k, v in (exc.headers or {}).items())
             # The reason phrase is gone as well: aiohttp's message is its own.
             raise HandshakeRefused(exc.status, "", raw) from exc
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise UpstreamError("upstream_unavailable",
-                                "the upstream did not accept a connection in time") from exc
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamError(
-                "upstream_timeout",
-                f"no response from the upstream within {self._read_timeout_ms} ms",
-            ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError("upstream_unavailable", f"the upstream is unavailable: {exc}"
-                                ) from exc
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _failure(exc, self._read_timeout_ms) from exc
 
     async def close(self) -> None:
         await self._session.close()

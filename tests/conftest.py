@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from hypothesis import settings
 
-from gateproxy import config
+from gateproxy import config, logs
 from gateproxy.app import Gateway
 from gateproxy.standins import StandIn, docker_runner, platform_server
 
@@ -21,6 +25,25 @@ from gateproxy.standins import StandIn, docker_runner, platform_server
 settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+@pytest.fixture
+def captured_logs() -> io.StringIO:
+    stream = io.StringIO()
+    logs.configure("json", "DEBUG", stream)
+    return stream
+
+
+def log_lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in stream.getvalue().splitlines()]
+
+
+async def wait_for(predicate: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
 
 
 def free_port() -> int:

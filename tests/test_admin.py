@@ -11,10 +11,16 @@ import aiohttp
 import pytest
 
 from gateproxy.standins import StandIn
-from tests.conftest import MakeGateway, Recorder, StartStandIn, env_for, free_port, url
-from tests.test_gateway import captured_logs, log_lines, wait_for
-
-__all__ = ["captured_logs"]  # a fixture used below
+from tests.conftest import (
+    MakeGateway,
+    Recorder,
+    StartStandIn,
+    env_for,
+    free_port,
+    log_lines,
+    url,
+    wait_for,
+)
 
 ADMIN_PATHS = ("live", "ready", "status", "status.json", "metrics")
 

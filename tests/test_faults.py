@@ -30,7 +30,7 @@ import aiohttp
 import orjson
 import pytest
 
-from gateproxy import config, logs
+from gateproxy import config
 from gateproxy.app import Gateway
 from gateproxy.standins import StandIn, docker_runner, platform_server
 from tests.conftest import free_port
@@ -131,13 +131,6 @@ async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
 
 
 # --- harness ----------------------------------------------------------------------------
-
-@pytest.fixture
-def captured_logs() -> io.StringIO:
-    stream = io.StringIO()
-    logs.configure("json", "DEBUG", stream)
-    return stream
-
 
 class Logs:
     def __init__(self, stream: io.StringIO) -> None:

@@ -15,32 +15,21 @@ import orjson
 import pytest
 from aiohttp import web
 
-from gateproxy import logs
 from gateproxy.standins import StandIn, docker_runner
 from tests import rawhttp
-from tests.conftest import MakeGateway, Recorder, StartStandIn, env_for, free_port, url
+from tests.conftest import (
+    MakeGateway,
+    Recorder,
+    StartStandIn,
+    env_for,
+    free_port,
+    log_lines,
+    url,
+    wait_for,
+)
 from tests.test_routes import GATED_SPELLINGS
 
 NOT_READY = b'{"error":{"code":"docker_runner_not_ready","message":"docker-runner not ready"}}'
-
-
-async def wait_for(predicate: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-def captured_logs() -> io.StringIO:
-    stream = io.StringIO()
-    logs.configure("json", "DEBUG", stream)
-    return stream
-
-
-def log_lines(stream: io.StringIO) -> list[dict[str, object]]:
-    return [orjson.loads(line) for line in stream.getvalue().splitlines()]
 
 
 async def test_boots_without_docker_runner_and_health_shows_it_down(

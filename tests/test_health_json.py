@@ -12,8 +12,7 @@ from aiohttp import web
 
 from gateproxy.health import wants_health_json
 from gateproxy.standins import StandIn, docker_runner
-from tests.conftest import MakeGateway, Recorder, StartStandIn, env_for, free_port, url
-from tests.test_gateway import wait_for
+from tests.conftest import MakeGateway, Recorder, StartStandIn, env_for, free_port, url, wait_for
 
 HEALTH_JSON = {"Accept": "application/health+json"}
 

@@ -19,16 +19,15 @@ from pathlib import Path
 from typing import cast
 
 import aiohttp
-import orjson
 import pytest
 import uvloop
 from aiohttp import web
 
-from gateproxy import config, logs
+from gateproxy import config
 from gateproxy.app import Gateway
 from gateproxy.limits import LimitedSite
 from gateproxy.standins import StandIn, platform_server
-from tests.conftest import StartStandIn, free_port
+from tests.conftest import StartStandIn, free_port, log_lines
 from tests.hostile_support import RawUpstream
 from tests.test_process import Proc, procs, wait_live  # noqa: F401 (procs: a fixture)
 
@@ -48,17 +47,6 @@ def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLo
     if request.param == "uvloop":
         return cast(asyncio.AbstractEventLoopPolicy, uvloop.EventLoopPolicy())
     return asyncio.DefaultEventLoopPolicy()
-
-
-@pytest.fixture
-def captured_logs() -> io.StringIO:
-    stream = io.StringIO()
-    logs.configure("json", "DEBUG", stream)
-    return stream
-
-
-def log_lines(stream: io.StringIO) -> list[dict[str, object]]:
-    return [orjson.loads(line) for line in stream.getvalue().splitlines()]
 
 
 async def gateway_for(upstream_url: str, tmp_path: Path, max_connections: int = 10000,

@@ -8,8 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateproxy.app import Gateway
 from gateproxy.metrics import CONTENT_TYPE
 from gateproxy.standins import StandIn, docker_runner, platform_server
-from tests.conftest import MakeGateway, StartStandIn, env_for, url
-from tests.test_gateway import wait_for
+from tests.conftest import MakeGateway, StartStandIn, env_for, url, wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

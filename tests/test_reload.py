@@ -21,12 +21,21 @@ from gateproxy.app import Gateway
 from gateproxy.config import DEFAULTS
 from gateproxy.reload import Reloader
 from gateproxy.standins import StandIn, docker_runner
-from tests.conftest import MakeGateway, Recorder, StartStandIn, env_for, free_port, url
-from tests.test_gateway import NOT_READY, captured_logs, log_lines, wait_for
+from tests.conftest import (
+    MakeGateway,
+    Recorder,
+    StartStandIn,
+    env_for,
+    free_port,
+    log_lines,
+    url,
+    wait_for,
+)
+from tests.test_gateway import NOT_READY
 from tests.test_metrics import parse
 from tests.test_process import Proc, procs, wait_live
 
-__all__ = ["captured_logs", "procs"]  # fixtures used below
+__all__ = ["procs"]  # a fixture used below
 
 ORIGIN = "https://app.example"
 

@@ -27,8 +27,7 @@ import pytest
 from gateproxy import config
 from gateproxy.reload import apply
 from gateproxy.standins import StandIn
-from tests.conftest import MakeGateway, Recorder, StartStandIn, env_for, free_port, url
-from tests.test_gateway import wait_for
+from tests.conftest import MakeGateway, Recorder, StartStandIn, env_for, free_port, url, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
