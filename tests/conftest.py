@@ -19,6 +19,7 @@ from hypothesis import settings
 from gateproxy import config, logs
 from gateproxy.app import Gateway
 from gateproxy.standins import StandIn, docker_runner, platform_server
+from tests import upstream_app
 
 # In CI the property tests run a fixed sequence of examples, so that a landing does not
 # depend on luck; on a developer's machine they explore anew on every run.
@@ -86,6 +87,17 @@ async def start_standin() -> AsyncIterator[StartStandIn]:
     yield start
     for standin in started:
         await standin.stop()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[StandIn]:
+    """The rich stand-in upstream of the transparency tests (tests/upstream_app.py);
+    modules that need another upstream define their own fixture of this name."""
+    standin = StandIn(upstream_app.app())
+    await standin.start()
+    upstream_app.WS_ENDINGS.clear()
+    yield standin
+    await standin.stop()
 
 
 @pytest.fixture

@@ -49,14 +49,6 @@ def _fast(gateway: Gateway) -> fastpath.FastPath:
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[StandIn]:
-    standin = StandIn(upstream_app.app())
-    await standin.start()
-    yield standin
-    await standin.stop()
-
-
-@pytest.fixture
 async def gateways() -> AsyncIterator[Callable[..., Any]]:
     started: list[Gateway] = []
 

@@ -25,15 +25,6 @@ from tests.rawclient import read_exchange
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[StandIn]:
-    standin = StandIn(upstream_app.app())
-    await standin.start()
-    upstream_app.WS_ENDINGS.clear()
-    yield standin
-    await standin.stop()
-
-
-@pytest.fixture
 async def gateway(upstream: StandIn) -> AsyncIterator[Gateway]:
     gw = await upstream_app.start_gateway(upstream.url)
     yield gw
