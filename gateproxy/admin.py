@@ -9,6 +9,7 @@ part of any of it.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp_jinja2
@@ -16,14 +17,15 @@ import jinja2
 import orjson
 from aiohttp import web
 
-from gateproxy import __version__
+from gateproxy import __version__, answers
+from gateproxy.gate import ADMIN_ENDPOINTS
 from gateproxy.metrics import CONTENT_TYPE
 from gateproxy.status import DependencyStatus, iso
 
 if TYPE_CHECKING:
     from gateproxy.app import Gateway
 
-_JSON = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+_JSON = [("Content-Type", answers.JSON), ("Cache-Control", "no-store")]
 # The page loads nothing from anywhere and talks only to its own origin.
 _PAGE = {
     "Cache-Control": "no-store",
@@ -36,7 +38,7 @@ _PAGE = {
 
 
 def _json(status: int, body: object) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), headers=_JSON)
+    return answers.own(status, orjson.dumps(body), _JSON)
 
 
 def readiness(gateway: Gateway) -> tuple[int, dict[str, Any]]:
@@ -77,8 +79,12 @@ def status_data(gateway: Gateway) -> dict[str, Any]:
     }
 
 
-def install(app: web.Application, gateway: Gateway) -> None:
-    """Add the admin endpoints (and the page templates) to `app`."""
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def endpoints(app: web.Application, gateway: Gateway) -> dict[str, Handler]:
+    """The admin endpoints by name (the path below the admin prefix), with the page
+    templates set up on `app`."""
     prefix = gateway.config.admin_prefix
     aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("gateproxy", "templates"),
                          autoescape=True, default_helpers=False)
@@ -98,16 +104,14 @@ def install(app: web.Application, gateway: Gateway) -> None:
             {"state": status_data(gateway), "json_url": f"{prefix}/status.json",
              "metrics_url": f"{prefix}/metrics"})
         response.headers.update(_PAGE)
+        response.headers["Server"] = answers.SERVER
         return response
 
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=gateway.metrics.exposition(),
-                            headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
+        return answers.own(200, gateway.metrics.exposition(),
+                           [("Content-Type", CONTENT_TYPE), ("Cache-Control", "no-store")])
 
-    app.add_routes([
-        web.get(f"{prefix}/live", live),
-        web.get(f"{prefix}/ready", ready),
-        web.get(f"{prefix}/status", status_page),
-        web.get(f"{prefix}/status.json", status_json),
-        web.get(f"{prefix}/metrics", metrics),
-    ])
+    handlers: dict[str, Handler] = {"live": live, "ready": ready, "status": status_page,
+                                    "status.json": status_json, "metrics": metrics}
+    assert handlers.keys() == ADMIN_ENDPOINTS
+    return handlers

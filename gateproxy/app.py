@@ -18,20 +18,34 @@ from collections.abc import Callable
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 
-from gateproxy import accesslog, admin, fastpath, health, limits, routes, websocket
+from gateproxy import accesslog, admin, answers, fastpath, health, limits, websocket
 from gateproxy.config import Config, Dependency
 from gateproxy.fastclient import FastUpstream
-from gateproxy.gate import Gate, Guard, bad_request, error_body
+from gateproxy.gate import (
+    HEALTH,
+    NOT_FOUND,
+    BadRequest,
+    Forward,
+    Gate,
+    Guard,
+    Own,
+    Reject,
+    Verdict,
+    Wait,
+)
 from gateproxy.logs import log
 from gateproxy.metrics import Metrics
 from gateproxy.monitor import Monitor
 from gateproxy.probe import Prober
 from gateproxy.proxy import Forwarder
 from gateproxy.reload import ConfigVersion
-from gateproxy.routes import BadPath
-from gateproxy.status import DependencyStatus, State
+from gateproxy.routes import Rule
+from gateproxy.status import DependencyStatus
 from gateproxy.upstream import AiohttpUpstream, UpstreamClient
 from gateproxy.websocket import WebSocketRelay
+
+# Where a request keeps its verdict between the expect handler and the handler.
+_VERDICT: web.RequestKey[Verdict] = web.RequestKey("gateproxy_verdict")
 
 
 class StartupError(Exception):
@@ -54,7 +68,7 @@ class Gateway:
         self.forwarder = Forwarder(self.metrics.timed(self.upstream))
         self.websockets = WebSocketRelay(self.upstream)
         self.guards = tuple(self.make_guard(dep) for dep in config.dependencies)
-        self.gate = Gate(self.guards, config.cors.allow_origins)
+        self.gate = Gate.build(self.guards, config)
         self.draining = False
         self.started_at = time.time()
         self._runners: list[web.AppRunner] = []
@@ -62,7 +76,7 @@ class Gateway:
     def make_guard(self, dep: Dependency) -> Guard:
         status = DependencyStatus(dep)
         return Guard(status, Monitor(status, self.prober, on_result=self.metrics.observe_probe),
-                     error_body(dep.not_ready.code, dep.not_ready.message))
+                     answers.error_body(dep.not_ready.code, dep.not_ready.message))
 
     def statuses(self) -> list[DependencyStatus]:
         return [g.status for g in self.guards]
@@ -76,19 +90,20 @@ class Gateway:
         app = web.Application(handler_args={"max_field_size": 16384,
                                             "auto_decompress": False,
                                             "keepalive_timeout": 75.0})
-        if self.config.admin_port is None:
-            admin.install(app, self)
-        app.router.add_get(self.config.health_path, self._health)  # HEAD too
-        # `[\s\S]`, not `.`: aiohttp matches the decoded path, and `.` stops at a `%0A`,
-        # which would get aiohttp's own 404 instead of the gate's 400.
-        app.router.add_route("*", r"/{tail:[\s\S]*}", self._proxy,
+        self._admin = admin.endpoints(app, self)
+        # One route: the gate's verdict decides every request, the proxy's own paths
+        # included. `[\s\S]`, not `.`: `.` stops at a decoded `%0A`, which would get
+        # aiohttp's own 404 instead of the gate's 400.
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._serve,
                              expect_handler=self._expect)
         app.on_shutdown.append(self.websockets.on_shutdown)
         return app
 
     def admin_app(self) -> web.Application:
         app = web.Application()
-        admin.install(app, self)
+        prefix = self.config.admin_prefix
+        for name, handler in admin.endpoints(app, self).items():
+            app.router.add_get(f"{prefix}/{name}", handler)
         return app
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
@@ -96,51 +111,66 @@ class Gateway:
         return await health.health_response(request, self.upstream, cfg.health_path,
                                             cfg.upstream.health_timeout_ms, self.statuses())
 
-    async def _judge(self, request: web.BaseRequest) -> web.StreamResponse | None:
-        """The answer the gate gives instead of forwarding, or None to forward."""
-        gate = self.gate
-        try:
-            rule = gate.judge(request.method, request.raw_path, request.headers)
-        except BadPath as exc:
-            return bad_request(str(exc))
-        if rule is None:
-            return None
-        guard = rule.target
-        if guard.status.state is State.UNKNOWN:
-            # The first probe is running: its answer is worth a short wait.
-            await guard.monitor.wait_first(guard.status.dep.probe_timeout_ms / 1000)
-            rule = gate.judge(request.method, request.raw_path, request.headers)
-            if rule is None:
-                return None
-            guard = rule.target
-        else:
-            guard.monitor.request_recheck()
-        self.metrics.count_gated(guard.status.dep.name, rule.prefix)
-        request[accesslog.OUTCOME] = accesslog.GATED
-        return gate.reject(guard, request.headers.get(hdrs.ORIGIN))
+    def on_reject(self, rule: Rule[Guard]) -> None:
+        """What a gated request does besides its 503: it counts, and it asks for a
+        recheck of a dependency that is down."""
+        rule.target.monitor.request_recheck()
+        self.metrics.count_gated(rule.target.status.dep.name, rule.prefix)
 
-    async def _proxy(self, request: web.Request) -> web.StreamResponse:
-        answer = await self._judge(request)
+    async def _decide(self, request: web.BaseRequest) -> Verdict:
+        """The gate's verdict, after the short wait for a first probe if there is one."""
+        verdict = request.get(_VERDICT)
+        if verdict is None:
+            verdict = self.gate.decide(request.method, request.raw_path, request.headers)
+            if isinstance(verdict, Wait):
+                # The first probe is running: its answer is worth a short wait.
+                guard = verdict.guard
+                await guard.monitor.wait_first(guard.status.dep.probe_timeout_ms / 1000)
+                verdict = self.gate.decide(request.method, request.raw_path, request.headers)
+            request[_VERDICT] = verdict
+        return verdict
+
+    def _answer(self, request: web.BaseRequest, verdict: Verdict) -> web.StreamResponse | None:
+        """The proxy's own answer to a request it does not forward (None: it forwards)."""
+        if isinstance(verdict, Reject):
+            self.on_reject(verdict.rule)
+            request[accesslog.OUTCOME] = accesslog.GATED
+            headers = self.gate.rejection_headers(verdict.rule.target,
+                                                  request.headers.get(hdrs.ORIGIN))
+            return answers.own(503, verdict.rule.target.body, headers)
+        if isinstance(verdict, BadRequest):
+            return answers.error("bad_request", verdict.message)
+        if isinstance(verdict, Own) and verdict.endpoint == NOT_FOUND:
+            return answers.error("not_found", "no such endpoint of the proxy")
+        return None
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        verdict = await self._decide(request)
+        answer = self._answer(request, verdict)
         if answer is not None:
             return answer
+        if isinstance(verdict, Own):
+            if verdict.endpoint == HEALTH:
+                return await self._health(request)
+            return await self._admin[verdict.endpoint](request)
+        assert isinstance(verdict, Forward)
         # After the gate (a gated path gets its 503 whatever else is wrong), before the
         # upstream: what aiohttp's parser accepts but would make the two of us disagree.
         answer = limits.request_problem(request)
         if answer is not None:
             return answer
-        target = routes.origin_form(request.raw_path)
         request[accesslog.OUTCOME] = accesslog.FORWARDED
         if request.headers.get(hdrs.UPGRADE) is not None and websocket.is_upgrade(request):
             # Not a forwarded request in the metrics: a session usually ends with the
             # client hanging up, which cancels this handler (the gauge counts sessions).
-            return await self.websockets.relay(request, target)
-        response = await self.forwarder.forward(request, target)
+            return await self.websockets.relay(request, verdict.target)
+        response = await self.forwarder.forward(request, verdict.target)
         self.metrics.count_forwarded(request.method, response.status)
         return response
 
     async def _expect(self, request: web.Request) -> web.StreamResponse | None:
         """Answer a gated `Expect: 100-continue` before the client sends its body."""
-        answer = await self._judge(request)
+        answer = self._answer(request, await self._decide(request))
         if answer is not None:
             answer.force_close()  # the unsent body must not be read as the next request
             return answer
@@ -149,7 +179,7 @@ class Gateway:
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return None
         if request.version == HttpVersion11:
-            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+            return answers.error("expectation_failed", "only 100-continue is understood")
         return None
 
     # --- running ----------------------------------------------------------------------
@@ -167,7 +197,7 @@ class Gateway:
                         f"{error.message if error else ''})")
         cfg = self.config
         await self._listen(self.main_app(), cfg.listen.host, cfg.listen.port,
-                           fastpath.FastPath(self))
+                           fastpath.FastPath(self, self.on_reject))
         if cfg.admin_port is not None:
             await self._listen(self.admin_app(), cfg.listen.host, cfg.admin_port)
         for guard in self.guards:

@@ -4,10 +4,11 @@ Through aiohttp's usual path every request costs a task, a Request, the router, 
 response object, its header preparation and a few writes; measured, that machinery is
 most of what a gated 503 costs and half of what a small forwarded GET costs
 (docs/performance.md). `FastPathHandler` takes the plain cases right after aiohttp's
-parser has produced the request, in `data_received`:
+parser has produced the request, in `data_received`. It asks the gate for its verdict
+(`Gate.decide`, the same call the usual path makes) and acts on two of them:
 
-- the gate's 503: written at once, formatted as the usual path formats it;
-- a bodiless GET forwarded upstream: through the same Forwarder client, request
+- Reject: the gate's 503, written at once, with the headers the usual path writes;
+- Forward of a bodiless GET: to the verdict's target, through the same Forwarder client, request
   checks and header functions as the usual path. An answer delimited by a Content-Length
   goes back with the head `relay` would write: in one write when the whole body came
   with the head (small answers), else piped from the upstream connection to the
@@ -16,9 +17,9 @@ parser has produced the request, in `data_received`:
   error) goes through the usual `relay`, on a real aiohttp Request.
 
 Everything else goes the usual way, unchanged: requests with a body, other methods,
-HTTP/1.0, `Connection: close`, upgrades, `Expect`, an `Origin` on a gated path, a
-dependency whose first probe is still running, bad paths, the admin endpoints and the
-health path, and every request while the access log is on. Requests on one connection
+HTTP/1.0, `Connection: close`, upgrades, `Expect`, an `Origin` on a gated path, and
+every other verdict (a first probe to wait for, a bad path, the proxy's own endpoints),
+and every request while the access log is on. Requests on one connection
 are answered in order: while a forward is in flight, what arrives waits in aiohttp's
 queue, and aiohttp's loop is woken only when the fast path leaves a request to it.
 """
@@ -26,146 +27,76 @@ queue, and aiohttp's loop is woken only when the fast path leaves a request to i
 from __future__ import annotations
 
 import asyncio
-import re
-import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage, StreamWriter
+from aiohttp.http import HttpVersion11, RawRequestMessage, StreamWriter
 from aiohttp.http_writer import _serialize_headers
 from aiohttp.streams import EMPTY_PAYLOAD
 
-from gateproxy import limits, routes
+from gateproxy import answers, limits
 from gateproxy.fastclient import FastResponse, PipeSlot
-from gateproxy.gate import JSON, Guard
+from gateproxy.gate import Forward, Guard, Reject
 from gateproxy.limits import LimitedHandler, LimitedSite
 from gateproxy.logs import log
 from gateproxy.proxy import error_response, relay, request_headers, response_headers
-from gateproxy.routes import BadPath
-from gateproxy.status import State
+from gateproxy.routes import Rule
 from gateproxy.upstream import UpstreamError, UpstreamResponse
 
 if TYPE_CHECKING:
     from gateproxy.app import Gateway
 
 
-class _Forward:
-    """The verdict "forward this one on the fast path"."""
-
-
-FORWARD: Final = _Forward()
 # aiohttp answers these with no body and drops their Content-Length.
 _EMPTY_STATUS: Final = frozenset({204, 304})
-# A path that any reader might read differently from its raw spelling.
-_NOT_PLAIN: Final = re.compile(r"[^\x21-\x7e]|[%\\]|//|/\.")
 
 
 class FastPath:
-    """What the fast path does with one parsed request, for one Gateway."""
+    """What the fast path does with one parsed request: it acts on the gate's verdict,
+    as the usual path does, for the verdicts it can answer alone."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, on_reject: Callable[[Rule[Guard]], None]) -> None:
         self._gateway = gateway
-        # Per configuration (a reload may move them): the canonical health path and admin
-        # prefix, and for each gated prefix whether a path under it can also be one of
-        # those, which the router serves before the gate; only those need a closer look.
-        self._config: object = None
-        self._raw_health = ""
-        self._raw_admin: str | None = None
-        self._health = ""
-        self._admin: str | None = None
-        self._overlaps: dict[str, bool] = {}
+        self._on_reject = on_reject
         # The last 503 of each guard (by identity: a Guard hashes all its fields), whose
         # bytes change with Retry-After and Date only.
-        self._answers: dict[int, tuple[Guard, tuple[int, str], bytes]] = {}
+        self._answers: dict[int, tuple[Guard, tuple[str, str], bytes]] = {}
 
     # --- deciding ---------------------------------------------------------------------
 
-    def decide(self, message: RawRequestMessage) -> bytes | _Forward | None:
-        """The 503's bytes, FORWARD, or None for the usual path. The caller has checked
-        that the request is HTTP/1.1, keep-alive and without a body."""
-        method = message.method
+    def decide(self, message: RawRequestMessage) -> bytes | Forward | None:
+        """The 503's bytes, the Forward verdict of a GET, or None for the usual path.
+        The caller has checked that the request is HTTP/1.1, keep-alive and bodiless."""
         headers = message.headers
-        target = message.path
         if "Expect" in headers or "Upgrade" in headers:
             return None
+        method = message.method
         gate = self._gateway.gate
-        if all(guard.status.is_up for guard in gate.guards):
-            return self._forwardable(method, target)
-        try:
-            rule = gate.judge(method, target, headers)
-            if rule is None:
-                return self._forwardable(method, target)
-            if self._reserved(rule.prefix, target):
-                return None
-        except BadPath:
-            return None
+        verdict = gate.decide(method, message.path, headers)
+        if type(verdict) is Forward:
+            return verdict if method == "GET" else None
         # HEAD has no body to send and a browser's Origin may need CORS headers: rarer
         # than worth a second copy of that logic.
-        if method == "HEAD" or "Origin" in headers:
+        if type(verdict) is not Reject or method == "HEAD" or "Origin" in headers:
             return None
-        guard = rule.target
-        status = guard.status
-        if status.state is State.UNKNOWN:
-            return None  # the usual path waits for the first probe
-        guard.monitor.request_recheck()
-        self._gateway.metrics.count_gated(status.dep.name, rule.prefix)
-        key = (status.retry_after_s(time.time()), rfc822_formatted_time())
+        self._on_reject(verdict.rule)
+        guard = verdict.rule.target
+        headers_out = gate.rejection_headers(guard, None)
+        key = (headers_out[2][1], rfc822_formatted_time())
         last = self._answers.get(id(guard))
         if last is None or last[0] is not guard or last[1] != key:
-            last = self._answers[id(guard)] = (guard, key, rejection(guard.body, *key))
+            last = self._answers[id(guard)] = (
+                guard, key, answers.own_bytes(503, guard.body, headers_out, key[1]))
         return last[2]
-
-    def _forwardable(self, method: str, target: str) -> _Forward | None:
-        """FORWARD for a GET of a plain path the router gives to the proxy. A plain path
-        (no percent-encoding, backslash, dot segment, empty segment or control character)
-        is read the same by the gate, by aiohttp's router and by the upstream, so its
-        raw spelling decides; any other path takes the usual route."""
-        if method != "GET" or not target.startswith("/"):
-            return None
-        path = target.partition("?")[0]
-        if _NOT_PLAIN.search(path):
-            return None
-        self._refresh()
-        admin = self._raw_admin
-        if path == self._raw_health or (
-                admin is not None and (path == admin or path.startswith(admin + "/"))):
-            return None
-        return FORWARD
-
-    def _refresh(self) -> None:
-        """Follow a reload that moved the health path or the admin prefix."""
-        config = self._gateway.config
-        if self._config is not config:
-            self._config = config
-            self._raw_health = config.health_path
-            self._raw_admin = config.admin_prefix if config.admin_port is None else None
-            self._health = routes.canonical(config.health_path)
-            self._admin = routes.canonical(config.admin_prefix) \
-                if config.admin_port is None else None
-            self._overlaps.clear()
-
-    def _reserved(self, prefix: str, target: str) -> bool:
-        """Whether the router may give `target`, gated under `prefix`, to the health
-        check or an admin endpoint (served before the gate): then the usual path
-        decides. Compared in canonical form, so as not to miss another spelling."""
-        self._refresh()
-        health, admin = self._health, self._admin
-        overlap = self._overlaps.get(prefix)
-        if overlap is None:
-            overlap = self._overlaps[prefix] = _related(prefix, health) or (
-                admin is not None and _related(prefix, admin))
-        if not overlap:
-            return False
-        canonical = routes.canonical(routes.request_path(target))
-        return canonical == health or (
-            admin is not None and (canonical == admin or canonical.startswith(admin + "/")))
 
     # --- forwarding -------------------------------------------------------------------
 
-    async def forward(self, handler: FastPathHandler, message: RawRequestMessage) -> bool:
-        """Forward a bodiless GET as `Gateway._proxy` does after the gate; True when the
-        client connection may take its next request."""
+    async def forward(self, handler: FastPathHandler, message: RawRequestMessage,
+                      target: str) -> bool:
+        """Forward a bodiless GET to `target` as `Gateway._serve` does after the gate;
+        True when the client connection may take its next request."""
         gateway = self._gateway
         request = handler.make_request(message)
         answer = limits.request_problem(request)
@@ -173,7 +104,7 @@ class FastPath:
             return await _finish(request, answer)
         try:
             upstream = await gateway.forwarder.client.send(
-                "GET", routes.origin_form(message.path), request_headers(request), None)
+                "GET", target, request_headers(request), None)
         except UpstreamError as exc:
             answer = error_response(exc)
             gateway.metrics.count_forwarded("GET", answer.status)
@@ -230,26 +161,6 @@ async def _finish(request: web.BaseRequest, response: web.StreamResponse) -> boo
     finally:
         request._finish()
     return bool(response.keep_alive)
-
-
-def _related(a: str, b: str) -> bool:
-    """Whether one canonical path is the other or lies under it."""
-    return a == b or a == "/" or b == "/" or a.startswith(b + "/") or b.startswith(a + "/")
-
-
-def rejection(body: bytes, retry_after: int, date: str) -> bytes:
-    """The gate's 503 (`Gate.reject`, no Origin) as aiohttp writes it to an HTTP/1.1
-    keep-alive client: the same headers in the same order, aiohttp's Date and Server."""
-    head = (
-        "HTTP/1.1 503 Service Unavailable\r\n"
-        f"Content-Type: {JSON}\r\n"
-        "Cache-Control: no-store\r\n"
-        f"Retry-After: {retry_after}\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f"Date: {date}\r\n"
-        f"Server: {SERVER_SOFTWARE}\r\n\r\n"
-    )
-    return head.encode("latin-1") + body
 
 
 class FastPathHandler(LimitedHandler):
@@ -315,13 +226,14 @@ class FastPathHandler(LimitedHandler):
                 self._parser.message_consumed()
             if self._manager is not None:
                 self._manager.requests_count += 1
-            if isinstance(verdict, _Forward):
+            if isinstance(verdict, Forward):
                 self._request_in_progress = True  # aiohttp's graceful shutdown waits
                 # Busy, not idle: aiohttp's keep-alive close must not fire meanwhile.
                 if self._keepalive_handle is not None:
                     self._keepalive_handle.cancel()
                     self._keepalive_handle = None
-                self._forwarding = self._loop.create_task(self._forward(message))
+                self._forwarding = self._loop.create_task(
+                    self._forward(message, verdict.target))
                 if self._buffer_paused and len(messages) <= self._msg_queue_resume_size:
                     self._resume_reading_if_drained()
                 return
@@ -338,10 +250,10 @@ class FastPathHandler(LimitedHandler):
         if self._buffer_paused and len(messages) <= self._msg_queue_resume_size:
             self._resume_reading_if_drained()
 
-    async def _forward(self, message: RawRequestMessage) -> None:
+    async def _forward(self, message: RawRequestMessage, target: str) -> None:
         keep = False
         try:
-            keep = await self._fast.forward(self, message)
+            keep = await self._fast.forward(self, message, target)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

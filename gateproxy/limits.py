@@ -44,12 +44,11 @@ import socket
 from collections import Counter, deque
 from typing import Any, Final, cast
 
-import orjson
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
-from gateproxy.gate import JSON, bad_request, error_body
+from gateproxy import answers
 from gateproxy.logs import log
 
 BODY_MIN_RATE: Final = 500  # bytes per second, as Apache's mod_reqtimeout
@@ -59,15 +58,6 @@ RETRY_ACCEPT_S: Final = 1.0
 # Where a connection is; the last two read nothing.
 _IDLE, _HEAD, _BODY, _CLOSING, _WAITING = 0, 1, 2, 3, 4
 LINGER_S: Final = 2.0
-
-
-def _canned(status: str, code: str, message: str, *extra: str) -> bytes:
-    """A complete HTTP/1.1 response with the proxy's JSON error body, then close."""
-    body = orjson.dumps({"error": {"code": code, "message": message}})
-    head = [f"HTTP/1.1 {status}", "Content-Type: application/json",
-            f"Content-Length: {len(body)}", "Cache-Control: no-store", "Connection: close",
-            *extra]
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
 # RFC 3986 host (IP literal, IPv4 or reg-name) and optional port.
@@ -88,22 +78,20 @@ def _same_host(authority: str, host: str, scheme: str) -> bool:
 def request_problem(request: web.BaseRequest) -> web.Response | None:
     """The answer to a request aiohttp parsed but no upstream should see, or None."""
     if request.version.major != 1:
-        answer = web.Response(status=505, body=error_body(
-            "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served"),
-            content_type=JSON)
-        answer.force_close()
-        return answer
+        return answers.error("http_version_not_supported",
+                             "only HTTP/1.0 and HTTP/1.1 are served", close=True)
     host = request.headers.get(hdrs.HOST)  # aiohttp refuses a repeated or missing one
     if host is not None and not _HOST.fullmatch(host):
-        return bad_request("the Host header is not a host name")
+        return answers.error("bad_request", "the Host header is not a host name")
     target = request.raw_path
     if not target.startswith("/") and "://" in target[:8]:
         scheme, _, rest = target.partition("://")
         authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
         if "@" in authority:
-            return bad_request("the request target carries user information")
+            return answers.error("bad_request", "the request target carries user information")
         if host is not None and not _same_host(authority, host, scheme.lower()):
-            return bad_request("the request target names another host than the Host header")
+            return answers.error(
+                "bad_request", "the request target names another host than the Host header")
     return None
 
 
@@ -462,12 +450,12 @@ class LimitedSite(web.BaseSite):
         self._resuming: asyncio.Task[None] | None = None
         self._update_pending = False
         self.tally = _Tally(self)
-        self.head_timeout_answer = _canned(
-            "408 Request Timeout", "request_timeout",
+        self.head_timeout_answer = answers.error_bytes(
+            "request_timeout",
             f"the request head did not arrive within {round(head_timeout_s * 1000)} ms")
-        self.refusal = _canned(
-            "503 Service Unavailable", "too_many_connections",
-            f"the proxy is at its limit of {max_connections} connections", "Retry-After: 1")
+        self.refusal = answers.error_bytes(
+            "too_many_connections",
+            f"the proxy is at its limit of {max_connections} connections", ("Retry-After", "1"))
 
     @property
     def name(self) -> str:

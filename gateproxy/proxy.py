@@ -12,7 +12,7 @@ import functools
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from gateproxy.gate import JSON, error_body
+from gateproxy import answers
 from gateproxy.upstream import RawHeaders, UpstreamClient, UpstreamError, UpstreamResponse
 
 HOP_BY_HOP = frozenset({
@@ -109,9 +109,7 @@ def add_via(headers: CIMultiDict[str]) -> None:
 
 
 def error_response(error: UpstreamError) -> web.Response:
-    status = 504 if error.code == "upstream_timeout" else 502
-    return web.Response(status=status, body=error_body(error.code, error.message),
-                        content_type=JSON)
+    return answers.error(error.code, error.message)
 
 
 def strip_server_defaults(headers: CIMultiDict[str], had_server: bool,

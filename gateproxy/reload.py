@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from watchfiles import Change, awatch
 
-from gateproxy import logs
+from gateproxy import answers, logs
 from gateproxy.config import Config, ConfigError, effective, load
-from gateproxy.gate import Gate, Guard, error_body
+from gateproxy.gate import Gate, Guard
 from gateproxy.logs import log
 from gateproxy.status import iso
 
@@ -108,10 +108,10 @@ async def apply(gateway: Gateway, new: Config) -> None:
         else:
             if dep != old.status.dep or old.status.retries_exhausted:
                 old.monitor.reconfigure(dep)
-            guard = replace(old, body=error_body(dep.not_ready.code, dep.not_ready.message))
+            guard = replace(old, body=answers.error_body(dep.not_ready.code, dep.not_ready.message))
         guards.append(guard)
     # From here to the end of the swap nothing awaits: no request sees half of it.
-    gate = Gate(guards, applied.cors.allow_origins)
+    gate = Gate.build(guards, applied)
     gateway.guards = gate.guards
     gateway.gate = gate
     gateway.config = applied

@@ -1,9 +1,14 @@
-"""Canonical request paths and the gated-prefix table.
+"""Request paths in normal form, their readings, and the gated-prefix table. Pure.
 
-The gate must hold for the most lenient router behind it, so a request path is read in
-every way an upstream might read it (encoded slashes and backslashes as `/`, `;params`
-dropped, both, neither) and gated when any reading matches. Nothing is decoded twice:
-only percent-encoded unreserved characters are decoded, once.
+A request path is judged and forwarded in one form (docs/gate.md): `normalise` decodes
+percent-encoded unreserved characters once, merges repeated slashes, then resolves dot
+segments; letter case and every other escape stay byte for byte. The routers behind the
+proxy (Fastify, Express, the WHATWG URL parser) then have no dot segment or encoded
+letter left to read differently from the gate.
+
+`readings` adds the lenient readings a router might still make of a normalised path
+(an encoded slash or a backslash taken for `/`, `;parameters` dropped, with or without
+dot segments resolved after that), so that a path is gated when any of them matches.
 """
 
 from __future__ import annotations
@@ -22,96 +27,104 @@ class BadPath(ValueError):
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
-_ENCODED_SLASH = re.compile(r"%(?:2[Ff]|5[Cc])|\\")
-# Anything that is not plain printable ASCII, or that needs decoding or dot/slash work.
-_NEEDS_WORK = re.compile(r"[^\x21-\x7e]|%|\\|;|//|/\.")
+_SLASHES = re.compile(r"/{2,}")
+# A path without any of these is already in normal form (the common case: one search).
+_NEEDS_WORK = re.compile(r"[\x00-\x1f\x7f]|%|//|/\.")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]|%(?:[01][0-9A-Fa-f]|7[Ff])")
+# What a lenient router may take for a path separator, and for a segment's end.
+_DOUBT = re.compile(r"%(?:2[Ff]|5[Cc])|\\|;")
+_SEPARATOR = re.compile(r"%(?:2[Ff]|5[Cc])|\\")
 
 
-def request_path(target: str) -> str:
-    """The path part of a request target (origin-form or absolute-form), query cut off."""
+def split_target(target: str) -> tuple[str, str]:
+    """The path of an origin-form or absolute-form request target, and what follows it
+    (`?query`, `#fragment`) exactly as received. `*` is its own path."""
     if not target.startswith("/"):
-        lowered = target[:8].lower()
-        if lowered.startswith(("http://", "https://")):
-            after_scheme = target.index("//") + 2
-            slash = target.find("/", after_scheme)
-            target = target[slash:] if slash >= 0 else "/"
+        if target[:8].lower().startswith(("http://", "https://")):
+            slash = target.find("/", target.index("//") + 2)
+            if slash < 0:
+                ends = [i for i in (target.find("?"), target.find("#")) if i >= 0]
+                return "/", target[min(ends):] if ends else ""
+            target = target[slash:]
         elif target == "*":
-            return "*"
+            return "*", ""
         else:
             raise BadPath("the request target is not a path")
-    for sep in ("?", "#"):
-        cut = target.find(sep)
-        if cut >= 0:
-            target = target[:cut]
-    return target or "/"
-
-
-def origin_form(target: str) -> str:
-    """The target to send upstream: unchanged, except that an absolute-form target
-    (`http://host/path?q`) becomes its path and query, exactly as received."""
-    if target.startswith("/"):
-        return target
-    if target[:8].lower().startswith(("http://", "https://")):
-        slash = target.find("/", target.index("//") + 2)
-        if slash < 0:
-            query = target.find("?")
-            return "/" + (target[query:] if query >= 0 else "")
-        return target[slash:]
-    return target
+    ends = [i for i in (target.find("?"), target.find("#")) if i >= 0]
+    if not ends:
+        return target, ""
+    cut = min(ends)
+    return target[:cut] or "/", target[cut:]
 
 
 def _decode_unreserved(path: str) -> str:
     def repl(m: re.Match[str]) -> str:
         char = chr(int(m.group(1), 16))
-        return char if char in _UNRESERVED else m.group(0).upper()
+        return char if char in _UNRESERVED else m.group(0)
 
     return _PERCENT.sub(repl, path)
 
 
-def _resolve(segments: Iterable[str]) -> str:
+def _remove_dots(path: str, clamp: bool = False) -> str:
+    """RFC 3986 section 5.2.4 on a path with single slashes: a final `.` or `..` leaves
+    a trailing slash. Above the root is BadPath, or the root itself with `clamp`."""
     out: list[str] = []
+    segments = path.split("/")[1:]
+    trailing = False
     for seg in segments:
-        if seg in ("", "."):
-            continue
+        trailing = seg in ("", ".", "..")
         if seg == "..":
-            if not out:
+            if out:
+                out.pop()
+            elif not clamp:
                 raise BadPath("the path climbs above the root")
-            out.pop()
-        else:
+        elif seg not in ("", "."):
             out.append(seg)
-    return ("/" + "/".join(out)).lower()
+    if not out:
+        return "/"
+    return "/" + "/".join(out) + ("/" if trailing else "")
+
+
+def normalise(path: str) -> str:
+    """The form a path is judged and forwarded in. Idempotent; a path already in that
+    form comes back unchanged. Raises BadPath."""
+    if path == "*" or not _NEEDS_WORK.search(path):
+        return path
+    if _CONTROL.search(path):
+        raise BadPath("the path contains control characters")
+    return _remove_dots(_SLASHES.sub("/", _decode_unreserved(path)))
+
+
+def key(path: str) -> str:
+    """A normalised path as prefixes are compared with it: lower case, no trailing
+    slash (Express ignores both; gating more spellings than Fastify is only safer)."""
+    return path.rstrip("/").lower() or "/"
 
 
 def canonical(path: str) -> str:
-    """The strict canonical form: unreserved decoded, dots resolved, slashes merged,
-    lower case, no trailing slash. Idempotent."""
-    if _CONTROL.search(path):
-        raise BadPath("the path contains control characters")
-    if not _NEEDS_WORK.search(path):
-        return path.rstrip("/").lower() or "/"
-    return _resolve(_decode_unreserved(path).split("/"))
+    """`key(normalise(path))`: the form configured prefixes are stored in."""
+    return key(normalise(path))
 
 
 def readings(path: str) -> tuple[str, ...]:
-    """Every canonical reading of `path` that some upstream router might use."""
-    if _CONTROL.search(path):
-        raise BadPath("the path contains control characters")
-    if not _NEEDS_WORK.search(path):
-        return (path.rstrip("/").lower() or "/",)
-    decoded = _decode_unreserved(path)
-    slashed = _ENCODED_SLASH.sub("/", decoded)
-    forms = {_resolve(decoded.split("/")), _resolve(slashed.split("/"))}
-    if ";" in decoded:
-        forms.add(_resolve(s.split(";", 1)[0] for s in decoded.split("/")))
-        forms.add(_resolve(s.split(";", 1)[0] for s in slashed.split("/")))
+    """The keys of every reading of normalised `path` that some router might make."""
+    plain = key(path)
+    if not _DOUBT.search(path):
+        return (plain,)
+    forms = {plain}
+    slashed = _SLASHES.sub("/", _SEPARATOR.sub("/", path))
+    for base in (path, slashed):
+        for variant in (base, "/".join(s.split(";", 1)[0] for s in base.split("/"))):
+            variant = _SLASHES.sub("/", variant)
+            forms.add(key(variant))  # dots kept: they are parameter values to Fastify
+            forms.add(key(_remove_dots(variant, clamp=True)))  # as the WHATWG parser
     return tuple(forms)
 
 
 def canonical_prefix(prefix: str) -> str:
     """A configured prefix in the form request paths are compared with."""
-    if "?" in prefix or ";" in prefix:
-        raise BadPath("a prefix may not contain '?' or ';'")
+    if "?" in prefix or ";" in prefix or "#" in prefix:
+        raise BadPath("a prefix may not contain '?', '#' or ';'")
     return canonical(prefix)
 
 
@@ -123,8 +136,8 @@ class Rule(Generic[T]):
 
 
 class RouteTable(Generic[T]):
-    """Prefix rules over canonical paths; a lookup costs O(path depth), whatever the
-    number of rules, because it walks the path's own prefixes through a dict."""
+    """Prefix rules over path keys; a lookup costs O(path depth), whatever the number
+    of rules, because it walks the path's own prefixes through a dict."""
 
     def __init__(self, rules: Iterable[Rule[T]]) -> None:
         self.rules = tuple(rules)
@@ -144,7 +157,7 @@ class RouteTable(Generic[T]):
 
     def match(self, method: str, path: str,
               accept: Callable[[T], bool] | None = None) -> Rule[T] | None:
-        """The first rule whose prefix covers canonical `path`, whose methods allow
+        """The first rule whose prefix covers the key `path`, whose methods allow
         `method` and whose target `accept` takes (every target when None)."""
         for rule in self._root:
             if (rule.methods is None or method in rule.methods) and (
@@ -155,12 +168,12 @@ class RouteTable(Generic[T]):
         end = 0
         while True:
             end = path.find("/", end + 1)
-            key = path if end < 0 else path[:end]
-            rules = by_prefix.get(key)
+            prefix = path if end < 0 else path[:end]
+            rules = by_prefix.get(prefix)
             if rules:
                 for rule in rules:
                     if (rule.methods is None or method in rule.methods) and (
                             accept is None or accept(rule.target)):
                         return rule
-            if end < 0 or key not in stems:
+            if end < 0 or prefix not in stems:
                 return None

@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import WSMsgType, hdrs, web
 from multidict import CIMultiDict
 
-from gateproxy.gate import JSON, error_body
+from gateproxy import answers
 from gateproxy.proxy import (
     HOP_BY_HOP,
     RelayedResponse,
@@ -223,14 +223,14 @@ class WebSocketRelay:
     async def relay(self, request: web.BaseRequest, target: str) -> web.StreamResponse:
         client = self._client
         if client is None:
-            return _refuse_locally(502, "upstream_unavailable",
-                                   "the upstream client cannot relay WebSockets")
+            return answers.error("upstream_unavailable",
+                                 "the upstream client cannot relay WebSockets", close=True)
         max_size = self._max_msg_size
         headers = request.headers
         offered = tuple(p.strip() for value in headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ())
                         for p in value.split(",") if p.strip())
         if not web.WebSocketResponse(protocols=offered).can_prepare(request).ok:
-            return _refuse_locally(400, "bad_request", "invalid WebSocket handshake")
+            return answers.error("bad_request", "invalid WebSocket handshake", close=True)
         deflate = any("permessage-deflate" in value.lower()
                       for value in headers.getall(hdrs.SEC_WEBSOCKET_EXTENSIONS, ()))
         try:
@@ -303,12 +303,6 @@ def _refusal(refused: HandshakeRefused) -> web.StreamResponse:
     answer = RelayedResponse(status=refused.status, reason=refused.reason or None,
                              _real_headers=headers)
     # aiohttp's parser treats what follows an upgrade request as the new protocol.
-    answer.force_close()
-    return answer
-
-
-def _refuse_locally(status: int, code: str, message: str) -> web.Response:
-    answer = web.Response(status=status, body=error_body(code, message), content_type=JSON)
     answer.force_close()
     return answer
 

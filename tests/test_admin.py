@@ -8,9 +8,11 @@ import io
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 
 from gateproxy.standins import StandIn
+from tests import rawhttp
 from tests.conftest import (
     MakeGateway,
     Recorder,
@@ -89,6 +91,23 @@ async def test_without_admin_port_admin_endpoints_are_on_the_proxy_port(
         async with http.get(url(gateway, f"/_gateproxy/{name}")) as resp:
             assert resp.status == 200, name
     assert rec.seen == []
+
+
+@pytest.mark.parametrize(("method", "target"), [
+    ("GET", "/_gateproxy/nope"), ("GET", "/_gateproxy"), ("GET", "/_gateproxy/"),
+    ("POST", "/_gateproxy/live"), ("DELETE", "/_gateproxy/metrics/x"),
+    ("GET", "/_gateproxy/live/"), ("GET", "/x/../_gateproxy/api/containers"),
+    ("GET", "/_gateproxy/%2e%2e/_gateproxy/secret"), ("PUT", "/_GATEPROXY/anything?q=1"),
+])
+async def test_unknown_paths_under_the_admin_prefix_get_the_proxys_404(
+        runner: StandIn, recorder: tuple[Recorder, StandIn], make_gateway: MakeGateway,
+        method: str, target: str) -> None:
+    rec, upstream = recorder
+    gateway = await make_gateway(env_for(upstream, runner.url))
+    resp = await rawhttp.request(gateway.port, rawhttp.get(target, method))
+    assert resp.status == 404, (target, resp.body)
+    assert orjson.loads(resp.body)["error"]["code"] == "not_found"
+    assert rec.seen == [], "the admin prefix belongs to the proxy: never forwarded"
 
 
 async def test_status_json_carries_what_the_page_shows(

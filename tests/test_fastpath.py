@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateproxy import fastpath
 from gateproxy.app import Gateway
+from gateproxy.gate import Forward
 from gateproxy.standins import StandIn
 from tests import upstream_app
 from tests.conftest import free_port
@@ -28,10 +29,10 @@ def spy(gateway: Gateway) -> Verdicts:
     decide = fast.decide
     seen: Verdicts = []
 
-    def recording(message: Any) -> bytes | fastpath._Forward | None:
+    def recording(message: Any) -> bytes | Forward | None:
         verdict = decide(message)
         seen.append("usual" if verdict is None else
-                    "forward" if verdict is fastpath.FORWARD else "503")
+                    "forward" if isinstance(verdict, Forward) else "503")
         return verdict
 
     fast.decide = recording  # type: ignore[method-assign]
