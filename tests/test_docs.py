@@ -167,3 +167,52 @@ def test_reload_column_matches_what_a_reload_applies(tmp_path: Path) -> None:
 @pytest.mark.parametrize("doc", ["configuration.md", "operations.md"])
 def test_readme_links_the_doc(doc: str) -> None:
     assert f"(docs/{doc})" in (ROOT / "README.md").read_text()
+
+
+# ==========================================================================================
+# docs/operations.md
+# ==========================================================================================
+
+OPERATIONS = ROOT / "docs" / "operations.md"
+_LOG_CALL = re.compile(
+    r'\blog(?:\.opt\([^)]*\))?\.(?:trace|debug|info|success|warning|error|critical)\(\s*'
+    r'"([a-z_]+)"|\blog\.log\(\s*[^,]+,\s*"([a-z_]+)"')
+
+
+def test_every_log_event_is_explained() -> None:
+    events = {name for path in (ROOT / "gateproxy").glob("*.py")
+              for match in _LOG_CALL.finditer(path.read_text()) for name in match.groups()
+              if name}
+    assert {"probe_failed", "retries_exhausted", "access", "client_limits"} <= events
+    doc = OPERATIONS.read_text()
+    missing = sorted(e for e in events if f"`{e}`" not in doc)
+    assert not missing, f"docs/operations.md does not explain the log events {missing}"
+
+
+def test_every_metric_is_explained() -> None:
+    source = (ROOT / "gateproxy" / "metrics.py").read_text()
+    names = set(re.findall(r'"(gateproxy_[a-z_]+)"', source))
+    assert "gateproxy_dependency_up" in names
+    doc = OPERATIONS.read_text()
+    # Counters are exposed with `_total`, as the doc names them.
+    missing = sorted(n for n in names if f"`{n}`" not in doc and f"`{n}_total`" not in doc)
+    assert not missing, f"docs/operations.md does not explain the metrics {missing}"
+
+
+def anchors(markdown: str) -> set[str]:
+    """Heading anchors as GitHub makes them."""
+    return {re.sub(r"[^a-z0-9 _-]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            for line in markdown.splitlines() if line.startswith("#")}
+
+
+def test_alert_runbook_links_resolve() -> None:
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "gateproxy-alerts.yaml")
+                           .read_text())
+    targets = anchors(OPERATIONS.read_text())
+    doc = OPERATIONS.read_text()
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            path, _, anchor = rule["annotations"]["runbook"].partition("#")
+            assert path == "docs/operations.md", rule["alert"]
+            assert anchor in targets, f"{rule['alert']}: no heading for #{anchor}"
+            assert f"`{rule['alert']}`" in doc, f"operations.md lacks {rule['alert']}"
