@@ -740,8 +740,11 @@ def test_kustomize_build_validates_against_kubernetes_1_33(directory: Path) -> N
 
     resources = kustomize_build(directory)
     assert resources
-    crd_schemas = {("monitoring.coreos.com/v1", "ServiceMonitor"):
-                   json.loads((SUPPORT / "servicemonitor-v1.schema.json").read_text())}
+    # Custom resources: kubernetes-validate has no schemas for them, so each is checked
+    # against a strict subset of its CRD's schema kept in deploy_support/.
+    crd_schemas = {("monitoring.coreos.com/v1", kind):
+                   json.loads((SUPPORT / f"{kind.lower()}-v1.schema.json").read_text())
+                   for kind in ("ServiceMonitor", "PrometheusRule")}
     for resource in resources:
         key = (resource["apiVersion"], resource["kind"])
         where = f"{build_id(directory)}: {resource['kind']}/{resource['metadata']['name']}"
@@ -982,6 +985,7 @@ def test_production_overlay_scales_and_limits_disruption(
     assert selects(pdb["spec"]["selector"]["matchLabels"],
                    dep["spec"]["template"]["metadata"]["labels"])
     assert find(resources, "ServiceMonitor"), "the production overlay has a ServiceMonitor"
+    assert find(resources, "PrometheusRule"), "the production overlay has the alerts"
     strategy = deployment(builds["base"])["spec"]["strategy"]["rollingUpdate"]
     assert strategy["maxUnavailable"] == 0, "a rollout never drops below the replica count"
 
