@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiohttp_jinja2
 import jinja2
@@ -20,10 +20,25 @@ from aiohttp import web
 from gateproxy import __version__, answers
 from gateproxy.gate import ADMIN_ENDPOINTS
 from gateproxy.metrics import CONTENT_TYPE
+from gateproxy.runtime import Runtime
 from gateproxy.status import DependencyStatus, iso
 
-if TYPE_CHECKING:
-    from gateproxy.app import Gateway
+
+class View(Protocol):
+    """What the admin endpoints read of the running proxy; they change nothing."""
+
+    @property
+    def runtime(self) -> Runtime: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    @property
+    def started_at(self) -> float: ...
+
+    def statuses(self) -> list[DependencyStatus]: ...
+
+    def exposition(self) -> bytes: ...
 
 _JSON = [("Content-Type", answers.JSON), ("Cache-Control", "no-store")]
 # The page loads nothing from anywhere and talks only to its own origin.
@@ -41,10 +56,10 @@ def _json(status: int, body: object) -> web.Response:
     return answers.own(status, orjson.dumps(body), _JSON)
 
 
-def readiness(gateway: Gateway) -> tuple[int, dict[str, Any]]:
-    if gateway.draining:
+def readiness(view: View) -> tuple[int, dict[str, Any]]:
+    if view.draining:
         return 503, {"status": "not_ready", "reason": "shutting_down"}
-    down = [s.dep.name for s in gateway.statuses() if not s.dep.optional and not s.is_up]
+    down = [s.dep.name for s in view.statuses() if not s.dep.optional and not s.is_up]
     if down:
         return 503, {"status": "not_ready", "reason": "dependency_down", "dependencies": down}
     return 200, {"status": "ready"}
@@ -63,29 +78,29 @@ def _dependency(status: DependencyStatus) -> dict[str, Any]:
     }
 
 
-def status_data(gateway: Gateway) -> dict[str, Any]:
+def status_data(view: View) -> dict[str, Any]:
     """What the status page shows, and status.json serves."""
-    code, ready = readiness(gateway)
+    code, ready = readiness(view)
     return {
         "service": "gateproxy",
         "version": __version__,
         "now": iso(time.time()),
-        "startedAt": iso(gateway.started_at),
+        "startedAt": iso(view.started_at),
         "ready": code == 200,
         "readiness": ready,
-        "draining": gateway.draining,
-        "config": gateway.config_version.as_dict(),
-        "dependencies": [_dependency(s) for s in gateway.statuses()],
+        "draining": view.draining,
+        "config": view.runtime.version.as_dict(),
+        "dependencies": [_dependency(s) for s in view.statuses()],
     }
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def endpoints(app: web.Application, gateway: Gateway) -> dict[str, Handler]:
+def endpoints(app: web.Application, view: View) -> dict[str, Handler]:
     """The admin endpoints by name (the path below the admin prefix), with the page
     templates set up on `app`."""
-    prefix = gateway.config.admin_prefix
+    prefix = view.runtime.config.admin_prefix
     aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("gateproxy", "templates"),
                          autoescape=True, default_helpers=False)
 
@@ -93,22 +108,22 @@ def endpoints(app: web.Application, gateway: Gateway) -> dict[str, Handler]:
         return _json(200, {"status": "live"})
 
     async def ready(_: web.Request) -> web.Response:
-        return _json(*readiness(gateway))
+        return _json(*readiness(view))
 
     async def status_json(_: web.Request) -> web.Response:
-        return _json(200, status_data(gateway))
+        return _json(200, status_data(view))
 
     async def status_page(request: web.Request) -> web.Response:
         response = aiohttp_jinja2.render_template(
             "status.html", request,
-            {"state": status_data(gateway), "json_url": f"{prefix}/status.json",
+            {"state": status_data(view), "json_url": f"{prefix}/status.json",
              "metrics_url": f"{prefix}/metrics"})
         response.headers.update(_PAGE)
         response.headers["Server"] = answers.SERVER
         return response
 
     async def metrics(_: web.Request) -> web.Response:
-        return answers.own(200, gateway.metrics.exposition(),
+        return answers.own(200, view.exposition(),
                            [("Content-Type", CONTENT_TYPE), ("Cache-Control", "no-store")])
 
     handlers: dict[str, Handler] = {"live": live, "ready": ready, "status": status_page,

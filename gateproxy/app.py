@@ -15,12 +15,12 @@ import signal
 import time
 from collections.abc import Callable
 
-from aiohttp import hdrs, web
-from aiohttp.http import HttpVersion11
+from aiohttp import HttpVersion11, hdrs, web
 
-from gateproxy import accesslog, admin, answers, fastpath, health, limits, websocket
+from gateproxy import accesslog, admin, answers, checks, health, websocket
+from gateproxy.aio import check, fastpath, server
+from gateproxy.aio.client import FastUpstream
 from gateproxy.config import Config, Dependency
-from gateproxy.fastclient import FastUpstream
 from gateproxy.gate import (
     HEALTH,
     NOT_FOUND,
@@ -38,8 +38,8 @@ from gateproxy.metrics import Metrics
 from gateproxy.monitor import Monitor
 from gateproxy.probe import Prober
 from gateproxy.proxy import Forwarder
-from gateproxy.reload import ConfigVersion
 from gateproxy.routes import Rule
+from gateproxy.runtime import ConfigVersion, Runtime
 from gateproxy.status import DependencyStatus
 from gateproxy.upstream import AiohttpUpstream, UpstreamClient
 from gateproxy.websocket import WebSocketRelay
@@ -57,18 +57,17 @@ class Gateway:
     """The running proxy: its dependencies, its gate, its listeners."""
 
     def __init__(self, config: Config, upstream: UpstreamClient | None = None) -> None:
-        self.config = config
-        self.config_version = ConfigVersion.of(config, 1)
+        self.fence = check.inspect(config.fast_path)
         self.metrics = Metrics(self.statuses, lambda: self.websockets.open_count)
         self.prober = Prober()
-        client = FastUpstream if config.upstream.client == "fast" else AiohttpUpstream
+        client = FastUpstream if self.fence.fast_path else AiohttpUpstream
         self.upstream = upstream or client(
             config.upstream.url, config.upstream.connect_timeout_ms,
             config.upstream.read_timeout_ms)
         self.forwarder = Forwarder(self.metrics.timed(self.upstream))
         self.websockets = WebSocketRelay(self.upstream)
-        self.guards = tuple(self.make_guard(dep) for dep in config.dependencies)
-        self.gate = Gate.build(self.guards, config)
+        guards = [self.make_guard(dep) for dep in config.dependencies]
+        self.runtime = Runtime(config, Gate.build(guards, config), ConfigVersion.of(config, 1))
         self.draining = False
         self.started_at = time.time()
         self._runners: list[web.AppRunner] = []
@@ -79,7 +78,26 @@ class Gateway:
                      answers.error_body(dep.not_ready.code, dep.not_ready.message))
 
     def statuses(self) -> list[DependencyStatus]:
-        return [g.status for g in self.guards]
+        return [g.status for g in self.runtime.guards]
+
+    # Read-only views of the live state (a reload replaces `runtime` as a whole).
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+    @property
+    def gate(self) -> Gate:
+        return self.runtime.gate
+
+    @property
+    def guards(self) -> tuple[Guard, ...]:
+        return self.runtime.gate.guards
+
+    def count_reload(self, applied: bool) -> None:
+        (self.metrics.reload_applied if applied else self.metrics.reload_rejected).inc()
+
+    def exposition(self) -> bytes:
+        return self.metrics.exposition()
 
     # --- the applications -------------------------------------------------------------
 
@@ -156,7 +174,7 @@ class Gateway:
         assert isinstance(verdict, Forward)
         # After the gate (a gated path gets its 503 whatever else is wrong), before the
         # upstream: what aiohttp's parser accepts but would make the two of us disagree.
-        answer = limits.request_problem(request)
+        answer = checks.request_problem(request)
         if answer is not None:
             return answer
         request[accesslog.OUTCOME] = accesslog.FORWARDED
@@ -196,8 +214,11 @@ class Gateway:
                         f"({error.code if error else 'unknown'}: "
                         f"{error.message if error else ''})")
         cfg = self.config
-        await self._listen(self.main_app(), cfg.listen.host, cfg.listen.port,
-                           fastpath.FastPath(self, self.on_reject))
+        fast = None
+        if self.fence.fast_path:
+            fast = fastpath.FastPath(lambda: self.runtime.gate, self.forwarder.client,
+                                     self.on_reject, self.metrics.count_forwarded)
+        await self._listen(self.main_app(), cfg.listen.host, cfg.listen.port, fast)
         if cfg.admin_port is not None:
             await self._listen(self.admin_app(), cfg.listen.host, cfg.admin_port)
         for guard in self.guards:
@@ -213,17 +234,21 @@ class Gateway:
             shutdown_timeout=self.config.shutdown_grace_ms / 1000,
             **accesslog.runner_options(lambda: self.config.log.access))
         await runner.setup()
-        # aiohttp has no request-head timeout and no connection cap: LimitedSite adds both
-        # (and a body timeout, with the same allowance as the head).
-        limits_cfg = self.config.limits
-        # With `fast`, the gate's 503s and plain GETs skip aiohttp's per-request machinery.
-        site_class: Callable[..., limits.LimitedSite] = (
-            limits.LimitedSite if fast is None
-            else functools.partial(fastpath.FastPathSite, fast=fast))
-        site = site_class(
-            runner, host, port, backlog=1024, max_connections=limits_cfg.max_connections,
-            head_timeout_s=limits_cfg.header_timeout_ms / 1000,
-            body_timeout_s=limits_cfg.header_timeout_ms / 1000)
+        site: web.BaseSite
+        if self.fence.limits:
+            # aiohttp has no request-head timeout and no connection cap: LimitedSite adds
+            # both (and a body timeout, with the same allowance as the head). With `fast`,
+            # the gate's 503s and plain GETs skip aiohttp's per-request machinery.
+            limits_cfg = self.config.limits
+            site_class: Callable[..., server.LimitedSite] = (
+                server.LimitedSite if fast is None
+                else functools.partial(fastpath.FastPathSite, fast=fast))
+            site = site_class(
+                runner, host, port, backlog=1024, max_connections=limits_cfg.max_connections,
+                head_timeout_s=limits_cfg.header_timeout_ms / 1000,
+                body_timeout_s=limits_cfg.header_timeout_ms / 1000)
+        else:
+            site = web.TCPSite(runner, host, port, backlog=1024)
         try:
             await site.start()
         except OSError as exc:

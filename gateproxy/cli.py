@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from gateproxy import __version__, config, logs
+from gateproxy.aio import check
 from gateproxy.app import Gateway, StartupError
 from gateproxy.logs import log
 from gateproxy.reload import Reloader
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or "serve"
     if command == "check-config":
         return check_config(args.config)
-    unsafe = _unsafe_parser()
+    unsafe = check.parser_problem()
     if unsafe:
         print(f"gateproxy: refusing to start: {unsafe}", file=sys.stderr)
         return 2
@@ -93,19 +94,6 @@ async def _serve(cfg: config.Config) -> int:
     async with Reloader(gateway).running():
         await gateway.serve_until_signalled()
     return 0
-
-
-def _unsafe_parser() -> str | None:
-    """aiohttp's pure-Python HTTP parser has had request-smuggling bugs the C one has not."""
-    from aiohttp import http_parser
-
-    if os.environ.get("AIOHTTP_NO_EXTENSIONS"):
-        return ("AIOHTTP_NO_EXTENSIONS is set, which selects aiohttp's pure-Python HTTP "
-                "parser; unset it")
-    fast = getattr(http_parser, "HttpRequestParserC", None)
-    if fast is None or http_parser.HttpRequestParser is not fast:
-        return "aiohttp's C HTTP parser is not available; reinstall aiohttp for this platform"
-    return None
 
 
 def run(main: Coroutine[Any, Any, int]) -> int:

@@ -42,8 +42,8 @@ DEFAULTS: dict[str, Any] = {
         "connect_timeout_ms": 5000,
         "read_timeout_ms": 300000,
         "health_timeout_ms": 2000,
-        "client": "fast",
     },
+    "fast_path": True,
     "health_path": "/health",
     "admin_prefix": "/_gateproxy",
     "admin_port": None,
@@ -77,6 +77,7 @@ _ENV_GLOBAL: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("PLATFORM_SERVER_URL", ("upstream", "url")),
     ("GATEPROXY_LOG_FORMAT", ("log", "format")),
     ("GATEPROXY_LOG_LEVEL", ("log", "level")),
+    ("GATEPROXY_FAST_PATH", ("fast_path",)),
 )
 ENV_DEPENDENCY = "docker-runner"
 _ENV_DEPENDENCY: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -105,7 +106,6 @@ class Upstream:
     connect_timeout_ms: int
     read_timeout_ms: int
     health_timeout_ms: int
-    client: Literal["fast", "aiohttp"]  # see gateproxy/fastclient.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +167,7 @@ class Cors:
 class Config:
     listen: Listen
     upstream: Upstream
+    fast_path: bool  # see gateproxy/aio/
     health_path: str
     admin_prefix: str
     admin_port: int | None
@@ -527,8 +528,8 @@ def _build(
             read_timeout_ms=f(loader, upstream, ("upstream",), "read_timeout_ms", ms),
             health_timeout_ms=f(loader, upstream, ("upstream",), "health_timeout_ms",
                                 positive_ms),
-            client=f(loader, upstream, ("upstream",), "client", _choice("fast", "aiohttp")),
         ),
+        fast_path=f(loader, tree, (), "fast_path", _bool),
         health_path=(health_path or "/").rstrip("/") or "/",
         admin_prefix=(admin_prefix or "").rstrip("/"),
         admin_port=admin_port,
@@ -687,8 +688,8 @@ def effective(config: Config) -> dict[str, Any]:
             "connect_timeout_ms": config.upstream.connect_timeout_ms,
             "read_timeout_ms": config.upstream.read_timeout_ms,
             "health_timeout_ms": config.upstream.health_timeout_ms,
-            "client": config.upstream.client,
         },
+        "fast_path": config.fast_path,
         "health_path": config.health_path,
         "admin_prefix": config.admin_prefix,
         "admin_port": config.admin_port,

@@ -13,6 +13,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from gateproxy import answers
+from gateproxy.aio import wire
 from gateproxy.upstream import RawHeaders, UpstreamClient, UpstreamError, UpstreamResponse
 
 HOP_BY_HOP = frozenset({
@@ -112,34 +113,6 @@ def error_response(error: UpstreamError) -> web.Response:
     return answers.error(error.code, error.message)
 
 
-def strip_server_defaults(headers: CIMultiDict[str], had_server: bool,
-                          had_type: bool) -> None:
-    """Undo what aiohttp's server adds on its own: a `Server` naming aiohttp and an
-    `application/octet-stream` Content-Type the upstream never claimed. (`Date` stays:
-    RFC 9110 section 6.6.1 asks a forwarding recipient to add one when it is missing.)"""
-    if not had_server:
-        headers.popall(hdrs.SERVER, None)
-    if not had_type:
-        headers.popall(hdrs.CONTENT_TYPE, None)
-
-
-class RelayedResponse(web.StreamResponse):
-    """A response that carries the upstream's headers and nothing aiohttp invents."""
-
-    async def _prepare_headers(self) -> None:
-        headers = self._headers
-        had_server = hdrs.SERVER in headers
-        had_type = hdrs.CONTENT_TYPE in headers
-        placeholder = hdrs.TRANSFER_ENCODING in headers
-        await super()._prepare_headers()
-        if not (had_server and had_type):
-            strip_server_defaults(headers, had_server, had_type)
-        if placeholder:
-            writer = self._payload_writer
-            if writer is None or not writer.chunked:  # type: ignore[attr-defined]
-                headers.popall(hdrs.TRANSFER_ENCODING, None)
-
-
 class Forwarder:
     """Sends requests upstream through an UpstreamClient and streams the answers back."""
 
@@ -164,8 +137,8 @@ class Forwarder:
 async def relay(request: web.BaseRequest, upstream: UpstreamResponse,
                 extra_drop: frozenset[str] = frozenset()) -> web.StreamResponse:
     """Stream `upstream` to the client: its status, reason, headers and body bytes."""
-    resp = RelayedResponse(status=upstream.status, reason=upstream.reason,
-                           _real_headers=response_headers(upstream.raw_headers, extra_drop))
+    resp = wire.relayed_response(upstream.status, upstream.reason,
+                                 response_headers(upstream.raw_headers, extra_drop))
     try:
         await resp.prepare(request)
         async for chunk in upstream.iter_chunks():

@@ -1,9 +1,9 @@
 """Live reload: SIGHUP or a change of the configuration file applies a new configuration
 without a restart and without dropping a request.
 
-The new gate is built completely and then swapped in with plain attribute assignments,
-with no `await` in between, so every request is judged by either the old gate or the new
-one. A file with a problem is rejected with one log line and the running configuration
+The new state (configuration, gate, version: a `Runtime`) is built completely and then
+swapped in with one assignment, so every request is judged by either the old gate or the
+new one. A file with a problem is rejected with one log line and the running configuration
 keeps serving. Settings that belong to open sockets and sessions (listen address, ports,
 upstream URL and timeouts, paths) keep their running values until a restart, and the log
 says so.
@@ -13,60 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any, Protocol
 
-import orjson
 from watchfiles import Change, awatch
 
 from gateproxy import answers, logs
-from gateproxy.config import Config, ConfigError, effective, load
+from gateproxy.config import Config, ConfigError, Dependency, load
 from gateproxy.gate import Gate, Guard
 from gateproxy.logs import log
-from gateproxy.status import iso
-
-if TYPE_CHECKING:
-    from gateproxy.app import Gateway
+from gateproxy.runtime import ConfigVersion, Runtime, content, content_hash
 
 DEFAULTS_SOURCE = "defaults"  # Config.source when no file was read
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigVersion:
-    """Which configuration is live: a counter, a hash of its content, when it was loaded,
-    and the changed settings that wait for a restart."""
-
-    number: int
-    hash: str
-    loaded_at: float
-    source: str
-    pending_restart: tuple[str, ...] = ()
-
-    @classmethod
-    def of(cls, cfg: Config, number: int, pending_restart: tuple[str, ...] = ()
-           ) -> ConfigVersion:
-        return cls(number, content_hash(cfg), time.time(), cfg.source, pending_restart)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"version": self.number, "hash": self.hash, "loadedAt": iso(self.loaded_at),
-                "source": self.source, "pendingRestart": list(self.pending_restart)}
-
-
-def _content(cfg: Config) -> dict[str, Any]:
-    """The effective configuration without where it came from (secrets redacted)."""
-    return {k: v for k, v in effective(cfg).items() if k != "source"}
-
-
-def content_hash(cfg: Config) -> str:
-    """A short hash of the effective configuration: equal configurations, wherever they
-    came from, hash the same."""
-    digest = hashlib.sha256(orjson.dumps(_content(cfg), option=orjson.OPT_SORT_KEYS))
-    return digest.hexdigest()[:16]
 
 
 def _keep_restart_only(running: Config, new: Config) -> Config:
@@ -77,6 +38,7 @@ def _keep_restart_only(running: Config, new: Config) -> Config:
         admin_port=running.admin_port,
         admin_prefix=running.admin_prefix,
         health_path=running.health_path,
+        fast_path=running.fast_path,
         limits=running.limits,
         shutdown_grace_ms=running.shutdown_grace_ms,
         # The upstream session is built with these; the health timeout is read per request.
@@ -91,42 +53,51 @@ def _differences(a: Any, b: Any, path: str = "") -> list[str]:
     return [] if a == b else [path]
 
 
-async def apply(gateway: Gateway, new: Config) -> None:
+class Reloadable(Protocol):
+    """What a reload needs of the running proxy."""
+
+    runtime: Runtime
+    draining: bool
+
+    def make_guard(self, dep: Dependency) -> Guard: ...
+
+    def count_reload(self, applied: bool) -> None: ...
+
+
+async def apply(proxy: Reloadable, new: Config) -> None:
     """Make `new` the running configuration, except for the settings that need a restart:
     those keep their running values and are logged."""
-    running = gateway.config
+    old = proxy.runtime
+    running = old.config
     applied = _keep_restart_only(running, new)
-    pending = tuple(_differences(_content(new), _content(applied)))
-    previous = {g.status.dep.name: g for g in gateway.guards}
+    pending = tuple(_differences(content(new), content(applied)))
+    previous = {g.status.dep.name: g for g in old.guards}
     guards: list[Guard] = []
     added: list[Guard] = []
     for dep in applied.dependencies:
-        old = previous.pop(dep.name, None)
-        if old is None:
-            guard = gateway.make_guard(dep)
+        guard = previous.pop(dep.name, None)
+        if guard is None:
+            guard = proxy.make_guard(dep)
             added.append(guard)
         else:
-            if dep != old.status.dep or old.status.retries_exhausted:
-                old.monitor.reconfigure(dep)
-            guard = replace(old, body=answers.error_body(dep.not_ready.code, dep.not_ready.message))
+            if dep != guard.status.dep or guard.status.retries_exhausted:
+                guard.monitor.reconfigure(dep)
+            guard = replace(guard, body=answers.error_body(dep.not_ready.code,
+                                                           dep.not_ready.message))
         guards.append(guard)
-    # From here to the end of the swap nothing awaits: no request sees half of it.
-    gate = Gate.build(guards, applied)
-    gateway.guards = gate.guards
-    gateway.gate = gate
-    gateway.config = applied
+    version = old.version
+    changed = content_hash(applied) != version.hash
+    if changed or pending != version.pending_restart:
+        version = ConfigVersion.of(applied, version.number + int(changed), pending)
+    # The whole new state in one assignment: a request sees the old one or the new one.
+    proxy.runtime = Runtime(applied, Gate.build(guards, applied), version)
     if (applied.log.format, applied.log.level) != (running.log.format, running.log.level):
         logs.configure(applied.log.format, applied.log.level)
     for guard in added:
         guard.monitor.start()
-    version = gateway.config_version
-    changed = content_hash(applied) != version.hash
-    if changed or pending != version.pending_restart:
-        gateway.config_version = ConfigVersion.of(applied, version.number + int(changed), pending)
     for guard in previous.values():
         await guard.monitor.stop()
-    log.info("config_reloaded", version=gateway.config_version.number,
-             hash=gateway.config_version.hash, changed=changed,
+    log.info("config_reloaded", version=version.number, hash=version.hash, changed=changed,
              added=[g.status.dep.name for g in added], removed=sorted(previous),
              gatedRoutes={g.status.dep.name: [r.prefix for r in g.status.dep.gated_routes]
                           for g in guards})
@@ -138,9 +109,9 @@ async def apply(gateway: Gateway, new: Config) -> None:
 class Reloader:
     """Reloads on SIGHUP and, when serving from a file, when that file changes."""
 
-    def __init__(self, gateway: Gateway, env: Mapping[str, str] | None = None) -> None:
-        self.gateway = gateway
-        source = gateway.config.source
+    def __init__(self, proxy: Reloadable, env: Mapping[str, str] | None = None) -> None:
+        self.proxy = proxy
+        source = proxy.runtime.config.source
         self.path = None if source == DEFAULTS_SOURCE else os.path.abspath(source)
         self._env = env
         self._lock = asyncio.Lock()
@@ -150,23 +121,23 @@ class Reloader:
     async def reload(self, trigger: str) -> bool:
         """Load and apply the configuration; False (and the old one kept) on a problem."""
         async with self._lock:
-            if self.gateway.draining:
+            if self.proxy.draining:
                 return False
             try:
                 new = load(self.path, self._env)
             except Exception as exc:  # whatever the file holds, the running config stays
                 problems = ([str(p) for p in exc.problems] if isinstance(exc, ConfigError)
                             else [f"{self.path}: cannot be loaded: {exc!r}"])
-                self.gateway.metrics.reload_rejected.inc()
+                self.proxy.count_reload(applied=False)
                 log.error("config_reload_rejected", trigger=trigger, source=self.path,
                           problems=problems,
-                          runningVersion=self.gateway.config_version.number,
+                          runningVersion=self.proxy.runtime.version.number,
                           message="the file has problems; the running configuration "
                                   "keeps serving")
                 return False
             log.info("config_reload", trigger=trigger, source=self.path)
-            await apply(self.gateway, new)
-            self.gateway.metrics.reload_applied.inc()
+            await apply(self.proxy, new)
+            self.proxy.count_reload(applied=True)
             return True
 
     def _on_signal(self) -> None:

@@ -15,20 +15,18 @@ import contextlib
 import struct
 from typing import Literal, NamedTuple
 
-import aiohttp
 from aiohttp import WSMsgType, hdrs, web
 from multidict import CIMultiDict
 
 from gateproxy import answers
+from gateproxy.aio import wire
 from gateproxy.proxy import (
     HOP_BY_HOP,
-    RelayedResponse,
     add_via,
     error_response,
     header_text,
     request_headers,
     response_headers,
-    strip_server_defaults,
 )
 from gateproxy.upstream import (
     HandshakeRefused,
@@ -89,19 +87,6 @@ class _End(NamedTuple):
     code: int | None  # the Close code the source sent; None: it did not send one
     reason: bytes
     target_gone: bool  # the destination refused a frame
-
-
-class _RelayedWebSocket(web.WebSocketResponse[Literal[False]]):
-    async def _prepare_headers(self) -> None:
-        headers = self._headers
-        # Placeholders keep the upstream's header order; aiohttp's handshake fills in
-        # the ones it negotiated, those it did not must not go out empty.
-        for name in ("Sec-WebSocket-Protocol", "Sec-WebSocket-Extensions"):
-            if headers.get(name) == "":
-                del headers[name]
-        had_server = hdrs.SERVER in headers
-        await super()._prepare_headers()
-        strip_server_defaults(headers, had_server, True)
 
 
 class _Session:
@@ -243,7 +228,7 @@ class WebSocketRelay:
             answer.force_close()
             return answer
         try:
-            ws = _RelayedWebSocket(
+            ws = wire.relayed_websocket(
                 protocols=(up.protocol,) if up.protocol else (), compress=bool(up.compress),
                 autoclose=False, autoping=False, max_msg_size=max_size, decode_text=False,
                 timeout=CLOSE_TIMEOUT)
@@ -282,11 +267,7 @@ class WebSocketRelay:
 def _copy_handshake_headers(up: UpstreamWebSocket, into: CIMultiDict[str]) -> None:
     """The upstream's 101 headers (Set-Cookie, Server, Date...) for the client's 101,
     in the upstream's order."""
-    # aiohttp keeps the handshake response only on a private attribute.
-    response = getattr(up, "_response", None)
-    if not isinstance(response, aiohttp.ClientResponse):
-        return
-    for raw_name, raw_value in response.raw_headers:
+    for raw_name, raw_value in wire.handshake_headers(up):
         name = header_text(raw_name)
         lowered = name.lower()
         if lowered in _HANDSHAKE_REPLY:
@@ -300,8 +281,7 @@ def _copy_handshake_headers(up: UpstreamWebSocket, into: CIMultiDict[str]) -> No
 def _refusal(refused: HandshakeRefused) -> web.StreamResponse:
     headers = response_headers(refused.raw_headers, _REFUSAL_DROP | _HANDSHAKE)
     headers[hdrs.CONTENT_LENGTH] = "0"
-    answer = RelayedResponse(status=refused.status, reason=refused.reason or None,
-                             _real_headers=headers)
+    answer = wire.relayed_response(refused.status, refused.reason or None, headers)
     # aiohttp's parser treats what follows an upgrade request as the new protocol.
     answer.force_close()
     return answer

@@ -401,14 +401,14 @@ def ws_corpus() -> list[tuple[str, dict[str, Any]]]:
 
 # --- the test -----------------------------------------------------------------------------
 
-@pytest.fixture(params=["fast", "aiohttp"])
+@pytest.fixture(params=["true", "false"])
 async def pair(request: pytest.FixtureRequest,
                tmp_path: Path) -> AsyncIterator[tuple[StandIn, Gateway]]:
-    """The upstream, and a gateway with each of the upstream clients it can use."""
+    """The upstream, and a gateway with the fast path on and off."""
     upstream = StandIn(upstream_app.app())
     await upstream.start()
     settings = tmp_path / "gateproxy.yaml"
-    settings.write_text(f"upstream: {{client: {request.param}}}\n")
+    settings.write_text(f"fast_path: {request.param}\n")
     gateway = await upstream_app.start_gateway(upstream.url, str(settings))
     try:
         yield upstream, gateway

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from gateproxy import config
-from gateproxy.reload import _content, _differences, _keep_restart_only
+from gateproxy.reload import _differences, _keep_restart_only
+from gateproxy.runtime import content
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "configuration.md"
@@ -113,6 +114,7 @@ def test_every_environment_variable_is_documented() -> None:
 
 # A value unlike the default for each kind of key an environment variable can set.
 _OTHER = {"listen.host": "127.0.0.2", "log.format": "text", "log.level": "DEBUG",
+          "fast_path": "false",
           f"{DEP}.optional": "false", f"{DEP}.shared_secret": "s3cret"}
 
 
@@ -145,8 +147,8 @@ def test_reload_column_matches_what_a_reload_applies(tmp_path: Path) -> None:
     changed.write_text(yaml.safe_dump({
         "listen": {"host": "127.0.0.2", "port": 8181},
         "upstream": {"url": "http://127.0.0.9:4321", "connect_timeout_ms": 4321,
-                     "read_timeout_ms": 4321, "health_timeout_ms": 4321,
-                     "client": "aiohttp"},
+                     "read_timeout_ms": 4321, "health_timeout_ms": 4321},
+        "fast_path": False,
         "health_path": "/healthz", "admin_prefix": "/_gp", "admin_port": 9911,
         "log": {"format": "text", "level": "DEBUG", "access": True},
         "limits": {"max_connections": 77, "header_timeout_ms": 4321},
@@ -156,7 +158,7 @@ def test_reload_column_matches_what_a_reload_applies(tmp_path: Path) -> None:
     }))
     running = config.load(None, {})
     new = config.load(str(changed), {})
-    kept = set(_differences(_content(new), _content(_keep_restart_only(running, new))))
+    kept = set(_differences(content(new), content(_keep_restart_only(running, new))))
     rows = doc_rows()
     documented = {k for k, r in rows.items() if r["Reload"] == "restart"}
     # The secret comes from the process environment, which a reload cannot change.
@@ -181,7 +183,7 @@ _LOG_CALL = re.compile(
 
 
 def test_every_log_event_is_explained() -> None:
-    events = {name for path in (ROOT / "gateproxy").glob("*.py")
+    events = {name for path in (ROOT / "gateproxy").rglob("*.py")
               for match in _LOG_CALL.finditer(path.read_text()) for name in match.groups()
               if name}
     assert {"probe_failed", "retries_exhausted", "access", "client_limits", "request_error",

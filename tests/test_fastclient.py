@@ -18,8 +18,8 @@ from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from multidict import CIMultiDict
 
-from gateproxy import fastclient
-from gateproxy.fastclient import FastResponse, FastUpstream
+from gateproxy.aio import client as fastclient
+from gateproxy.aio.client import FastResponse, FastUpstream
 from gateproxy.upstream import UpstreamError
 from tests.conftest import free_port
 

@@ -1,4 +1,4 @@
-"""The fast path (gateproxy/fastpath.py) answers exactly as the usual aiohttp path would:
+"""The fast path (gateproxy/aio/fastpath.py) answers exactly as the usual aiohttp path would:
 the same bytes for the same requests, in order on a connection, and it lets go of what
 is not its to answer. Real gateways and upstreams on 127.0.0.1."""
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateproxy import fastpath
+from gateproxy.aio import fastpath
 from gateproxy.app import Gateway
 from gateproxy.gate import Forward
 from gateproxy.standins import StandIn

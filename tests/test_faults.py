@@ -178,10 +178,11 @@ async def upstream(started: Started) -> StandIn:
 
 
 async def make_gateway(started: Started, tmp_path: Path, upstream_url: str, runner_url: str,
-                       client: str = "fast") -> Gateway:
+                       client: str = "true") -> Gateway:
     path = tmp_path / "faults.yaml"
     path.write_text(
-        f"upstream: {{url: '{upstream_url}', client: {client}, connect_timeout_ms: 500,\n"
+        f"fast_path: {client}\n"
+        f"upstream: {{url: '{upstream_url}', connect_timeout_ms: 500,\n"
         f"           read_timeout_ms: {READ_TIMEOUT_MS}, health_timeout_ms: {HEALTH_TIMEOUT_MS}}}\n"
         "shutdown_delay_ms: 0\nshutdown_grace_ms: 1000\n"
         "dependencies:\n"
@@ -399,7 +400,8 @@ async def test_runner_flapping_every_100_ms(http: aiohttp.ClientSession, log: Lo
 
 # --- the platform-server ----------------------------------------------------------------
 
-CLIENTS = pytest.mark.parametrize("client", ["fast", "aiohttp"])
+# `client` is the fast_path setting: the lean client, or aiohttp's ClientSession.
+CLIENTS = pytest.mark.parametrize("client", ["true", "false"])
 
 
 @pytest.fixture

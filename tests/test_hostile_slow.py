@@ -1,4 +1,4 @@
-"""Slow clients and too many clients (gateproxy/limits.py).
+"""Slow clients and too many clients (gateproxy/aio/server.py).
 
 Slowloris on the request head and on the body is cut off by timeouts without holding up
 anybody else; legitimate slowness (a keep-alive pause, a long response, a WebSocket
@@ -24,8 +24,8 @@ import uvloop
 from aiohttp import web
 
 from gateproxy import config
+from gateproxy.aio.server import LimitedSite
 from gateproxy.app import Gateway
-from gateproxy.limits import LimitedSite
 from gateproxy.standins import StandIn, platform_server
 from tests.conftest import StartStandIn, free_port, log_lines
 from tests.hostile_support import RawUpstream

@@ -86,7 +86,7 @@ async def test_file_change_reloads_routes_cors_and_probe_settings(
         write(path, dead, ("/api/containers", "/api/threads"),
               top=f"cors: {{allow_origins: ['{ORIGIN}']}}",
               dep="    probe_interval_ms: 1234\n    retry: {base_delay_ms: 77}")
-        await wait_for(lambda: gateway.config_version.number == 2, timeout=10)
+        await wait_for(lambda: gateway.runtime.version.number == 2, timeout=10)
     async with http.get(url(gateway, "/api/threads"), headers={"Origin": ORIGIN}) as resp:
         assert resp.status == 503 and await resp.read() == NOT_READY
         assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
@@ -124,10 +124,10 @@ async def test_a_bad_file_is_rejected_and_the_running_config_keeps_serving(
     write(path, dead)
     env = env_for(upstream, dead)
     gateway = await make_gateway(env, str(path))
-    running, version = gateway.config, gateway.config_version
+    running, version = gateway.config, gateway.runtime.version
     path.write_text(content)
     assert await Reloader(gateway, env).reload("test") is False
-    assert gateway.config is running and gateway.config_version is version
+    assert gateway.config is running and gateway.runtime.version is version
     [rejected] = [line for line in log_lines(captured_logs)
                   if line["event"] == "config_reload_rejected"]
     assert rejected["level"] == "ERROR"
@@ -195,7 +195,7 @@ async def test_routes_and_dependencies_come_and_go_while_requests_flow(
     assert seen.total() > 200, "requests flowed all along the reloads"
     assert seen["/api/threads", 200] > 0 and seen["/api/threads", 503] > 0, seen
     assert seen["/api/other", 200] > 0
-    assert gateway.config_version.number == 21
+    assert gateway.runtime.version.number == 21
     assert [g.status.dep.name for g in gateway.guards] == ["docker-runner"]
 
 
@@ -276,7 +276,7 @@ async def test_a_reload_restarts_exhausted_probing(
     await wait_for(lambda: status.retries_exhausted)
     assert await Reloader(gateway, env).reload("test")
     await wait_for(lambda: status.total_checks >= 3)
-    assert gateway.config_version.number == 1, "same configuration, same version"
+    assert gateway.runtime.version.number == 1, "same configuration, same version"
 
 
 async def test_sighup_reloads(recorder: tuple[Recorder, StandIn],
@@ -287,7 +287,7 @@ async def test_sighup_reloads(recorder: tuple[Recorder, StandIn],
     async with Reloader(gateway, env).running():
         env["DOCKER_RUNNER_CONNECT_PROBE_INTERVAL_MS"] = "4321"
         os.kill(os.getpid(), signal.SIGHUP)
-        await wait_for(lambda: gateway.config_version.number == 2)
+        await wait_for(lambda: gateway.runtime.version.number == 2)
     assert gateway.guards[0].status.dep.probe_interval_ms == 4321
 
 

@@ -28,26 +28,56 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-from aiohttp import web
-from aiohttp.helpers import rfc822_formatted_time
+# Private names are read from their modules when used, not imported: a name a newer
+# aiohttp lacks then fails the start-up check (and the fast path is off), not the import.
+from aiohttp import helpers, http_parser, http_writer, web
 from aiohttp.http import HttpVersion11, RawRequestMessage, StreamWriter
-from aiohttp.http_writer import _serialize_headers
 from aiohttp.streams import EMPTY_PAYLOAD
 
-from gateproxy import answers, limits
-from gateproxy.fastclient import FastResponse, PipeSlot
-from gateproxy.gate import Forward, Guard, Reject
-from gateproxy.limits import LimitedHandler, LimitedSite
+from gateproxy import answers, checks
+from gateproxy.aio.client import FastResponse, PipeSlot
+from gateproxy.aio.needs import Need
+from gateproxy.aio.server import LimitedHandler, LimitedSite
+from gateproxy.gate import Forward, Gate, Guard, Reject
 from gateproxy.logs import log
 from gateproxy.proxy import error_response, relay, request_headers, response_headers
 from gateproxy.routes import Rule
-from gateproxy.upstream import UpstreamError, UpstreamResponse
+from gateproxy.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 
-if TYPE_CHECKING:
-    from gateproxy.app import Gateway
-
+REQUIRES: Final = (
+    Need(web.RequestHandler, "pause_writing", call=True),
+    Need(web.RequestHandler, "resume_writing", call=True),
+    Need(web.RequestHandler, "_waiter"),
+    Need(web.RequestHandler, "_messages"),
+    Need(web.RequestHandler, "_logging_enabled"),
+    Need(web.RequestHandler, "_upgraded"),
+    Need(web.RequestHandler, "_payload_parser"),
+    Need(web.RequestHandler, "_force_close"),
+    Need(web.RequestHandler, "_close"),
+    Need(web.RequestHandler, "_parser"),
+    Need(web.RequestHandler, "_manager"),
+    Need(web.RequestHandler, "_request_in_progress"),
+    Need(web.RequestHandler, "_keepalive_handle"),
+    Need(web.RequestHandler, "_keepalive_timeout"),
+    Need(web.RequestHandler, "_next_keepalive_close_time"),
+    Need(web.RequestHandler, "_process_keepalive", call=True),
+    Need(web.RequestHandler, "_buffer_paused"),
+    Need(web.RequestHandler, "_msg_queue_resume_size"),
+    Need(web.RequestHandler, "_resume_reading_if_drained", call=True),
+    Need(web.RequestHandler, "_handler_waiter"),
+    Need(web.RequestHandler, "_request_factory"),
+    Need(web.RequestHandler, "_task_handler"),
+    Need(web.RequestHandler, "_loop"),
+    Need(web.BaseRequest, "_finish", call=True),
+    Need(web.Server, "_kwargs"),
+    Need(web.BaseSite, "_runner"),
+    Need(http_parser.HttpRequestParser, "message_consumed", call=True),
+    Need(http_writer, "_serialize_headers", call=True),
+    Need(helpers, "rfc822_formatted_time", call=True),
+    Need(StreamWriter, "__init__", param="protocol"),
+)
 
 # aiohttp answers these with no body and drops their Content-Length.
 _EMPTY_STATUS: Final = frozenset({204, 304})
@@ -57,9 +87,13 @@ class FastPath:
     """What the fast path does with one parsed request: it acts on the gate's verdict,
     as the usual path does, for the verdicts it can answer alone."""
 
-    def __init__(self, gateway: Gateway, on_reject: Callable[[Rule[Guard]], None]) -> None:
-        self._gateway = gateway
+    def __init__(self, gate: Callable[[], Gate], client: UpstreamClient,
+                 on_reject: Callable[[Rule[Guard]], None],
+                 on_forwarded: Callable[[str, int], None]) -> None:
+        self._gate = gate  # the live gate: a reload replaces it
+        self._client = client
         self._on_reject = on_reject
+        self._on_forwarded = on_forwarded
         # The last 503 of each guard (by identity: a Guard hashes all its fields), whose
         # bytes change with Retry-After and Date only.
         self._answers: dict[int, tuple[Guard, tuple[str, str], bytes]] = {}
@@ -73,7 +107,7 @@ class FastPath:
         if "Expect" in headers or "Upgrade" in headers:
             return None
         method = message.method
-        gate = self._gateway.gate
+        gate = self._gate()
         verdict = gate.decide(method, message.path, headers)
         if type(verdict) is Forward:
             return verdict if method == "GET" else None
@@ -84,7 +118,7 @@ class FastPath:
         self._on_reject(verdict.rule)
         guard = verdict.rule.target
         headers_out = gate.rejection_headers(guard, None)
-        key = (headers_out[2][1], rfc822_formatted_time())
+        key = (headers_out[2][1], helpers.rfc822_formatted_time())
         last = self._answers.get(id(guard))
         if last is None or last[0] is not guard or last[1] != key:
             last = self._answers[id(guard)] = (
@@ -97,23 +131,21 @@ class FastPath:
                       target: str) -> bool:
         """Forward a bodiless GET to `target` as `Gateway._serve` does after the gate;
         True when the client connection may take its next request."""
-        gateway = self._gateway
         request = handler.make_request(message)
-        answer = limits.request_problem(request)
+        answer = checks.request_problem(request)
         if answer is not None:
             return await _finish(request, answer)
         try:
-            upstream = await gateway.forwarder.client.send(
-                "GET", target, request_headers(request), None)
+            upstream = await self._client.send("GET", target, request_headers(request), None)
         except UpstreamError as exc:
             answer = error_response(exc)
-            gateway.metrics.count_forwarded("GET", answer.status)
+            self._on_forwarded("GET", answer.status)
             return await _finish(request, answer)
         try:
             head = _framed_head(upstream)
             if head is None:
                 response = await relay(request, upstream)
-                gateway.metrics.count_forwarded("GET", response.status)
+                self._on_forwarded("GET", response.status)
                 request._finish()
                 # relay aborts the client connection when the upstream breaks off.
                 transport = handler.transport
@@ -123,7 +155,7 @@ class FastPath:
             transport = handler.transport
             if transport is None:
                 return False
-            gateway.metrics.count_forwarded("GET", upstream.status)
+            self._on_forwarded("GET", upstream.status)
             body = upstream.whole_body()
             if body is not None:
                 transport.writelines([head, body])
@@ -147,8 +179,8 @@ def _framed_head(upstream: UpstreamResponse) -> bytes | None:
         return None
     headers = response_headers(upstream.raw_headers)
     if "Date" not in headers:
-        headers["Date"] = rfc822_formatted_time()
-    return _serialize_headers(f"HTTP/1.1 {upstream.status} {upstream.reason}", headers)
+        headers["Date"] = helpers.rfc822_formatted_time()
+    return http_writer._serialize_headers(f"HTTP/1.1 {upstream.status} {upstream.reason}", headers)
 
 
 async def _finish(request: web.BaseRequest, response: web.StreamResponse) -> bool:

@@ -16,7 +16,7 @@ replaces the rest with:
   before any answer, only for requests that are safe to repeat (idempotent, no body);
 - `whole_body` for a small answer that came in one piece with its head, and `pipe_body`,
   which hands the rest of a Content-Length body from the upstream socket straight to
-  the client's transport (the fast path in gateproxy/fastpath.py uses both).
+  the client's transport (the fast path in gateproxy/aio/fastpath.py uses both).
 
 WebSocket handshakes go through an aiohttp ClientSession created on first use.
 """
@@ -37,7 +37,23 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateproxy.aio.needs import Need
 from gateproxy.upstream import AiohttpUpstream, UpstreamError, UpstreamWebSocket
+
+REQUIRES: Final = (
+    Need(ResponseHandler, "__init__", param="loop"),
+    Need(ResponseHandler, "data_received", call=True),
+    Need(ResponseHandler, "connection_lost", call=True),
+    Need(ResponseHandler, "_on_read_timeout", call=True),
+    Need(ResponseHandler, "_reschedule_timeout", call=True),
+    Need(ResponseHandler, "_drain_helper", call=True),
+    Need(ResponseHandler, "_reading_paused"),
+    Need(ResponseHandler, "set_response_params", param="read_bufsize"),
+    Need(ResponseHandler, "start_timeout", call=True),
+    Need(ResponseHandler, "read", call=True),
+    Need(ResponseHandler, "resume_reading", param="resume_parser"),
+    Need(ResponseHandler, "writing_paused"),
+)
 
 # RFC 9110 section 9.2.2: a request with one of these methods may be repeated.
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})

@@ -27,11 +27,6 @@ with one lazily re-armed timer per connection (no timer work per request). Event
 counted and logged at most every few seconds, so that a flood of slow clients never
 turns into a flood of log lines; the same goes for malformed requests, which aiohttp
 would otherwise log with a traceback each, outside the JSON log format.
-
-`request_problem` adds the checks aiohttp's parser leaves to the application: a Host
-header that is not a host, an absolute-form target naming another host than `Host`
-(RFC 9112 section 3.2.2: the two would make the proxy and the upstream disagree on
-which host was asked for), and an HTTP version other than 1.x.
 """
 
 from __future__ import annotations
@@ -39,17 +34,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import socket
 from collections import Counter, deque
 from typing import Any, Final, cast
 
-from aiohttp import hdrs, web
+from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 from gateproxy import answers
+from gateproxy.aio.needs import Need
 from gateproxy.logs import log
+
+REQUIRES: Final = (
+    Need(web.RequestHandler, "__init__", param="loop"),
+    Need(web.RequestHandler, "connection_made", call=True),
+    Need(web.RequestHandler, "data_received", call=True),
+    Need(web.RequestHandler, "connection_lost", call=True),
+    Need(web.RequestHandler, "log_exception", call=True),
+    Need(web.RequestHandler, "resume_reading", param="resume_parser"),
+    Need(web.RequestHandler, "_resume_reading_for_buffer", call=True),
+    Need(web.RequestHandler, "_loop"),
+    Need(web.RequestHandler, "_messages"),
+    Need(web.RequestHandler, "_upgraded"),
+    Need(web.RequestHandler, "_payload_parser"),
+    Need(web.RequestHandler, "_reading_paused"),
+    Need(web.RequestHandler, "_buffer_paused"),
+    Need(web.RequestHandler, "_request_count"),
+    Need(web.RequestHandler, "_request_in_progress"),
+    Need(web.RequestHandler, "_force_close"),
+    Need(web.Server, "_kwargs"),
+    Need(web.BaseSite, "_runner"),
+    Need(web.BaseSite, "_server"),
+    Need(web.BaseSite, "_backlog"),
+)
 
 BODY_MIN_RATE: Final = 500  # bytes per second, as Apache's mod_reqtimeout
 LOG_EVERY_S: Final = 10.0
@@ -58,41 +76,6 @@ RETRY_ACCEPT_S: Final = 1.0
 # Where a connection is; the last two read nothing.
 _IDLE, _HEAD, _BODY, _CLOSING, _WAITING = 0, 1, 2, 3, 4
 LINGER_S: Final = 2.0
-
-
-# RFC 3986 host (IP literal, IPv4 or reg-name) and optional port.
-_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
-_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
-
-
-def _same_host(authority: str, host: str, scheme: str) -> bool:
-    default = _DEFAULT_PORTS.get(scheme, "")
-
-    def norm(value: str) -> str:
-        value = value.lower()
-        return value[:-len(default)] if default and value.endswith(default) else value
-
-    return norm(authority) == norm(host)
-
-
-def request_problem(request: web.BaseRequest) -> web.Response | None:
-    """The answer to a request aiohttp parsed but no upstream should see, or None."""
-    if request.version.major != 1:
-        return answers.error("http_version_not_supported",
-                             "only HTTP/1.0 and HTTP/1.1 are served", close=True)
-    host = request.headers.get(hdrs.HOST)  # aiohttp refuses a repeated or missing one
-    if host is not None and not _HOST.fullmatch(host):
-        return answers.error("bad_request", "the Host header is not a host name")
-    target = request.raw_path
-    if not target.startswith("/") and "://" in target[:8]:
-        scheme, _, rest = target.partition("://")
-        authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
-        if "@" in authority:
-            return answers.error("bad_request", "the request target carries user information")
-        if host is not None and not _same_host(authority, host, scheme.lower()):
-            return answers.error(
-                "bad_request", "the request target names another host than the Host header")
-    return None
 
 
 class _Tally:
