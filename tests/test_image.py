@@ -73,7 +73,9 @@ def image() -> Iterator[str]:
     assert base.returncode == 0, base.stderr[-4000:]
     built = time.monotonic()
     secret = ["--secret", f"id=pip_ca,src={HOST_CA}"] if HOST_CA.exists() else []
-    podman("build", "--format", "docker", *ulimits(), *secret,
+    # --layers=false: no intermediate images left behind (the pip RUN, with its secret
+    # mount, is never reused from the cache anyway); only the base stays cached.
+    podman("build", "--layers=false", "--format", "docker", *ulimits(), *secret,
            "--build-arg", f"PYTHON_IMAGE={base.stdout.strip()}", "--tag", TAG, str(ROOT),
            timeout=900)
     print(f"base image {base.stdout.strip()}: {built - started:.0f} s; "
