@@ -1,4 +1,4 @@
-"""The configuration loader under fuzzing (contract sections 2 and 3).
+"""The configuration loader under fuzzing.
 
 Whatever the YAML document and the environment, `config.load` returns a Config or raises
 ConfigError whose every line is `<source>: <key>: <message>`; never another exception.
@@ -110,8 +110,9 @@ def _check_line(line: str, source: str) -> None:
 
 
 def assert_loads_or_explains(path: str | None, env: dict[str, str]) -> config.Config | None:
-    """Load; a ConfigError must explain itself one problem per line, in the contract's
-    format, naming a source that exists; anything else raised fails the test."""
+    """Load; a ConfigError must explain itself one problem per line, as
+    `<source>: <key>: <message>`, naming a source that exists; anything else raised fails
+    the test."""
     error: config.ConfigError | None = None
     try:
         cfg = config.load(path, env)

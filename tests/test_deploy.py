@@ -1086,6 +1086,21 @@ def test_compose_matches_the_image_and_config() -> None:
         assert secret is None or secret.startswith("${"), "no literal secret in compose"
 
 
+def test_compose_interpolates_with_no_variable_set() -> None:
+    """Compose interpolates the whole file for every command: a required `${VAR:?}` (or
+    `${VAR?}`) would make `docker compose down` fail until it is set. Every variable the
+    file reads must have a default, except a secret passed through by name (no value)."""
+    text = "\n".join(line.split(" #")[0] for line in COMPOSE.read_text().splitlines()
+                     if not line.lstrip().startswith("#"))
+    for match in re.finditer(r"(?<!\$)\$\{([^}]*)\}|(?<!\$)\$([A-Za-z_]\w*)", text):
+        expression = match.group(1) if match.group(1) is not None else match.group(2)
+        assert re.fullmatch(r"[A-Za-z_]\w*:?-[^}]*", expression), (
+            f"compose.yaml: ${{{expression}}} has no default (`${{VAR:-default}}`)")
+    secrets = [s.get("environment", {}) for s in read_yaml(COMPOSE)["services"].values()]
+    assert all(SECRET_ENV in env and env[SECRET_ENV] is None for env in secrets), (
+        f"{SECRET_ENV} is passed through from the shell by name, never given a value")
+
+
 def test_readme_covers_every_knob_the_manifests_set() -> None:
     """An operator finds every variable the manifests, compose file and image set."""
     readme = (DEPLOY / "README.md").read_text()

@@ -1,5 +1,5 @@
 """/health content negotiation: `Accept: application/health+json` gets the IETF draft
-"Health Check Response Format for HTTP APIs"; anything else the contract's JSON."""
+"Health Check Response Format for HTTP APIs"; anything else the default JSON."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ async def test_optional_dependency_down_is_warn_with_affected_endpoints(
 
     code, headers, body = await get(http, url(gateway, "/health"))
     assert code == 200
-    assert headers["Content-Type"] == "application/json", "the default stays the contract's"
+    assert headers["Content-Type"] == "application/json", "the default stays plain JSON"
     assert body["dependencies"]["dockerRunner"]["status"] == "down"
 
 

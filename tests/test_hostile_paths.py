@@ -1,4 +1,4 @@
-"""Gate bypass attempts (contract section 5): no spelling of a gated path reaches the
+"""Gate bypass attempts: no spelling of a gated path reaches the
 upstream while its dependency is down.
 
 Three layers: a hand-written corpus (on top of tests.test_routes.GATED_SPELLINGS),

@@ -1,4 +1,4 @@
-"""Canonical paths and prefix matching (contract section 5), as pure functions."""
+"""Canonical paths and prefix matching, as pure functions."""
 
 from __future__ import annotations
 
