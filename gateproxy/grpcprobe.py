@@ -44,9 +44,10 @@ class RawCodec(CodecBase):
         return data
 
 
-def health_request(service: str) -> bytes:
-    """HealthCheckRequest{service}: field 1, length-delimited (empty: the whole server)."""
-    data = service.encode()
+def string_message(text: str) -> bytes:
+    """A message whose field 1 is the string `text`: HealthCheckRequest{service} ("" is the
+    whole server), the runner's ReadyResponse{status}."""
+    data = text.encode()
     return b"\x0a" + _varint(len(data)) + data if data else b""
 
 
@@ -148,7 +149,7 @@ class GrpcProber:
     async def probe(self, dep: Dependency, timeout_s: float) -> ProbeError | None:
         """None when ready; raises only what probe.classify maps (OSError, TimeoutError)."""
         if dep.health_service is not None:
-            method, request = HEALTH_CHECK, health_request(dep.health_service)
+            method, request = HEALTH_CHECK, string_message(dep.health_service)
         else:
             method, request = dep.ready_path, b""
         metadata = {}
