@@ -92,7 +92,8 @@ def serving_status(message: bytes) -> int:
         elif wire == 1:
             pos += 8
         elif wire == 2:
-            pos += varint()
+            length = varint()  # not `pos += varint()`: that adds to pos as read before
+            pos += length
         elif wire == 5:
             pos += 4
         else:
