@@ -373,7 +373,8 @@ def _apply_grpc_env(dep: dict[str, Any], path: Path, env: Mapping[str, str],
     """DOCKER_RUNNER_GRPC_HOST/PORT: `probe: grpc` at grpc://host:port, unless a base_url
     was given (by the file or DOCKER_RUNNER_BASE_URL), which wins."""
     names = [name for name in (GRPC_HOST_ENV, GRPC_PORT_ENV) if name in env]
-    if not names or loader.origin((*path, "base_url")) != "defaults":
+    given = dep.get("base_url") is not None and loader.origin((*path, "base_url")) != "defaults"
+    if not names or given:
         return
     host = env.get(GRPC_HOST_ENV, GRPC_DEFAULT_HOST).strip()
     port = env.get(GRPC_PORT_ENV, GRPC_DEFAULT_PORT).strip()

@@ -60,7 +60,7 @@ def test_hand_encoded_health_messages_round_trip() -> None:
     assert serving_status(b"") == 0
     # An unknown field before the status (a newer server) is skipped.
     assert serving_status(b"\x12\x02hi\x08\x01") == 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="truncated"):
         serving_status(b"\x08")
 
 
