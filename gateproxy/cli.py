@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8080, help="gateproxy's port (8080)")
     demo.add_argument("--seconds", type=float, default=0,
                       help="stop by itself after this many seconds (0: run until Ctrl-C)")
+    demo.add_argument("--grpc", action="store_true",
+                      help="a gRPC-era docker-runner (signed RunnerService/Ready)")
     return parser
 
 
@@ -54,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "demo":
         from gateproxy import demo
 
-        return run(demo.main(args.port, args.seconds))
+        return run(demo.main(args.port, args.seconds, args.grpc))
     return serve(getattr(args, "config", None))
 
 

@@ -23,8 +23,10 @@ from gateproxy import routes
 DEFAULT_DEPENDENCY: dict[str, Any] = {
     "name": None,
     "health_key": None,
+    "probe": "http",
     "base_url": None,
-    "ready_path": "/v1/ready",
+    "ready_path": None,  # the kind's own default: HTTP_READY_PATH or GRPC_READY_METHOD
+    "health_service": None,
     "optional": True,
     "probe_interval_ms": 30000,
     "probe_timeout_ms": 2000,
@@ -90,7 +92,15 @@ _ENV_DEPENDENCY: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("DOCKER_RUNNER_CONNECT_RETRY_JITTER_MS", ("retry", "jitter_ms")),
     ("DOCKER_RUNNER_CONNECT_MAX_RETRIES", ("retry", "max_retries")),
 )
+# The gRPC-era runner's listener (platform names): either one, without a base_url from the
+# file or DOCKER_RUNNER_BASE_URL, makes docker-runner a `probe: grpc` dependency.
+GRPC_HOST_ENV, GRPC_PORT_ENV = "DOCKER_RUNNER_GRPC_HOST", "DOCKER_RUNNER_GRPC_PORT"
+GRPC_DEFAULT_HOST, GRPC_DEFAULT_PORT = "127.0.0.1", "50051"
 SECRET_ENV = "DOCKER_RUNNER_SHARED_SECRET"
+PROBE_KINDS = ("http", "grpc")
+HTTP_READY_PATH = "/v1/ready"
+GRPC_READY_METHOD = "/agynio.api.runner.v1.RunnerService/Ready"
+_GRPC_METHOD = re.compile(r"/[A-Za-z_][A-Za-z0-9_.]*/[A-Za-z_][A-Za-z0-9_]*")
 CONFIG_ENV = "GATEPROXY_CONFIG"
 
 
@@ -156,6 +166,10 @@ class Dependency:
     gated_routes: tuple[GatedRoute, ...]
     not_ready: NotReady
     shared_secret: str | None = field(default=None, repr=False)
+    probe: Literal["http", "grpc"] = "http"
+    # probe: grpc only: ask grpc.health.v1.Health/Check about this service ("" is the
+    # whole server) instead of calling ready_path.
+    health_service: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +366,35 @@ def _apply_env(tree: dict[str, Any], env: Mapping[str, str], loader: _Loader) ->
                     node = node[part]
                 node[path[-1]] = env[name]
                 loader.origins[("dependencies", i, *path)] = f"env {name}"
+        _apply_grpc_env(dep, ("dependencies", i), env, loader)
+
+
+def _apply_grpc_env(dep: dict[str, Any], path: Path, env: Mapping[str, str],
+                    loader: _Loader) -> None:
+    """DOCKER_RUNNER_GRPC_HOST/PORT: `probe: grpc` at grpc://host:port, unless a base_url
+    was given (by the file or DOCKER_RUNNER_BASE_URL), which wins."""
+    names = [name for name in (GRPC_HOST_ENV, GRPC_PORT_ENV) if name in env]
+    given = dep.get("base_url") is not None and loader.origin((*path, "base_url")) != "defaults"
+    if not names or given:
+        return
+    host = env.get(GRPC_HOST_ENV, GRPC_DEFAULT_HOST).strip()
+    port = env.get(GRPC_PORT_ENV, GRPC_DEFAULT_PORT).strip()
+    source = f"env {' and '.join(names)}"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    if not host or not re.fullmatch(r"[A-Za-z0-9._\-\[\]:%]+", host):
+        loader.problem((*path, "base_url"),
+                       f"{GRPC_HOST_ENV} must be a host name or address, got {_show(host)}",
+                       f"env {GRPC_HOST_ENV}")
+        return
+    if not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) <= 65535):
+        loader.problem((*path, "base_url"),
+                       f"{GRPC_PORT_ENV} must be a port number (1-65535), got {_show(port)}",
+                       f"env {GRPC_PORT_ENV}")
+        return
+    dep["probe"] = "grpc"
+    dep["base_url"] = f"grpc://{host}:{int(port)}"
+    loader.origins[(*path, "probe")] = loader.origins[(*path, "base_url")] = source
 
 
 class _ShortRepr(reprlib.Repr):
@@ -589,11 +632,13 @@ def _dependency(loader: _Loader, dep: Any, i: int, secret: str | None) -> Depend
         snake = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
         not_ready = {"code": f"{snake}_not_ready", "message": f"{label} not ready"}
     nr_path = (*path, "not_ready")
+    probe = f(loader, dep, path, "probe", _choice(*PROBE_KINDS))
+    base_url, ready_path, health_service = _probe_target(loader, dep, path, probe)
     built = Dependency(
         name=name,
         health_key=health_key if isinstance(health_key, str) else "",
-        base_url=f(loader, dep, path, "base_url", _http_url),
-        ready_path=f(loader, dep, path, "ready_path", _abs_path),
+        base_url=base_url,
+        ready_path=ready_path,
         optional=f(loader, dep, path, "optional", _bool),
         probe_interval_ms=f(loader, dep, path, "probe_interval_ms", _int(1)),
         probe_timeout_ms=f(loader, dep, path, "probe_timeout_ms", _int(1)),
@@ -606,8 +651,79 @@ def _dependency(loader: _Loader, dep: Any, i: int, secret: str | None) -> Depend
             message=f(loader, not_ready, nr_path, "message", _str),
         ),
         shared_secret=secret if name == ENV_DEPENDENCY else None,
+        probe=probe,
+        health_service=health_service,
     )
     return built if len(loader.problems) == before else None
+
+
+def _probe_target(loader: _Loader, dep: dict[str, Any], path: Path, probe: str | None
+                  ) -> tuple[Any, Any, Any]:
+    """base_url, ready_path and health_service, checked against the probe kind (like the
+    readers, None after recording a problem)."""
+    raw_url, raw_path = dep.get("base_url"), dep.get("ready_path")
+    health_service = dep.get("health_service")
+    scheme = raw_url.strip().partition("://")[0].lower() if isinstance(raw_url, str) else ""
+    if probe == "grpc":
+        base_url = _grpc_url(loader, (*path, "base_url"), raw_url)
+        ready_path = (GRPC_READY_METHOD if raw_path is None
+                      else _grpc_method(loader, (*path, "ready_path"), raw_path))
+        if health_service is not None:
+            if not isinstance(health_service, str) or not (
+                    health_service == "" or health_service.isprintable()):
+                loader.problem((*path, "health_service"),
+                               f"must be a gRPC service name (a string), got "
+                               f"{_show(health_service)}")
+            elif raw_path is not None:
+                loader.problem((*path, "health_service"),
+                               "calls grpc.health.v1.Health/Check instead of ready_path: "
+                               "set one of the two")
+        return base_url, ready_path, health_service
+    if probe == "http" and scheme in ("grpc", "grpcs"):
+        loader.problem((*path, "base_url"),
+                       f"{scheme}:// needs probe: grpc (the probe is http), got "
+                       f"{_show(redact_url(str(raw_url)))}")
+        base_url = None
+    else:
+        base_url = _http_url(loader, (*path, "base_url"), raw_url)
+    ready_path = (HTTP_READY_PATH if raw_path is None
+                  else _abs_path(loader, (*path, "ready_path"), raw_path))
+    if probe == "http" and health_service is not None:
+        loader.problem((*path, "health_service"), "needs probe: grpc (the probe is http)")
+    return base_url, ready_path, None
+
+
+def _grpc_url(loader: _Loader, path: Path, value: Any) -> str | None:
+    text = _str(loader, path, value)
+    if text is None:
+        return None
+    shown = _show(redact_url(text))
+    try:
+        url = URL(text.rstrip("/"))
+        port = url.explicit_port
+    except ValueError:
+        loader.problem(path, f"is not a valid URL: {shown}")
+        return None
+    if url.scheme not in ("grpc", "grpcs"):
+        loader.problem(path, f"must be a grpc:// or grpcs:// URL (probe: grpc), got {shown}")
+    elif not url.host or port is None:
+        loader.problem(path, f"must name a host and a port (grpc://host:50051), got {shown}")
+    elif url.user is not None or url.password is not None:
+        loader.problem(path, f"must not carry credentials (gRPC sends none), got {shown}")
+    elif url.raw_path not in ("", "/") or url.query_string or url.fragment:
+        loader.problem(path, f"must be only scheme, host and port, got {shown}")
+    else:
+        return f"{url.scheme}://{url.raw_authority}"
+    return None
+
+
+def _grpc_method(loader: _Loader, path: Path, value: Any) -> str | None:
+    text = _str(loader, path, value)
+    if text is not None and not _GRPC_METHOD.fullmatch(text):
+        loader.problem(path, "must be a full gRPC method path (/package.Service/Method), "
+                             f"got {_show(text)}")
+        return None
+    return text
 
 
 def _gated_routes(loader: _Loader, value: Any, path: Path) -> tuple[GatedRoute, ...]:
@@ -703,8 +819,10 @@ def effective(config: Config) -> dict[str, Any]:
             {
                 "name": d.name,
                 "health_key": d.health_key,
+                "probe": d.probe,
                 "base_url": redact_url(d.base_url),
                 "ready_path": d.ready_path,
+                "health_service": d.health_service,
                 "optional": d.optional,
                 "probe_interval_ms": d.probe_interval_ms,
                 "probe_timeout_ms": d.probe_timeout_ms,

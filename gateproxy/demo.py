@@ -2,7 +2,8 @@
 
 A stand-in platform-server and a stand-in docker-runner that goes down and comes back on
 a timer (or from the button on the stand-in's demo page), gateproxy in front, serving
-from a configuration file of its own so that editing it shows a live reload. It prints
+from a configuration file of its own so that editing it shows a live reload. With
+`--grpc` the docker-runner is the gRPC-era one (signed RunnerService/Ready). It prints
 what to open and what to try; Ctrl-C stops everything.
 """
 
@@ -19,7 +20,7 @@ from gateproxy import config, logs
 from gateproxy.app import Gateway, StartupError
 from gateproxy.logs import log
 from gateproxy.reload import Reloader
-from gateproxy.standins import StandIn, docker_runner, platform_server
+from gateproxy.standins import StandIn, Switchable, docker_runner, platform_server
 
 DOWN_S, UP_S = 15.0, 25.0
 HOST = "127.0.0.1"
@@ -35,6 +36,7 @@ shutdown_grace_ms: 2000
 dependencies:
   - name: docker-runner
     health_key: dockerRunner
+    probe: {probe}
     base_url: "{runner}"
     probe_interval_ms: 2000
     retry: {{base_delay_ms: 500, max_delay_ms: 4000, jitter_ms: 250}}
@@ -44,7 +46,11 @@ dependencies:
 """
 
 
-async def _start(standin: StandIn) -> None:
+# The signature the gRPC stand-in checks (its Ready is not exempt, as on the real runner).
+DEMO_SECRET = "gateproxy-demo-secret"
+
+
+async def _start(standin: Switchable) -> None:
     """Start on the preferred port, or on any free one when it is taken."""
     try:
         await standin.start()
@@ -53,7 +59,7 @@ async def _start(standin: StandIn) -> None:
         await standin.start()
 
 
-async def _flip_on_a_timer(runner: StandIn) -> None:
+async def _flip_on_a_timer(runner: Switchable) -> None:
     """Flip docker-runner after DOWN_S down or UP_S up; a flip from the demo page starts
     the period again."""
     while True:
@@ -75,8 +81,10 @@ async def _flip_on_a_timer(runner: StandIn) -> None:
 
 def _banner(base: str, cfg: config.Config, path: str) -> str:
     admin = f"{base}{cfg.admin_prefix}"
+    dep = cfg.dependencies[0]
     return f"""
-gateproxy demo is running (Ctrl-C stops it). docker-runner starts DOWN, comes back after
+gateproxy demo is running (Ctrl-C stops it), probing docker-runner over {dep.probe} at
+{dep.base_url}{dep.ready_path}. docker-runner starts DOWN, comes back after
 {DOWN_S:.0f} s, and then alternates ({UP_S:.0f} s up, {DOWN_S:.0f} s down).
 
   status page     {admin}/status
@@ -94,9 +102,17 @@ gateproxy demo is running (Ctrl-C stops it). docker-runner starts DOWN, comes ba
 """
 
 
-async def main(port: int, seconds: float) -> int:
+async def main(port: int, seconds: float, grpc: bool = False) -> int:
     logs.configure("text", "INFO")
-    runner = StandIn(docker_runner(), HOST, port=7071)
+    runner: Switchable
+    env = {}
+    if grpc:
+        from gateproxy.grpcstandin import GrpcRunner  # grpclib only when asked for
+
+        runner = GrpcRunner(HOST, port=50051, secret=DEMO_SECRET)
+        env = {config.SECRET_ENV: DEMO_SECRET}
+    else:
+        runner = StandIn(docker_runner(), HOST, port=7071)
     platform = StandIn(platform_server(runner), HOST, port=3010)
     await _start(platform)
     await _start(runner)
@@ -104,10 +120,10 @@ async def main(port: int, seconds: float) -> int:
     with tempfile.TemporaryDirectory(prefix="gateproxy-demo-") as directory:
         path = os.path.join(directory, "gateproxy.yaml")
         with open(path, "w", encoding="utf-8") as f:  # noqa: ASYNC230 - tiny, once
-            f.write(CONFIG.format(host=HOST, port=port,
-                                  upstream=platform.url, runner=runner.url))
+            f.write(CONFIG.format(host=HOST, port=port, upstream=platform.url,
+                                  probe="grpc" if grpc else "http", runner=runner.url))
         # The demo must not pick up PLATFORM_SERVER_URL and friends from the shell.
-        cfg = config.load(path, env={})
+        cfg = config.load(path, env=env)
         gateway = Gateway(cfg)
         try:
             await gateway.start()
@@ -123,7 +139,7 @@ async def main(port: int, seconds: float) -> int:
             loop.add_signal_handler(sig, stop.set)
         flipper = loop.create_task(_flip_on_a_timer(runner))
         try:
-            async with Reloader(gateway, env={}).running():
+            async with Reloader(gateway, env=env).running():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(seconds or None):
                         await stop.wait()

@@ -38,8 +38,9 @@ STATUS_CLASSES = (OTHER, "1xx", "2xx", "3xx", "4xx", "5xx", OTHER, OTHER, OTHER,
 
 
 class _DependencyUp(Collector):
-    """`gateproxy_dependency_up`, read from the statuses at scrape time, so that a
-    dependency added or removed by a reload appears or disappears with it."""
+    """`gateproxy_dependency_up` and `gateproxy_dependency_info` (how it is probed, and
+    where), read from the statuses at scrape time, so that a dependency added or removed
+    by a reload appears or disappears with it."""
 
     def __init__(self, statuses: Callable[[], Iterable[DependencyStatus]]) -> None:
         self._statuses = statuses
@@ -48,9 +49,14 @@ class _DependencyUp(Collector):
         up = GaugeMetricFamily("gateproxy_dependency_up",
                                "1 while the dependency is up, 0 while down or unknown",
                                labels=["dependency"])
+        info = GaugeMetricFamily("gateproxy_dependency_info",
+                                 "Always 1: how each dependency is probed, and where",
+                                 labels=["dependency", "probe", "endpoint"])
         for status in self._statuses():
             up.add_metric([status.dep.name], 1.0 if status.is_up else 0.0)
+            info.add_metric([status.dep.name, status.dep.probe, status.base_url], 1.0)
         yield up
+        yield info
 
 
 class Metrics:

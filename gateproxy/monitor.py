@@ -17,6 +17,11 @@ from gateproxy.probe import Prober, ProbeResult
 from gateproxy.status import DependencyStatus, Outcome, State, iso
 
 RECHECK_AFTER_S = 1.0
+# What to look at first, for the failures whose cause is on this side.
+HINTS = {
+    "grpc_unauthenticated": "docker-runner refused the signature: check that "
+    "DOCKER_RUNNER_SHARED_SECRET is the runner's, and both clocks (60 s skew allowed)",
+}
 
 
 class Monitor:
@@ -51,6 +56,7 @@ class Monitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._prober.forget(self.dep.name)
 
     def reconfigure(self, dep: Dependency) -> None:
         """New settings take effect at once; exhausted probing starts again."""
@@ -122,11 +128,14 @@ class Monitor:
             level = "DEBUG" if on_demand and now < self._quiet_until else "ERROR"
             if level == "ERROR":
                 self._quiet_until = now + (outcome.next_delay_ms or 0) / 1000
+            hint = HINTS.get(result.error.code)
             log.log(
                 level,
                 "probe_failed",
                 dependency=dep.name,
+                probe=dep.probe,
                 baseUrl=status.base_url,
+                **({"hint": hint} if hint else {}),
                 errorCode=result.error.code,
                 message=result.error.message,
                 statusCode=result.error.status_code,
@@ -136,7 +145,8 @@ class Monitor:
                 status=status.state.value,
             )
             if outcome.exhausted:
-                log.error("retries_exhausted", dependency=dep.name, baseUrl=status.base_url,
+                log.error("retries_exhausted", dependency=dep.name, probe=dep.probe,
+                          baseUrl=status.base_url,
                           consecutiveFailures=status.consecutive_failures,
                           maxRetries=dep.retry.max_retries)
             return
@@ -144,8 +154,8 @@ class Monitor:
         if transition is None:
             log.debug("probe_ok", dependency=dep.name, durationMs=result.duration_ms)
         elif transition.down_for_ms is not None:
-            log.info("dependency_recovered", dependency=dep.name, baseUrl=status.base_url,
-                     downForMs=transition.down_for_ms)
+            log.info("dependency_recovered", dependency=dep.name, probe=dep.probe,
+                     baseUrl=status.base_url, downForMs=transition.down_for_ms)
         else:
-            log.info("dependency_up", dependency=dep.name, baseUrl=status.base_url,
-                     durationMs=result.duration_ms)
+            log.info("dependency_up", dependency=dep.name, probe=dep.probe,
+                     baseUrl=status.base_url, durationMs=result.duration_ms)

@@ -1,4 +1,5 @@
-"""One readiness probe over HTTP, signed the way the platform-server signs its calls.
+"""One readiness probe, signed the way the platform-server signs its calls: over HTTP
+here, over gRPC in gateproxy/grpcprobe.py (imported only when a dependency probes that way).
 
 A probe never raises: every way it can fail becomes a ProbeError with its own code.
 """
@@ -6,38 +7,26 @@ A probe never raises: every way it can fail becomes a ProbeError with its own co
 from __future__ import annotations
 
 import asyncio
-import base64
 import errno
-import hashlib
-import hmac
+import socket
 import ssl
 import time
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
 from yarl import URL
 
 from gateproxy.config import Dependency
+from gateproxy.signing import sign
 from gateproxy.status import ProbeError
 
-EMPTY_BODY_HASH = base64.b64encode(hashlib.sha256(b"").digest()).decode()
+if TYPE_CHECKING:
+    from gateproxy.grpcprobe import GrpcProber
+
 _BODY_LIMIT = 64 * 1024  # enough for an error message; a 10 MB answer is not read
-
-
-def sign(secret: str, method: str, path_qs: str, timestamp_ms: int, nonce: str,
-         body: bytes = b"") -> dict[str, str]:
-    """The x-dr-* headers for one request (platform-contract section 2)."""
-    body_hash = (base64.b64encode(hashlib.sha256(body).digest()).decode()
-                 if body else EMPTY_BODY_HASH)
-    payload = "\n".join((method.upper(), path_qs, str(timestamp_ms), nonce, body_hash))
-    digest = hmac.new(secret.encode(), payload.encode(), hashlib.sha256).digest()
-    return {
-        "x-dr-timestamp": str(timestamp_ms),
-        "x-dr-nonce": nonce,
-        "x-dr-signature": base64.b64encode(digest).decode(),
-    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +36,25 @@ class ProbeResult:
 
 
 class Prober:
-    """Sends readiness probes; owns its own connection-less client session."""
+    """Sends readiness probes: HTTP ones on a connection-less client session of its own,
+    gRPC ones on one channel per dependency (GrpcProber)."""
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._grpc: GrpcProber | None = None
+
+    def _grpc_prober(self) -> GrpcProber:
+        if self._grpc is None:
+            # Here, not at the top: HTTP-only configurations never load a gRPC library.
+            from gateproxy.grpcprobe import GrpcProber
+
+            self._grpc = GrpcProber()
+        return self._grpc
+
+    def forget(self, name: str) -> None:
+        """The dependency is gone or probes another way now: close its gRPC channel."""
+        if self._grpc is not None:
+            self._grpc.forget(name)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -68,25 +72,32 @@ class Prober:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._grpc is not None:
+            self._grpc.close()
+            self._grpc = None
 
     async def probe(self, dep: Dependency) -> ProbeResult:
-        url = URL(dep.base_url + dep.ready_path, encoded=True)
-        headers = {}
-        if dep.shared_secret:
-            headers = sign(dep.shared_secret, "GET", url.raw_path_qs,
-                           int(time.time() * 1000), str(uuid.uuid4()))
         started = time.monotonic()
         timeout = dep.probe_timeout_ms / 1000
         try:
             async with asyncio.timeout(timeout):
-                error = await self._request(url, headers)
+                if dep.probe == "grpc":
+                    error = await self._grpc_prober().probe(dep, timeout)
+                else:
+                    self.forget(dep.name)
+                    error = await self._http(dep)
         except TimeoutError:
             error = ProbeError("timeout", f"no answer within {dep.probe_timeout_ms} ms")
         except Exception as exc:  # a probe must never take the monitor down
             error = classify(exc)
         return ProbeResult(round((time.monotonic() - started) * 1000), error)
 
-    async def _request(self, url: URL, headers: dict[str, str]) -> ProbeError | None:
+    async def _http(self, dep: Dependency) -> ProbeError | None:
+        url = URL(dep.base_url + dep.ready_path, encoded=True)
+        headers = {}
+        if dep.shared_secret:
+            headers = sign(dep.shared_secret, "GET", url.raw_path_qs,
+                           int(time.time() * 1000), str(uuid.uuid4()))
         async with self._client().get(url, headers=headers, allow_redirects=False) as resp:
             # The answer must arrive whole (up to _BODY_LIMIT) within the probe timeout: a
             # server that sends a status line and then hangs is hung, whatever the status.
@@ -124,7 +135,7 @@ def _error_message(resp: aiohttp.ClientResponse, body: bytes) -> str:
 def classify(exc: BaseException) -> ProbeError:
     """One errorCode per way of failing."""
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+    if isinstance(exc, aiohttp.ClientConnectorDNSError | socket.gaierror):
         return ProbeError("dns_failure", text)
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError
                   | ssl.SSLError):
@@ -133,6 +144,8 @@ def classify(exc: BaseException) -> ProbeError:
         if exc.os_error.errno == errno.ECONNREFUSED:
             return ProbeError("connection_refused", text)
         return ProbeError("connect_error", text)
+    if isinstance(exc, ConnectionRefusedError):  # a bare one: from the gRPC channel
+        return ProbeError("connection_refused", text)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return ProbeError("connection_reset", "the server closed the connection")
     if isinstance(exc, ConnectionResetError) or (

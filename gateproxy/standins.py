@@ -9,10 +9,30 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from typing import Protocol
 
 from aiohttp import WSMsgType, web
 
 FLIP_PATH = "/demo/docker-runner"
+
+
+class Switchable(Protocol):
+    """A stand-in the demo starts and stops: StandIn here, GrpcRunner (grpcstandin)."""
+
+    port: int
+    changed_at: float
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def flip(self) -> None: ...
 
 
 class StandIn:
@@ -92,7 +112,7 @@ flip it, and try <a href="/api/containers">/api/containers</a> (gated),
 """
 
 
-def platform_server(runner: StandIn | None = None) -> web.Application:
+def platform_server(runner: Switchable | None = None) -> web.Application:
     """A few platform-server routes: gated ones under /api/containers, others not."""
     ids = itertools.count(1)
 

@@ -172,10 +172,14 @@ class DependencyStatus:
         return transition
 
     def snapshot(self) -> dict[str, Any]:
-        """The contract's camelCase view (section 6)."""
+        """The contract's camelCase view (section 6); a gRPC dependency also has the
+        gRPC-era platform's `endpoint`."""
+        endpoint = {"endpoint": self.base_url} if self.dep.probe == "grpc" else {}
         return {
             "status": self.state.value,
             "baseUrl": self.base_url,
+            **endpoint,
+            "probe": self.dep.probe,
             "optional": self.dep.optional,
             "since": iso(self.since),
             "lastCheckedAt": iso(self.last_checked_at),

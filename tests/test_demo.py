@@ -9,12 +9,15 @@ import signal
 import sys
 
 import aiohttp
+import pytest
 
 
+@pytest.mark.parametrize("grpc", [False, True], ids=["http", "grpc"])
 async def test_demo_prints_the_urls_and_the_gate_follows_the_flip(
-        http: aiohttp.ClientSession) -> None:
+        http: aiohttp.ClientSession, grpc: bool) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateproxy", "demo", "--port", "0", "--seconds", "60",
+        *(["--grpc"] if grpc else []),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     try:
@@ -57,6 +60,8 @@ async def test_demo_prints_the_urls_and_the_gate_follows_the_flip(
         async with http.get(f"{base}/_gateproxy/status.json") as resp:
             [dep] = (await resp.json())["dependencies"]
         assert dep["status"] == "up"
+        assert dep["probe"] == ("grpc" if grpc else "http")
+        assert dep["baseUrl"].startswith("grpc://" if grpc else "http://")
         assert [(t["from"], t["to"]) for t in dep["transitions"]][:2] == [
             ("down", "up"), ("unknown", "down")]
 

@@ -97,6 +97,7 @@ def test_snapshot_has_the_contract_fields_in_camel_case() -> None:
     assert snap == {
         "status": "down",
         "baseUrl": "http://runner:7071",
+        "probe": "http",
         "optional": True,
         "since": "2023-11-14T22:13:20.000Z",
         "lastCheckedAt": "2023-11-14T22:13:20.000Z",
@@ -113,6 +114,14 @@ def test_snapshot_has_the_contract_fields_in_camel_case() -> None:
     status.record_success(1_700_000_001.0, 3)
     assert status.snapshot()["lastError"] is None
     assert status.snapshot()["consecutiveFailures"] == 0
+
+
+def test_a_grpc_snapshot_has_the_endpoint_beside_the_base_url() -> None:
+    status = DependencyStatus(dep(base_url="grpc://runner:50051", probe="grpc"))
+    snap = status.snapshot()
+    assert (snap["baseUrl"], snap["endpoint"], snap["probe"]) == (
+        "grpc://runner:50051", "grpc://runner:50051", "grpc")
+    assert list(snap)[:4] == ["status", "baseUrl", "endpoint", "probe"]
 
 
 @pytest.mark.parametrize(("now", "expected"), [(0.0, 2), (1.2, 1), (1.9, 1), (5.0, 1)])
