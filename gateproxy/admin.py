@@ -50,8 +50,9 @@ def readiness(gateway: Gateway) -> tuple[int, dict[str, Any]]:
     return 200, {"status": "ready"}
 
 
-def _dependency(status: DependencyStatus) -> dict[str, Any]:
+def _dependency(gateway: Gateway, status: DependencyStatus, now: float) -> dict[str, Any]:
     dep = status.dep
+    gated = gateway.metrics.gated_recent.get(dep.name)
     return {
         "name": dep.name,
         "healthKey": dep.health_key,
@@ -60,22 +61,28 @@ def _dependency(status: DependencyStatus) -> dict[str, Any]:
                          "methods": sorted(r.methods) if r.methods is not None else None}
                         for r in dep.gated_routes],
         "transitions": [t.as_dict() for t in reversed(status.transitions)],  # newest first
+        "lastHour": status.last_hour(now),
+        "gatedRequests": gated.as_dict() if gated else {"last5m": 0, "last60m": 0},
     }
 
 
 def status_data(gateway: Gateway) -> dict[str, Any]:
     """What the status page shows, and status.json serves."""
     code, ready = readiness(gateway)
+    now = time.time()
+    metrics = gateway.metrics
     return {
         "service": "gateproxy",
         "version": __version__,
-        "now": iso(time.time()),
+        "now": iso(now),
         "startedAt": iso(gateway.started_at),
         "ready": code == 200,
         "readiness": ready,
         "draining": gateway.draining,
         "config": gateway.config_version.as_dict(),
-        "dependencies": [_dependency(s) for s in gateway.statuses()],
+        # Forwarded requests belong to no dependency: they are counted for the proxy.
+        "forwardedRequests": metrics.forwarded_recent.as_dict(),
+        "dependencies": [_dependency(gateway, s, now) for s in gateway.statuses()],
     }
 
 
