@@ -139,7 +139,12 @@ class DevTools:
         raise AssertionError(f"{expression} is {last!r}, not {expected!r}, after {timeout} s")
 
     async def screenshot(self, name: str) -> Png:
-        shot = await self.call("Page.captureScreenshot", format="png")
+        # The page as far as it goes (within the viewport), without the blank below it.
+        height = await self.eval("Math.min(Math.ceil(document.body.getBoundingClientRect()"
+                                 ".bottom), window.innerHeight)")
+        width = await self.eval("window.innerWidth")
+        shot = await self.call("Page.captureScreenshot", format="png", clip={
+            "x": 0, "y": 0, "width": width, "height": height, "scale": 1})
         ARTIFACTS.mkdir(exist_ok=True)
         data = base64.b64decode(shot["data"])
         (ARTIFACTS / name).write_bytes(data)
