@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateproxy import __version__, answers
 from gateproxy.gate import ADMIN_ENDPOINTS
-from gateproxy.metrics import CONTENT_TYPE
+from gateproxy.metrics import CONTENT_TYPE, Metrics
 from gateproxy.runtime import Runtime
 from gateproxy.status import DependencyStatus, iso
 
@@ -36,9 +36,10 @@ class View(Protocol):
     @property
     def started_at(self) -> float: ...
 
-    def statuses(self) -> list[DependencyStatus]: ...
+    @property
+    def metrics(self) -> Metrics: ...
 
-    def exposition(self) -> bytes: ...
+    def statuses(self) -> list[DependencyStatus]: ...
 
 _JSON = [("Content-Type", answers.JSON), ("Cache-Control", "no-store")]
 # The page loads nothing from anywhere and talks only to its own origin.
@@ -65,8 +66,9 @@ def readiness(view: View) -> tuple[int, dict[str, Any]]:
     return 200, {"status": "ready"}
 
 
-def _dependency(status: DependencyStatus) -> dict[str, Any]:
+def _dependency(view: View, status: DependencyStatus, now: float) -> dict[str, Any]:
     dep = status.dep
+    gated = view.metrics.gated_recent.get(dep.name)
     return {
         "name": dep.name,
         "healthKey": dep.health_key,
@@ -75,22 +77,28 @@ def _dependency(status: DependencyStatus) -> dict[str, Any]:
                          "methods": sorted(r.methods) if r.methods is not None else None}
                         for r in dep.gated_routes],
         "transitions": [t.as_dict() for t in reversed(status.transitions)],  # newest first
+        "lastHour": status.last_hour(now),
+        "gatedRequests": gated.as_dict() if gated else {"last5m": 0, "last60m": 0},
     }
 
 
 def status_data(view: View) -> dict[str, Any]:
     """What the status page shows, and status.json serves."""
     code, ready = readiness(view)
+    now = time.time()
+    metrics = view.metrics
     return {
         "service": "gateproxy",
         "version": __version__,
-        "now": iso(time.time()),
+        "now": iso(now),
         "startedAt": iso(view.started_at),
         "ready": code == 200,
         "readiness": ready,
         "draining": view.draining,
         "config": view.runtime.version.as_dict(),
-        "dependencies": [_dependency(s) for s in view.statuses()],
+        # Forwarded requests belong to no dependency: they are counted for the proxy.
+        "forwardedRequests": metrics.forwarded_recent.as_dict(),
+        "dependencies": [_dependency(view, s, now) for s in view.statuses()],
     }
 
 
@@ -123,7 +131,7 @@ def endpoints(app: web.Application, view: View) -> dict[str, Handler]:
         return response
 
     async def metrics(_: web.Request) -> web.Response:
-        return answers.own(200, view.exposition(),
+        return answers.own(200, view.metrics.exposition(),
                            [("Content-Type", CONTENT_TYPE), ("Cache-Control", "no-store")])
 
     handlers: dict[str, Handler] = {"live": live, "ready": ready, "status": status_page,

@@ -96,9 +96,6 @@ class Gateway:
     def count_reload(self, applied: bool) -> None:
         (self.metrics.reload_applied if applied else self.metrics.reload_rejected).inc()
 
-    def exposition(self) -> bytes:
-        return self.metrics.exposition()
-
     # --- the applications -------------------------------------------------------------
 
     def main_app(self) -> web.Application:

@@ -15,6 +15,7 @@ from typing import Any
 
 from gateproxy.backoff import retry_delay_ms
 from gateproxy.config import Dependency, redact_url
+from gateproxy.history import ProbeSeries, StateTimeline
 
 
 class State(StrEnum):
@@ -66,6 +67,7 @@ def iso(ts: float | None) -> str | None:
 
 
 HISTORY = 50
+CHART_POINTS = 300  # probe durations in status.json: the slowest of each 1/300 of the hour
 
 
 class DependencyStatus:
@@ -90,6 +92,9 @@ class DependencyStatus:
         self.retries_exhausted = False
         self.down_since: float | None = None
         self.transitions: deque[Transition] = deque(maxlen=HISTORY)
+        # The last hour for the status page (the first probe result starts it).
+        self.timeline = StateTimeline()
+        self.probes = ProbeSeries()
 
     @property
     def is_up(self) -> bool:
@@ -104,7 +109,7 @@ class DependencyStatus:
             self.consecutive_failures = 0
 
     def record_success(self, now: float, duration_ms: int) -> Outcome:
-        self._checked(now, duration_ms)
+        self._checked(now, duration_ms, True)
         self.last_success_at = now
         self.consecutive_failures = 0
         self.consecutive_successes += 1
@@ -124,7 +129,7 @@ class DependencyStatus:
         return Outcome(transition, delay, False)
 
     def record_failure(self, now: float, duration_ms: int, error: ProbeError) -> Outcome:
-        self._checked(now, duration_ms)
+        self._checked(now, duration_ms, False)
         self.last_failure_at = now
         self.last_error = error
         self.total_failures += 1
@@ -153,10 +158,11 @@ class DependencyStatus:
             return 1
         return max(1, -int((now - self.next_retry_at) // 1))
 
-    def _checked(self, now: float, duration_ms: int) -> None:
+    def _checked(self, now: float, duration_ms: int, ok: bool) -> None:
         self.total_checks += 1
         self.last_checked_at = now
         self.last_duration_ms = duration_ms
+        self.probes.record(now, duration_ms, ok)
 
     def _move(self, new: State, now: float, error: ProbeError | None) -> Transition:
         down_for_ms = None
@@ -169,6 +175,7 @@ class DependencyStatus:
         self.state = new
         self.since = now
         self.transitions.append(transition)
+        self.timeline.record(now, new.value)
         return transition
 
     def snapshot(self) -> dict[str, Any]:
@@ -192,4 +199,16 @@ class DependencyStatus:
             "totalChecks": self.total_checks,
             "totalFailures": self.total_failures,
             "retriesExhausted": self.retries_exhausted,
+        }
+
+    def last_hour(self, now: float) -> dict[str, Any]:
+        """The state spans and probe durations of the last hour (or since the first probe),
+        in seconds since `from`: what the page draws as its strip and sparkline."""
+        start = self.timeline.start(now)
+        return {
+            "from": iso(start),
+            "spans": [{"state": s.state, "startS": round(s.start - start, 3),
+                       "endS": round(s.end - start, 3)} for s in self.timeline.spans(now)],
+            "probes": [{"atS": round(p.at - start, 3), "durationMs": p.duration_ms,
+                        "ok": p.ok} for p in self.probes.points(start, now, CHART_POINTS)],
         }

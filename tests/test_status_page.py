@@ -1,6 +1,6 @@
-"""The status page: what it serves, and in real headless Chromium that its badge follows
-docker-runner down and back up, and its cards follow reloaded dependencies, without a
-reload of the page.
+"""The status page: what it serves, and in real headless Chromium that its badge and its
+availability strip follow docker-runner down and back up, and its cards follow reloaded
+dependencies, without a reload of the page.
 
 The browser test drives Debian's chromium over the DevTools protocol (a WebSocket, with
 aiohttp's client) and saves screenshots under artifacts/. It installs nothing; it is
@@ -28,10 +28,13 @@ from gateproxy import config
 from gateproxy.reload import apply
 from gateproxy.standins import StandIn
 from tests.conftest import MakeGateway, Recorder, StartStandIn, env_for, free_port, url, wait_for
+from tests.png import Png
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 BADGE = 'document.querySelector(\'[data-dep="docker-runner"] [data-f="status"]\')'
+CARD = 'document.querySelector(\'[data-dep="docker-runner"]\')'
+RGB = tuple[int, int, int]
 
 
 async def test_the_page_is_self_contained_and_carries_the_state(
@@ -56,6 +59,49 @@ async def test_the_page_is_self_contained_and_carries_the_state(
     assert state["dependencies"][0]["gatedRoutes"] == [
         {"prefix": "/api/containers", "methods": None}]
     assert state["config"]["version"] == 1
+
+
+async def test_status_json_carries_the_last_hour_and_request_counts(
+        start_standin: StartStandIn, recorder: tuple[Recorder, StandIn],
+        make_gateway: MakeGateway, http: aiohttp.ClientSession) -> None:
+    from gateproxy.standins import docker_runner
+
+    _, upstream = recorder
+    runner = await start_standin(docker_runner())
+    gateway = await make_gateway(env_for(upstream, runner.url))
+    status = gateway.guards[0].status
+    for _ in range(2):
+        async with http.get(url(gateway, "/api/threads")) as resp:
+            assert resp.status == 200
+    await asyncio.sleep(1.2)  # the probe chart keeps one point a second: up gets its own
+    await runner.stop()
+    await wait_for(lambda: not status.is_up)
+    for _ in range(3):
+        async with http.post(url(gateway, "/api/containers"), data=b"{}") as resp:
+            assert resp.status == 503
+    async with http.get(url(gateway, "/_gateproxy/status.json")) as resp:
+        state = await resp.json()
+    assert state["forwardedRequests"] == {"last5m": 2, "last60m": 2}
+    dep = state["dependencies"][0]
+    assert dep["gatedRequests"] == {"last5m": 3, "last60m": 3}
+    hour = dep["lastHour"]
+    assert state["startedAt"] <= hour["from"] <= state["now"]  # from the first probe on
+    spans = hour["spans"]
+    assert [s["state"] for s in spans] == ["up", "down"]
+    assert spans[0]["startS"] == 0 and spans[0]["endS"] == spans[1]["startS"]
+    assert spans[1]["endS"] > spans[1]["startS"]
+    probes = hour["probes"]
+    assert {p["ok"] for p in probes} == {True, False}
+    assert all(0 <= p["atS"] <= spans[-1]["endS"] for p in probes)
+    assert all(isinstance(p["durationMs"], int) for p in probes)
+    # The page starts from the same data.
+    async with http.get(url(gateway, "/_gateproxy/status")) as resp:
+        page = await resp.text()
+    embedded = re.search(r'<script type="application/json" id="initial">(.*?)</script>',
+                         page, re.S)
+    assert embedded is not None
+    assert json.loads(embedded.group(1))["dependencies"][0]["gatedRequests"] == {
+        "last5m": 3, "last60m": 3}
 
 
 class DevTools:
@@ -92,12 +138,36 @@ class DevTools:
             await asyncio.sleep(0.1)
         raise AssertionError(f"{expression} is {last!r}, not {expected!r}, after {timeout} s")
 
-    async def screenshot(self, name: str) -> Path:
-        shot = await self.call("Page.captureScreenshot", format="png")
+    async def screenshot(self, name: str) -> Png:
+        # The page as far as it goes (within the viewport), without the blank below it.
+        height = await self.eval("Math.min(Math.ceil(document.body.getBoundingClientRect()"
+                                 ".bottom), window.innerHeight)")
+        width = await self.eval("window.innerWidth")
+        shot = await self.call("Page.captureScreenshot", format="png", clip={
+            "x": 0, "y": 0, "width": width, "height": height, "scale": 1})
         ARTIFACTS.mkdir(exist_ok=True)
-        path = ARTIFACTS / name
-        path.write_bytes(base64.b64decode(shot["data"]))
-        return path
+        data = base64.b64decode(shot["data"])
+        (ARTIFACTS / name).write_bytes(data)
+        return Png(data)
+
+    async def colour(self, name: str) -> RGB:
+        """The page's CSS colour variable `--name` (a #rrggbb), as it resolves now."""
+        value = await self.eval(
+            f"getComputedStyle(document.documentElement).getPropertyValue('--{name}')")
+        assert re.fullmatch(r"#[0-9a-f]{6}", value.strip()), value
+        r, g, b = bytes.fromhex(value.strip()[1:])
+        return r, g, b
+
+    async def strip(self, shot: Png) -> list[RGB]:
+        """The colours along the middle of docker-runner's availability strip in `shot`,
+        left to right (device scale 1: CSS pixels are screenshot pixels)."""
+        box = await self.eval(f"(() => {{ const r = {CARD}.querySelector('[data-f=strip]')"
+                              ".getBoundingClientRect(); return [r.x, r.y, r.width, r.height];"
+                              " })()")
+        x, y, width, height = (round(v) for v in box)
+        assert width > 300 and height > 10, box
+        # Inset by the rounded corners.
+        return [shot.pixel(i, y + height // 2) for i in range(x + 4, x + width - 4)]
 
 
 @contextlib.asynccontextmanager
@@ -166,24 +236,58 @@ async def test_badge_follows_docker_runner_without_a_reload(
         await browser.call("Page.navigate", url=f"{base}/_gateproxy/status")
         await browser.until(f"{BADGE}?.textContent", "up")
         marker = await browser.eval("window.__sameDocument = Math.random()")
-        await browser.screenshot("status-page-up.png")
+        up, down = await browser.colour("up"), await browser.colour("down")
+        for _ in range(2):
+            async with http.get(f"{base}/api/threads") as resp:
+                assert resp.status == 200
+        forwarded = "document.getElementById('forwarded').textContent"
+        await browser.until(forwarded, "2 in 5 min · 2 in 60 min")
+        await asyncio.sleep(2)  # some history for the strip and the probe chart
+        strip = await browser.strip(await browser.screenshot("status-page-up.png"))
+        assert set(strip) == {up}, "all of the strip is up"
+        assert await browser.eval(f"{CARD}.querySelector('[data-f=upShare]').textContent"
+                                  ) == "100% up"
+        assert await browser.eval(f"{CARD}.querySelector('[data-f=spark] polyline')"
+                                  ".points.length") >= 2
 
         await runner.stop()
         await browser.until(f"{BADGE}.textContent", "down")
         assert await browser.eval(f"{BADGE}.className") == "badge down"
         assert await browser.eval("window.__sameDocument") == marker, "the page reloaded"
-        card = 'document.querySelector(\'[data-dep="docker-runner"]\')'
-        last_error = await browser.eval(f"{card}.querySelector('[data-f=lastError]')"
+        for _ in range(3):
+            async with http.post(f"{base}/api/containers", data=b"{}") as resp:
+                assert resp.status == 503
+        await browser.until(f"{CARD}.querySelector('[data-f=gatedRequests]').textContent",
+                            "3 in 5 min · 3 in 60 min")
+        assert await browser.eval("document.getElementById('gated').textContent") == (
+            "3 in 5 min · 3 in 60 min")
+        last_error = await browser.eval(f"{CARD}.querySelector('[data-f=lastError]')"
                                         ".textContent")
         assert last_error.startswith("connection_refused: ")
-        newest = await browser.eval(f"{card}.querySelector('[data-f=transitions] li')"
+        newest = await browser.eval(f"{CARD}.querySelector('[data-f=transitions] li')"
                                     ".textContent")
         assert "up → down" in newest and "connection_refused" in newest
-        assert await browser.eval(f"{card}.querySelector('[data-f=routes]').textContent"
+        assert await browser.eval(f"{CARD}.querySelector('[data-f=routes]').textContent"
                                   ) == "/api/containers"
         assert await browser.eval("document.getElementById('overall').textContent") == (
             "1 not up")
-        await browser.screenshot("status-page-down.png")
+        failed = await browser.eval(f"{CARD}.querySelector('[data-f=spark] path.p-fail')"
+                                    ".getAttribute('d')")
+        assert re.match(r"M[\d.]+,100V70", failed), "failed probes are marked"
+        await asyncio.sleep(2)
+        strip = await browser.strip(await browser.screenshot("status-page-down.png"))
+        assert strip[0] == up and strip[-1] == down, "up, then down until now"
+        assert set(strip) == {up, down}
+        # The same in the dark scheme: its own colours, on a dark page.
+        await browser.call("Emulation.setEmulatedMedia", features=[
+            {"name": "prefers-color-scheme", "value": "dark"}])
+        dark_up, dark_down = await browser.colour("up"), await browser.colour("down")
+        assert (dark_up, dark_down) != (up, down)
+        shot = await browser.screenshot("status-page-dark.png")
+        strip = await browser.strip(shot)
+        assert strip[0] == dark_up and strip[-1] == dark_down
+        assert sum(shot.pixel(5, 5)) < 3 * 64, "a dark background"
+        await browser.call("Emulation.setEmulatedMedia", features=[])
         await browser.call("Emulation.setDeviceMetricsOverride", width=390, height=844,
                            deviceScaleFactor=2, mobile=True)
         await asyncio.sleep(0.3)
@@ -200,7 +304,12 @@ async def test_badge_follows_docker_runner_without_a_reload(
         assert await browser.eval("window.__sameDocument") == marker, "the page reloaded"
         assert await browser.eval("document.getElementById('overall').textContent") == (
             "all up")
-        await browser.screenshot("status-page-recovered.png")
+        await asyncio.sleep(2)
+        strip = await browser.strip(await browser.screenshot("status-page-recovered.png"))
+        assert strip[0] == up and strip[-1] == up and down in strip, "up, down, up again"
+        assert set(strip) == {up, down}
+        share = await browser.eval(f"{CARD}.querySelector('[data-f=upShare]').textContent")
+        assert re.fullmatch(r"\d\d\.\d% up", share), share
 
         # A dependency added by a reload gets its card, and loses it when removed.
         two = tmp_path / "two.yaml"
@@ -226,5 +335,5 @@ dependencies:
     assert f"{base}/_gateproxy/status.json" in requested, "it polls status.json"
     outside = [u for u in requested if not u.startswith((base + "/", "data:"))]
     assert outside == [], "the page loads nothing from anywhere else"
-    for name in ("up", "down", "phone", "recovered"):
+    for name in ("up", "down", "dark", "phone", "recovered"):
         assert (ARTIFACTS / f"status-page-{name}.png").read_bytes().startswith(b"\x89PNG")
