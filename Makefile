@@ -10,7 +10,7 @@ PIP    := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/pip
 RUNTIME_STAMP := $(VENV)/.runtime
 TEST_STAMP    := $(VENV)/.test
 
-.PHONY: setup demo test lint check bench constraints clean
+.PHONY: setup demo test lint check bench constraints docs clean
 
 setup: $(TEST_STAMP)
 
@@ -34,6 +34,11 @@ test: lint
 	$(BIN)/pytest -q
 
 check: test
+
+# Rewrite the settings table of docs/configuration.md from gateproxy/settings.py.
+docs: $(RUNTIME_STAMP)
+	$(BIN)/python -c "from pathlib import Path; from gateproxy import settings; \
+	settings.write_doc(Path('docs/configuration.md'))"
 
 bench: $(RUNTIME_STAMP)
 	$(BIN)/python bench/run.py

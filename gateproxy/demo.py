@@ -110,7 +110,7 @@ async def main(port: int, seconds: float, grpc: bool = False) -> int:
         from gateproxy.grpcstandin import GrpcRunner  # grpclib only when asked for
 
         runner = GrpcRunner(HOST, port=50051, secret=DEMO_SECRET)
-        env = {config.SECRET_ENV: DEMO_SECRET}
+        env = {"DOCKER_RUNNER_SHARED_SECRET": DEMO_SECRET}
     else:
         runner = StandIn(docker_runner(), HOST, port=7071)
     platform = StandIn(platform_server(runner), HOST, port=3010)

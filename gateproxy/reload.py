@@ -21,29 +21,33 @@ from typing import Any, Protocol
 
 from watchfiles import Change, awatch
 
-from gateproxy import answers, logs
-from gateproxy.config import Config, ConfigError, Dependency, load
+from gateproxy import answers, logs, settings
+from gateproxy.config import DEFAULTS_SOURCE, Config, ConfigError, Dependency, load
 from gateproxy.gate import Gate, Guard
 from gateproxy.logs import log
 from gateproxy.runtime import ConfigVersion, Runtime, content, content_hash
 
-DEFAULTS_SOURCE = "defaults"  # Config.source when no file was read
-
 
 def _keep_restart_only(running: Config, new: Config) -> Config:
-    """`new`, with the settings a running process cannot change kept as they run."""
-    return replace(
-        new,
-        listen=running.listen,
-        admin_port=running.admin_port,
-        admin_prefix=running.admin_prefix,
-        health_path=running.health_path,
-        fast_path=running.fast_path,
-        limits=running.limits,
-        shutdown_grace_ms=running.shutdown_grace_ms,
-        # The upstream session is built with these; the health timeout is read per request.
-        upstream=replace(running.upstream, health_timeout_ms=new.upstream.health_timeout_ms),
-    )
+    """`new`, with the settings a running process cannot change (those not `live` in
+    gateproxy/settings.py) kept as they run."""
+    for setting in settings.top_level():
+        if not setting.live:
+            new = _with(new, setting.path, _at(running, setting.path))
+    return new
+
+
+def _at(obj: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        obj = getattr(obj, part)
+    return obj
+
+
+def _with(obj: Any, path: tuple[str, ...], value: Any) -> Any:
+    """Frozen `obj` with the field at `path` (nested dataclasses) set to `value`."""
+    head, *rest = path
+    return replace(obj, **{head: _with(getattr(obj, head), tuple(rest), value)
+                           if rest else value})
 
 
 def _differences(a: Any, b: Any, path: str = "") -> list[str]:

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gateproxy import config
+from gateproxy import settings as known_settings
 
 ENV_NAMES = sorted({
     "GATEPROXY_HOST", "GATEPROXY_PORT", "PLATFORM_SERVER_URL", "GATEPROXY_LOG_FORMAT",
@@ -72,7 +73,7 @@ def _shaped(schema: Any) -> st.SearchStrategy[Any]:
     known: dict[str, st.SearchStrategy[Any]] = {}
     for key, value in schema.items():
         if key == "dependencies":
-            known[key] = st.one_of(st.lists(_shaped(config.DEFAULT_DEPENDENCY), max_size=3),
+            known[key] = st.one_of(st.lists(_shaped(known_settings.entry_defaults()), max_size=3),
                                    ANY)
         elif key == "gated_routes":
             known[key] = _ROUTES
@@ -84,7 +85,7 @@ def _shaped(schema: Any) -> st.SearchStrategy[Any]:
     return st.one_of(shaped, shaped, with_junk, ANY)
 
 
-DOCUMENTS = _shaped(config.DEFAULTS)
+DOCUMENTS = _shaped(known_settings.defaults())
 ENVS = st.dictionaries(st.sampled_from(ENV_NAMES),
                        st.one_of(_TEXT, st.sampled_from([str(v) for v in TRICKY_SCALARS])),
                        max_size=5)
@@ -215,7 +216,7 @@ def test_an_unknown_key_with_a_newline_stays_on_one_line(tmp_path: Path) -> None
     lines = _problems('"a\\nb": 1\n"": 2\n', tmp_path)
     assert len(lines) == 2
     assert lines[0].endswith("unknown key (known keys: admin_port, admin_prefix, cors, "
-                             "dependencies, health_path, limits, listen, log, "
+                             "dependencies, fast_path, health_path, limits, listen, log, "
                              "shutdown_delay_ms, shutdown_grace_ms, upstream)")
     assert "'a\\nb'" in lines[0] and ": '': " in lines[1]
 

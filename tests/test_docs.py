@@ -4,24 +4,26 @@ key it says, and its live-reload column is what gateproxy/reload.py does."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from gateproxy import config
+from gateproxy import config, settings
 from gateproxy.reload import _differences, _keep_restart_only
 from gateproxy.runtime import content
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "configuration.md"
 # Where gateproxy reads environment variables (the image's own are in deploy/README.md).
-ENV_SOURCES = [ROOT / "gateproxy" / "config.py", ROOT / "gateproxy" / "cli.py"]
+ENV_SOURCES = sorted((ROOT / "gateproxy").rglob("*.py"))
 ENV_NAME = re.compile(r'"((?:GATEPROXY|DOCKER_RUNNER|PLATFORM_SERVER|AIOHTTP)_[A-Z0-9_]+)"')
 OWN_ENV = re.compile(r"^(GATEPROXY_|DOCKER_RUNNER_|PLATFORM_SERVER_URL$)")
 DEP = "dependencies[]"
@@ -102,6 +104,34 @@ def test_every_key_is_documented_with_its_default() -> None:
                                              f"says {cell}"
     stale = sorted(set(rows) - set(defaults) - {"dependencies"})
     assert not stale, f"docs/configuration.md documents keys that do not exist: {stale}"
+
+
+def test_the_settings_table_is_generated_from_the_settings() -> None:
+    """docs/configuration.md's table is `settings.markdown()`: `make docs` rewrites it."""
+    doc = DOC.read_text()
+    table = doc.partition(settings.BEGIN)[2].partition(settings.END)[0]
+    assert table.strip() == settings.markdown().strip(), "stale: run `make docs`"
+
+
+def test_every_setting_is_declared_once_and_fills_one_field() -> None:
+    keys = [s.key for s in settings.SETTINGS]
+    assert len(keys) == len(set(keys))
+    top = {".".join(s.path) for s in settings.top_level()}
+    per_dep = {".".join(s.path) for s in settings.per_dependency()}
+    assert top == _leaves(config.Config) - {"source", "dependencies"}
+    assert per_dep == _leaves(config.Dependency)
+
+
+def _leaves(cls: type) -> set[str]:
+    """The dotted names of a config dataclass's fields, nested dataclasses opened."""
+    hints = typing.get_type_hints(cls)
+    out = set()
+    for fld in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[fld.name]):
+            out |= {f"{fld.name}.{leaf}" for leaf in _leaves(hints[fld.name])}
+        else:
+            out.add(fld.name)
+    return out
 
 
 def test_every_environment_variable_is_documented() -> None:

@@ -16,9 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateproxy import logs
+from gateproxy import logs, settings
 from gateproxy.app import Gateway
-from gateproxy.config import DEFAULTS
 from gateproxy.reload import Reloader
 from gateproxy.standins import StandIn, docker_runner
 from tests.conftest import (
@@ -254,7 +253,7 @@ async def test_settings_that_need_a_restart_are_logged_and_kept(
     assert await Reloader(gateway, env).reload("test")
     assert gateway.config.upstream.url == upstream.url
     assert gateway.config.upstream.health_timeout_ms == 900, "applied: read per request"
-    assert gateway.config.admin_prefix == DEFAULTS["admin_prefix"]
+    assert gateway.config.admin_prefix == settings.defaults()["admin_prefix"]
     [restart] = [line for line in log_lines(captured_logs)
                  if line["event"] == "config_restart_required"]
     assert restart["level"] == "WARNING"
