@@ -1,5 +1,5 @@
 """The proxy's own endpoints under `admin_prefix`: live, ready, the status page,
-status.json and metrics (contract section 7).
+status.json and metrics (README, "The proxy's own endpoints").
 
 They only read state; none of them is ever forwarded or gated. Nothing they show carries
 a secret: base URLs are the redacted ones of the snapshots and the shared secret is not

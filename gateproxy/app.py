@@ -280,7 +280,7 @@ class Gateway:
         log.info("stopped")
 
     async def serve_until_signalled(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop as the contract says."""
+        """Run until SIGTERM or SIGINT, then drain and stop (README, "Shutdown")."""
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         signals = (signal.SIGTERM, signal.SIGINT)

@@ -1,4 +1,4 @@
-"""Requests aiohttp's parser accepts but no upstream should see (contract section 9).
+"""Requests aiohttp's parser accepts but no upstream should see (docs/headers.md).
 
 A Host header that is not a host, an absolute-form target naming another host than
 `Host` (RFC 9112 section 3.2.2: the proxy and the upstream would disagree on which host

@@ -1,4 +1,4 @@
-"""The command line: `serve`, `check-config`, `demo` (contract section 2).
+"""The command line: `serve`, `check-config`, `demo` (README, "Command line").
 
 Exit codes: 0 normal end, 1 cannot start (port taken, required dependency down),
 2 bad configuration or an unsafe environment.

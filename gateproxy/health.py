@@ -76,7 +76,7 @@ def _required_down(statuses: Sequence[DependencyStatus]) -> bool:
 
 def aggregate(upstream: UpstreamHealth,
               statuses: Sequence[DependencyStatus]) -> tuple[int, dict[str, Any]]:
-    """The status code and body of /health (contract section 6)."""
+    """The status code and body of /health (README, "/health")."""
     snapshots = {s.dep.health_key: s.snapshot() for s in statuses}
     required_down = _required_down(statuses)
     if upstream.status is None:

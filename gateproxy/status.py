@@ -179,7 +179,7 @@ class DependencyStatus:
         return transition
 
     def snapshot(self) -> dict[str, Any]:
-        """The contract's camelCase view (section 6); a gRPC dependency also has the
+        """The camelCase view /health and status.json show; a gRPC dependency also has the
         gRPC-era platform's `endpoint`."""
         endpoint = {"endpoint": self.base_url} if self.dep.probe == "grpc" else {}
         return {

@@ -25,7 +25,7 @@ def problems(path: str | None, env: dict[str, str] | None = None) -> list[str]:
     return [str(p) for p in err.value.problems]
 
 
-def test_defaults_match_the_contract() -> None:
+def test_defaults_match_the_documented_ones() -> None:
     cfg = config.load(None, {})
     assert (cfg.listen.host, cfg.listen.port) == ("0.0.0.0", 8080)
     assert cfg.upstream.url == "http://127.0.0.1:3010"

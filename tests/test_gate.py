@@ -1,7 +1,7 @@
 """The gate's one decision (`Gate.decide`), as a pure function: no sockets, no sleeping.
 
-These judge the decision by its contract; tests/test_router_oracle.py judges it by what
-real Fastify, Express and WHATWG-parser routers make of the forwarded target.
+These judge the decision by what docs/gate.md promises; tests/test_router_oracle.py judges
+it by what real Fastify, Express and WHATWG-parser routers make of the forwarded target.
 """
 
 from __future__ import annotations

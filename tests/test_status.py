@@ -90,7 +90,7 @@ def test_max_retries_exhausts_once_and_stops_scheduling() -> None:
     assert not status.retries_exhausted and status.consecutive_failures == 0
 
 
-def test_snapshot_has_the_contract_fields_in_camel_case() -> None:
+def test_snapshot_has_the_documented_fields_in_camel_case() -> None:
     status = DependencyStatus(dep(base_url="http://user:pw@runner:7071", jitter_ms=0))
     status.record_failure(1_700_000_000.0, 12, ProbeError("http_503", "no docker", 503))
     snap = status.snapshot()
