@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -56,6 +57,9 @@ class Spelling:
         flags = "".join(f", {name}=True" for name in ("preflight", "upgrade", "keep_alive")
                         if getattr(self, name))
         return f"Spelling({self.method!r}, {self.target!r}{flags})"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))  # hypothesis's pretty printer: one line, as repr
 
     @property
     def in_doubt(self) -> bool:
@@ -158,9 +162,14 @@ class Routers:
 
 
 def node_binary() -> str:
+    """The machine's node, if it is one Fastify 5 supports (20 or newer)."""
     node = shutil.which("node")
     if node is None:
         raise AssertionError("node is not installed (.ci/run installs it)")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True,
+                             timeout=30).stdout.strip()
+    if int(version.lstrip("v").split(".")[0] or 0) < 20:
+        raise AssertionError(f"{node} is {version}; Fastify 5 needs Node 20 or newer")
     return node
 
 

@@ -318,23 +318,49 @@ def spellings(draw: st.DrawFn) -> Spelling:
                     keep_alive=draw(st.booleans()))
 
 
-def test_generated_spellings_never_run_a_gated_handler(oracle: Oracle, tally: Tally) -> None:
-    """Each example is a batch of spellings sent concurrently; a failing batch shrinks to
-    the spelling (and the simplest companions) that still runs a gated handler. Then the
-    over-gating over the whole run: under 1 % outside the 'when in doubt' families."""
+@st.composite
+def maybe_spellings(draw: st.DrawFn) -> Spelling | None:
+    """Mostly a spelling; None (left out of the batch) when the number drawn is 0, which
+    is rare in generation and where shrinking takes every spelling innocent of a failure,
+    with nothing left to shrink inside it."""
+    return draw(spellings()) if draw(st.integers(0, 15)) else None
 
-    @settings(max_examples=math.ceil(EXAMPLES * 1.1 / BATCH), deadline=None,
+
+def spelling_key(spelling: Spelling | None) -> object:
+    """Unique within a batch (hypothesis repeats list elements otherwise); any number of
+    spellings may be left out."""
+    return object() if spelling is None else spelling
+
+
+def test_generated_spellings_never_run_a_gated_handler(oracle: Oracle, tally: Tally) -> None:
+    """Each example is a batch of spellings sent concurrently; shrinking, which cannot
+    shorten a fixed-size list, leaves out every spelling but one that still runs a gated
+    handler, and simplifies that one. Then the over-gating of the whole run: under 1 %
+    outside the 'when in doubt' families."""
+
+    @settings(max_examples=math.ceil(EXAMPLES * 1.2 / BATCH), deadline=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(st.lists(spellings(), min_size=BATCH, max_size=BATCH, unique=True))
-    def check(batch: list[Spelling]) -> None:
-        outcomes = oracle.run(batch)
+    @given(st.lists(maybe_spellings(), min_size=BATCH, max_size=BATCH, unique_by=spelling_key))
+    def check(batch: list[Spelling | None]) -> None:
+        outcomes = oracle.run(s for s in batch if s is not None)
         tally.add(outcomes, generated=True)
         assert not any(outcome.bypass for outcome in outcomes), _bypass_report(outcomes)
 
     check()
-    # Batches may repeat a spelling of an earlier one: 10 % more covers that.
+    # Batches leave some out and may repeat a spelling of an earlier one: 20 % more
+    # examples than strictly needed covers both.
     assert len(tally.generated) >= EXAMPLES
     assert tally.over_gated_pct < MAX_OVER_GATING_PCT, (
         f"{len(tally.over_gated)} of {tally.counted} spellings over-gated, e.g.:\n"
         + "\n".join(f"{o.describe()} (straight: {o.direct_runs[0]})"
                     for o in list(tally.over_gated.values())[:20]))
+
+
+def test_over_gating_is_measured_where_gateproxy_gates_in_doubt(oracle: Oracle) -> None:
+    """The over-gating count can see something: an encoded slash in a thread id is a
+    thread to both routers, and gateproxy gates it by design ('when in doubt')."""
+    spelling = Spelling("GET", "/api/threads/..%2Fcontainers")
+    outcomes = oracle.run([spelling])
+    for outcome in outcomes:
+        assert [run.handler for run in outcome.direct_runs] == ["thread-get"], outcome
+        assert outcome.over_gated and spelling.in_doubt, outcome.describe()
