@@ -338,7 +338,7 @@ def test_generated_spellings_never_run_a_gated_handler(oracle: Oracle, tally: Ta
     handler, and simplifies that one. Then the over-gating of the whole run: under 1 %
     outside the 'when in doubt' families."""
 
-    @settings(max_examples=math.ceil(EXAMPLES * 1.2 / BATCH), deadline=None,
+    @settings(max_examples=math.ceil(EXAMPLES * 1.3 / BATCH), deadline=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(st.lists(maybe_spellings(), min_size=BATCH, max_size=BATCH, unique_by=spelling_key))
     def check(batch: list[Spelling | None]) -> None:
@@ -347,7 +347,7 @@ def test_generated_spellings_never_run_a_gated_handler(oracle: Oracle, tally: Ta
         assert not any(outcome.bypass for outcome in outcomes), _bypass_report(outcomes)
 
     check()
-    # Batches leave some out and may repeat a spelling of an earlier one: 20 % more
+    # Batches leave some out and may repeat a spelling of an earlier one: 30 % more
     # examples than strictly needed covers both.
     assert len(tally.generated) >= EXAMPLES
     assert tally.over_gated_pct < MAX_OVER_GATING_PCT, (
