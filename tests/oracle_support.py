@@ -36,6 +36,7 @@ WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 DOUBT_MARKERS = ("%2f", "%5c", "\\", ";")
 _CONCURRENCY = 24
 _ids = itertools.count(1)
+NO_ROUTE = "(no route)"  # the handler name of the routers' 404s (tests/routers/server.js)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,11 @@ class Record:
     def __str__(self) -> str:
         return f"{self.router}:{self.handler} {self.method} {self.url!r} {self.params}"
 
+    @property
+    def routed(self) -> bool:
+        """A route's handler ran (not the router's 404, which is recorded too)."""
+        return self.handler != NO_ROUTE
+
 
 @dataclass
 class Outcome:
@@ -122,8 +128,8 @@ class Outcome:
     @property
     def over_gated(self) -> bool:
         """The router serves it with a non-gated handler; gateproxy answered 503."""
-        return self.gated_by_proxy and bool(self.direct_runs) and \
-            not any(run.gated for run in self.direct_runs)
+        routed = [run for run in self.direct_runs if run.routed]
+        return self.gated_by_proxy and bool(routed) and not any(run.gated for run in routed)
 
     def describe(self) -> str:
         ran = "; ".join(str(run) for run in self.proxy_runs) or "nothing"

@@ -11,10 +11,13 @@ for another number, e.g. 50000 for a long run).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +34,7 @@ from tests.oracle_support import (
     Tally,
     first_distinct,
     install_routers,
+    node_binary,
 )
 
 EXAMPLES = int(os.environ.get("GATEPROXY_ORACLE_EXAMPLES", "5000"))
@@ -364,3 +368,71 @@ def test_over_gating_is_measured_where_gateproxy_gates_in_doubt(oracle: Oracle) 
     for outcome in outcomes:
         assert [run.handler for run in outcome.direct_runs] == ["thread-get"], outcome
         assert outcome.over_gated and spelling.in_doubt, outcome.describe()
+
+
+# --- docs/gate.md's table --------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "gate.md"
+TABLE_ROWS = (
+    Spelling("GET", "/api/containers"),
+    Spelling("DELETE", "/api/containers/abc"),
+    Spelling("DELETE", "/api/containers/.."),
+    Spelling("DELETE", "/api/containers/%2e%2e"),
+    Spelling("DELETE", "/api/containers//.."),
+    Spelling("GET", "/api/containers/../events"),
+    Spelling("GET", "/x/../api/containers"),
+    Spelling("DELETE", "/api/%63ontainers/abc"),
+    Spelling("DELETE", "/API/CONTAINERS/abc"),
+    Spelling("DELETE", "/api/containers;v=1/abc"),
+    Spelling("GET", "/api/threads/..%2Fcontainers"),
+    Spelling("GET", "/api/threads/%2e%2e"),
+    Spelling("GET", "/../api/containers"),
+    Spelling("DELETE", f"{ABSOLUTE}/api/containers/.."),
+    Spelling("GET", f"/api/containers/{UUID}/terminal/x/../ws", upgrade=True),
+)
+
+
+def _whatwg_paths(targets: list[str]) -> list[str]:
+    """What the WHATWG URL parser (Node's `URL`, as the terminal gateway uses it) makes
+    of each target's path."""
+    script = ("const ts = JSON.parse(process.argv[1]);"
+              "console.log(JSON.stringify(ts.map(t => new URL(t, 'http://localhost')"
+              ".pathname)));")
+    done = subprocess.run([node_binary(), "-e", script, json.dumps(targets)],
+                          capture_output=True, text=True, timeout=30, check=True)
+    return list(json.loads(done.stdout))
+
+
+def _handler(runs: list[Any], status: int | None) -> str:
+    return ", ".join(f"`{run.handler}` ({'gated' if run.gated else 'not gated'})"
+                     if run.routed else f"{status}, no route" for run in runs) or str(status)
+
+
+def _gateproxy(outcome: Outcome) -> str:
+    if outcome.gated_by_proxy:
+        return "503 (gated)"
+    if outcome.proxy_status == 400:
+        return "400 `bad_request`"
+    sent = {run.url for run in outcome.proxy_runs}
+    assert len(sent) == 1, outcome.describe()
+    return f"forwards `{sent.pop()}`"
+
+
+def test_the_table_in_docs_gate_md_is_what_the_real_routers_do(oracle: Oracle) -> None:
+    """Every row of docs/gate.md's table, measured now: what Fastify 5 and Express 5 run
+    when asked straight, what the WHATWG parser reads, and what gateproxy does."""
+    outcomes = {(o.spelling, o.router): o for o in oracle.run(TABLE_ROWS)}
+    whatwg = _whatwg_paths([s.target for s in TABLE_ROWS])
+    lines = ["| Request | Fastify 5, straight | Express 5, straight | WHATWG path | "
+             "gateproxy (dependency down) |", "| --- | --- | --- | --- | --- |"]
+    for spelling, path in zip(TABLE_ROWS, whatwg, strict=True):
+        fastify, express = outcomes[spelling, "fastify"], outcomes[spelling, "express"]
+        assert _gateproxy(fastify) == _gateproxy(express), (fastify, express)
+        request = f"`{spelling.method} {spelling.target}`" + (
+            " (upgrade)" if spelling.upgrade else "")
+        lines.append(f"| {request} | {_handler(fastify.direct_runs, fastify.direct_status)} | "
+                     f"{_handler(express.direct_runs, express.direct_status)} | `{path}` | "
+                     f"{_gateproxy(fastify)} |")
+    table = "\n".join(lines)
+    doc = DOC.read_text()
+    assert table in doc, f"docs/gate.md's table is stale; measured now:\n{table}"

@@ -48,6 +48,7 @@ const TERMINAL_WS = /^\/api\/containers\/([0-9a-fA-F-]{36}|[0-9a-fA-F]{64})\/ter
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 
 let records = [];
+const NO_ROUTE = '(no route)';
 
 function record(router, handler, gated, method, url, params, headers) {
   records.push({
@@ -93,6 +94,11 @@ async function startFastify() {
       },
     });
   }
+  // A request no route takes is recorded too, so the tests see the path it arrived with.
+  app.setNotFoundHandler(async (req, reply) => {
+    record('fastify', NO_ROUTE, false, req.raw.method, req.raw.url, {}, req.headers);
+    return reply.code(404).send({ router: 'fastify', handler: NO_ROUTE });
+  });
   app.server.on('upgrade', onUpgrade('fastify'));
   await app.listen({ host: '127.0.0.1', port: 0 });
   return app.server.address().port;
@@ -108,6 +114,10 @@ function startExpress() {
       res.json({ router: 'express', handler: name });
     });
   }
+  app.use((req, res) => {
+    record('express', NO_ROUTE, false, req.method, req.originalUrl, {}, req.headers);
+    res.status(404).json({ router: 'express', handler: NO_ROUTE });
+  });
   const server = http.createServer(app);
   server.on('upgrade', onUpgrade('express'));
   return listen(server);
