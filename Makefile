@@ -10,7 +10,7 @@ PIP    := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/pip
 RUNTIME_STAMP := $(VENV)/.runtime
 TEST_STAMP    := $(VENV)/.test
 
-.PHONY: setup demo test lint check bench constraints docs clean
+.PHONY: setup demo test test-public lint check bench constraints docs clean
 
 setup: $(TEST_STAMP)
 
@@ -30,8 +30,19 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# The proxy's behaviour (gate, forwarding, differential, hostile input), once more with the
+# fast path off: on aiohttp's public APIs only, as after a failed start-up check.
+PUBLIC_TESTS := tests/test_gateway.py tests/test_differential.py tests/test_router_oracle.py \
+	tests/test_hostile_paths.py tests/test_hostile_http.py tests/test_hostile_slow.py \
+	tests/test_proxy_streams.py tests/test_proxy_websocket.py tests/test_proxy_curl.py \
+	tests/test_faults.py tests/test_admin.py
+
 test: lint
 	$(BIN)/pytest -q
+	$(MAKE) --no-print-directory test-public
+
+test-public: setup
+	GATEPROXY_FAST_PATH=false $(BIN)/pytest -q $(PUBLIC_TESTS)
 
 check: test
 

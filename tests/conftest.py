@@ -28,6 +28,25 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+# `GATEPROXY_FAST_PATH=false make test-public` (part of `make test`) runs the proxy's
+# behaviour tests again on aiohttp's public APIs only. Real processes inherit the variable;
+# the gateways a test builds in-process get it here, over the environment it passes.
+FAST_PATH = os.environ.get("GATEPROXY_FAST_PATH")
+
+
+@pytest.fixture(autouse=True)
+def _fast_path_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    if FAST_PATH is None:
+        return
+    load = config.load
+
+    def load_with_setting(path: str | None = None,
+                          env: dict[str, str] | None = None) -> config.Config:
+        return load(path, None if env is None else {**env, "GATEPROXY_FAST_PATH": FAST_PATH})
+
+    monkeypatch.setattr(config, "load", load_with_setting)
+
+
 @pytest.fixture
 def captured_logs() -> io.StringIO:
     stream = io.StringIO()
