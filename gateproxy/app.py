@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import signal
 import time
-from collections.abc import Callable
 
 from aiohttp import HttpVersion11, hdrs, web
 
-from gateproxy import accesslog, admin, answers, checks, health, websocket
-from gateproxy.aio import check, fastpath, server
+from gateproxy import accesslog, admin, answers, checks, health, serving, websocket
+from gateproxy.aio import check, fastpath
 from gateproxy.aio.client import FastUpstream
 from gateproxy.config import Config, Dependency
 from gateproxy.gate import (
@@ -40,17 +38,13 @@ from gateproxy.probe import Prober
 from gateproxy.proxy import Forwarder
 from gateproxy.routes import Rule
 from gateproxy.runtime import ConfigVersion, Runtime
+from gateproxy.serving import StartupError
 from gateproxy.status import DependencyStatus
 from gateproxy.upstream import AiohttpUpstream, UpstreamClient
 from gateproxy.websocket import WebSocketRelay
 
 # Where a request keeps its verdict between the expect handler and the handler.
 _VERDICT: web.RequestKey[Verdict] = web.RequestKey("gateproxy_verdict")
-
-
-class StartupError(Exception):
-    """The proxy cannot start (exit code 1): a port is taken, a required dependency is
-    down."""
 
 
 class Gateway:
@@ -71,6 +65,7 @@ class Gateway:
         self.draining = False
         self.started_at = time.time()
         self._runners: list[web.AppRunner] = []
+        self._reuse_port = False
 
     def make_guard(self, dep: Dependency) -> Guard:
         status = DependencyStatus(dep)
@@ -226,41 +221,17 @@ class Gateway:
 
     async def _listen(self, app: web.Application, host: str, port: int,
                       fast: fastpath.FastPath | None = None) -> None:
-        runner = web.AppRunner(
-            app, handle_signals=False, handler_cancellation=True,
-            shutdown_timeout=self.config.shutdown_grace_ms / 1000,
-            **accesslog.runner_options(lambda: self.config.log.access))
-        await runner.setup()
-        site: web.BaseSite
-        if self.fence.limits:
-            # aiohttp has no request-head timeout and no connection cap: LimitedSite adds
-            # both (and a body timeout, with the same allowance as the head). With `fast`,
-            # the gate's 503s and plain GETs skip aiohttp's per-request machinery.
-            limits_cfg = self.config.limits
-            site_class: Callable[..., server.LimitedSite] = (
-                server.LimitedSite if fast is None
-                else functools.partial(fastpath.FastPathSite, fast=fast))
-            site = site_class(
-                runner, host, port, backlog=1024, max_connections=limits_cfg.max_connections,
-                head_timeout_s=limits_cfg.header_timeout_ms / 1000,
-                body_timeout_s=limits_cfg.header_timeout_ms / 1000)
-        else:
-            site = web.TCPSite(runner, host, port, backlog=1024)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-                               ) from exc
-        self._runners.append(runner)
+        self._runners.append(await serving.listen(
+            app, host, port, fence=self.fence, config=lambda: self.config, fast=fast,
+            reuse_port=self._reuse_port))
 
     @property
     def port(self) -> int:
-        return _bound_port(self._runners[0])
+        return serving.bound_port(self._runners[0])
 
     @property
     def admin_port(self) -> int | None:
-        return _bound_port(self._runners[1]) if len(self._runners) > 1 else None
+        return serving.bound_port(self._runners[1]) if len(self._runners) > 1 else None
 
     async def stop(self, delay_s: float = 0.0) -> None:
         """Drain: ready says 503 for `delay_s`, then close listeners, finish in-flight
@@ -294,11 +265,3 @@ class Gateway:
             for sig in signals:
                 with contextlib.suppress(ValueError, RuntimeError):
                     loop.remove_signal_handler(sig)
-
-
-def _bound_port(runner: web.AppRunner) -> int:
-    for address in runner.addresses:
-        if isinstance(address, tuple):
-            return int(address[1])
-    raise RuntimeError("the listener has no TCP address")
-

@@ -17,9 +17,10 @@ import yaml
 
 from gateproxy import __version__, config, logs
 from gateproxy.aio import check
-from gateproxy.app import Gateway, StartupError
+from gateproxy.app import Gateway
 from gateproxy.logs import log
 from gateproxy.reload import Reloader
+from gateproxy.serving import StartupError
 
 
 def _parser() -> argparse.ArgumentParser:

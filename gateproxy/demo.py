@@ -17,9 +17,10 @@ import tempfile
 import time
 
 from gateproxy import config, logs
-from gateproxy.app import Gateway, StartupError
+from gateproxy.app import Gateway
 from gateproxy.logs import log
 from gateproxy.reload import Reloader
+from gateproxy.serving import StartupError
 from gateproxy.standins import StandIn, Switchable, docker_runner, platform_server
 
 DOWN_S, UP_S = 15.0, 25.0

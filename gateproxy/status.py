@@ -178,6 +178,28 @@ class DependencyStatus:
         self.timeline.record(now, new.value)
         return transition
 
+    # What the gate and /health read, and all another process needs to mirror them.
+    _MIRRORED = ("since", "last_checked_at", "last_success_at", "last_failure_at",
+                 "last_duration_ms", "next_retry_at", "consecutive_failures",
+                 "consecutive_successes", "total_checks", "total_failures",
+                 "retries_exhausted", "down_since")
+
+    def export(self) -> dict[str, Any]:
+        """The state as plain data, for a worker process to `mirror` (gateproxy/workers)."""
+        error = self.last_error
+        return {"state": self.state.value,
+                "last_error": None if error is None else
+                [error.code, error.message, error.status_code],
+                **{name: getattr(self, name) for name in self._MIRRORED}}
+
+    def mirror(self, exported: dict[str, Any]) -> None:
+        """Take the state another process `export`ed (a worker follows the supervisor)."""
+        self.state = State(exported["state"])
+        error = exported["last_error"]
+        self.last_error = None if error is None else ProbeError(*error)
+        for name in self._MIRRORED:
+            setattr(self, name, exported[name])
+
     def snapshot(self) -> dict[str, Any]:
         """The camelCase view /health and status.json show; a gRPC dependency also has the
         gRPC-era platform's `endpoint`."""

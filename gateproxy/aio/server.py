@@ -412,14 +412,16 @@ class _Listener(asyncio.AbstractServer):
 class LimitedSite(web.BaseSite):
     """A TCP site whose connections are `LimitedHandler`s, capped at `max_connections`."""
 
-    __slots__ = ("_host", "_listener", "_port", "_resuming", "_update_pending",
+    __slots__ = ("_host", "_listener", "_port", "_resuming", "_reuse_port", "_update_pending",
                  "body_min_rate", "body_timeout_s", "head_timeout_answer", "head_timeout_s",
                  "loop", "max_connections", "open", "refusal", "tally", "waiting")
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *,
                  max_connections: int, head_timeout_s: float, body_timeout_s: float,
-                 body_min_rate: float = BODY_MIN_RATE, backlog: int = 1024) -> None:
+                 body_min_rate: float = BODY_MIN_RATE, backlog: int = 1024,
+                 reuse_port: bool = False) -> None:
         super().__init__(runner, backlog=backlog)
+        self._reuse_port = reuse_port  # several worker processes share the port
         self._host = host
         self._port = port
         self.max_connections = max_connections
@@ -460,7 +462,8 @@ class LimitedSite(web.BaseSite):
         # asyncio resolves and binds the host exactly as TCPSite would; duplicates of its
         # sockets are what stays open while the accepting servers come and go.
         first = await self.loop.create_server(self._protocol, self._host, self._port,
-                                               backlog=self._backlog)
+                                               backlog=self._backlog,
+                                               reuse_port=self._reuse_port or None)
         listening = [socket.socket(fileno=os.dup(s.fileno())) for s in first.sockets]
         self._listener = _Listener(self.loop, listening, [first])
         self._server = self._listener
