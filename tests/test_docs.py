@@ -194,7 +194,7 @@ def test_reload_column_matches_what_a_reload_applies(tmp_path: Path) -> None:
     rows = doc_rows()
     documented = {k for k, r in rows.items() if r["Reload"] == "restart"}
     # The secrets come from the process environment, which a reload cannot change.
-    assert SECRETS == {f"{DEP}.shared_secret", "admin_token"}
+    assert {f"{DEP}.shared_secret", "admin_token"} == SECRETS
     assert documented - SECRETS == kept
     assert {r["Reload"] for r in rows.values()} == {"live", "restart"}
 
