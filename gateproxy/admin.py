@@ -82,6 +82,7 @@ def _dependency(view: View, status: DependencyStatus, now: float) -> dict[str, A
         "transitions": [t.as_dict() for t in reversed(status.transitions)],  # newest first
         "lastHour": status.last_hour(now),
         "gatedRequests": gated.as_dict() if gated else {"last5m": 0, "last60m": 0},
+        "heldRequests": status.held,
     }
 
 
