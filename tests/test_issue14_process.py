@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 
 from gateproxy.standins import StandIn, docker_runner, platform_server
 from tests import test_process
@@ -28,7 +29,7 @@ TOKEN = "admin-token-0123456789-process"
 
 def write_config(tmp_path: Path, upstream: str, runner: str, port: int,
                  admin_port: int | None = None, base_delay_ms: int = 50,
-                 interval_ms: int = 30000, **dep: object) -> Path:
+                 interval_ms: int = 30000, gated: str = GATED, **dep: object) -> Path:
     lines = [
         f"listen: {{host: 127.0.0.1, port: {port}}}",
         f"upstream: {{url: '{upstream}'}}",
@@ -39,7 +40,7 @@ def write_config(tmp_path: Path, upstream: str, runner: str, port: int,
         f"    base_url: '{runner}'",
         f"    probe_interval_ms: {interval_ms}",
         f"    retry: {{base_delay_ms: {base_delay_ms}, max_delay_ms: 30000, jitter_ms: 0}}",
-        f"    gated_routes: [{GATED}]",
+        f"    gated_routes: [{gated}]",
         *(f"    {key}: {value}" for key, value in dep.items()),
     ]
     path = tmp_path / "gp.yaml"
@@ -280,6 +281,48 @@ async def test_past_hold_max_requests_the_503_comes_at_once(
             assert await metric(http, port, held_gauge) == 0
             assert await metric(http, port, 'gateproxy_hold_outcomes_total{dependency='
                                             '"docker-runner",outcome="cancelled"}') == 1.0
+    finally:
+        await runner.stop()
+    await stop(proc)
+
+
+async def test_upgrades_and_expect_100_are_held_before_any_101_or_100(
+        tmp_path: Path, start_standin: StartStandIn, procs: list[Proc]) -> None:
+    runner = StandIn(docker_runner(), port=free_port())
+    upstream = await start_standin(platform_server(runner))
+    port = free_port()
+    proc = Proc("serve", "--config", str(write_config(
+        tmp_path, upstream.url, runner.url, port, base_delay_ms=20000, hold_ms=8000,
+        gated=f"{GATED}, /api/echo")))
+    procs.append(proc)
+    try:
+        await wait_live(port)
+        async with aiohttp.ClientSession() as http:
+            await wait_status(http, port, "down")
+            ws = asyncio.ensure_future(http.ws_connect(f"http://127.0.0.1:{port}/api/echo/ws"))
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"POST {GATED}/c1/terminal/sessions HTTP/1.1\r\nHost: p\r\n"
+                         "Content-Type: application/json\r\nContent-Length: 2\r\n"
+                         "Expect: 100-continue\r\n\r\n".encode())
+            deadline = time.monotonic() + 5
+            while await metric(http, port, 'gateproxy_held_requests'
+                                           '{dependency="docker-runner"}') < 2:
+                assert time.monotonic() < deadline, "not held"
+                await asyncio.sleep(0.05)
+            assert not ws.done(), "the upgrade was answered while held"
+            with pytest.raises(TimeoutError):  # nothing, not even a 100, while held
+                await asyncio.wait_for(reader.read(1), 0.3)
+            await runner.start()
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert interim.startswith(b"HTTP/1.1 100 Continue")
+            writer.write(b"{}")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 201")
+            writer.close()
+            socket = await asyncio.wait_for(ws, 5)
+            await socket.send_str("hello")
+            assert (await socket.receive_str()) == "hello"
+            await socket.close()
     finally:
         await runner.stop()
     await stop(proc)
