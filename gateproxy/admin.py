@@ -1,13 +1,17 @@
 """The proxy's own endpoints under `admin_prefix`: live, ready, the status page,
-status.json and metrics (README, "The proxy's own endpoints").
+status.json and metrics (README, "The proxy's own endpoints"), and on `admin_port` only,
+maintenance.
 
-They only read state; none of them is ever forwarded or gated. Nothing they show carries
-a secret: base URLs are the redacted ones of the snapshots and the shared secret is not
-part of any of it.
+The first five only read state; none of them is ever forwarded or gated. Nothing they
+show carries a secret: base URLs are the redacted ones of the snapshots and the shared
+secret is not part of any of it. `POST`/`DELETE {admin}/dependencies/{name}/maintenance`
+changes state, so it is served on the admin port only (the gate answers 404 for it on
+the proxy's port) and, with `admin_token`, only to a caller that has the token.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -79,6 +83,7 @@ def _dependency(view: View, status: DependencyStatus, now: float) -> dict[str, A
         "transitions": [t.as_dict() for t in reversed(status.transitions)],  # newest first
         "lastHour": status.last_hour(now),
         "gatedRequests": gated.as_dict() if gated else {"last5m": 0, "last60m": 0},
+        "heldRequests": status.held,
     }
 
 
@@ -138,3 +143,58 @@ def endpoints(app: web.Application, view: View) -> dict[str, Handler]:
                                     "status.json": status_json, "metrics": metrics}
     assert handlers.keys() == ADMIN_ENDPOINTS
     return handlers
+
+
+MAINTENANCE = "{prefix}/dependencies/{{name}}/maintenance"  # the route, under admin_prefix
+_REASON_MAX = 500  # characters: a reason is a note for people, and it is logged
+
+
+def _authorised(request: web.Request, token: str | None) -> bool:
+    if token is None:
+        return True
+    given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(given, f"Bearer {token}".encode())
+
+
+async def _reason(request: web.Request) -> str | None:
+    """The optional `{"reason": "..."}` body; ValueError saying what is wrong with it."""
+    raw = await request.read()
+    if not raw.strip():
+        return None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError("the body must be JSON: {\"reason\": \"...\"}") from exc
+    if not isinstance(body, dict) or set(body) - {"reason"}:
+        raise ValueError("the body may only have a \"reason\"")
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > _REASON_MAX):
+        raise ValueError(f"reason must be a string of at most {_REASON_MAX} characters")
+    return reason or None
+
+
+def maintenance_endpoint(view: View) -> Handler:
+    """POST starts a dependency's maintenance, DELETE ends it; both answer 200 with its
+    snapshot."""
+
+    async def maintenance(request: web.Request) -> web.StreamResponse:
+        if not _authorised(request, view.runtime.config.admin_token):
+            answer = answers.error("unauthorized", "this endpoint needs "
+                                   "Authorization: Bearer <admin_token>")
+            answer.headers["WWW-Authenticate"] = "Bearer"
+            return answer
+        name = request.match_info["name"]
+        guard = next((g for g in view.runtime.guards if g.status.dep.name == name), None)
+        if guard is None:
+            return answers.error("not_found", "no such dependency")
+        if request.method == "POST":
+            try:
+                reason = await _reason(request)
+            except ValueError as exc:
+                return answers.error("bad_request", str(exc))
+            guard.monitor.start_maintenance(reason)
+        else:
+            guard.monitor.end_maintenance()
+        return _json(200, {"name": name, **guard.status.snapshot()})
+
+    return maintenance

@@ -24,6 +24,7 @@ SERVER: Final = "gateproxy"
 # dependency.
 STATUS: Final[dict[str, int]] = {
     "bad_request": 400,
+    "unauthorized": 401,
     "not_found": 404,
     "request_timeout": 408,
     "expectation_failed": 417,

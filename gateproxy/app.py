@@ -33,7 +33,7 @@ from gateproxy.gate import (
 )
 from gateproxy.logs import log
 from gateproxy.metrics import Metrics
-from gateproxy.monitor import Monitor
+from gateproxy.monitor import UPSTREAM_STATUS, Monitor
 from gateproxy.probe import Prober
 from gateproxy.proxy import Forwarder
 from gateproxy.routes import Rule
@@ -114,12 +114,25 @@ class Gateway:
         prefix = self.config.admin_prefix
         for name, handler in admin.endpoints(app, self).items():
             app.router.add_get(f"{prefix}/{name}", handler)
+        # Changes of state: on the admin port only, never reachable through the proxy's.
+        control = admin.maintenance_endpoint(self)
+        app.router.add_route("POST", admin.MAINTENANCE.format(prefix=prefix), control)
+        app.router.add_route("DELETE", admin.MAINTENANCE.format(prefix=prefix), control)
         return app
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
         cfg = self.config
         return await health.health_response(request, self.upstream, cfg.health_path,
                                             cfg.upstream.health_timeout_ms, self.statuses())
+
+    def count_forwarded(self, method: str, status: int, target: str) -> None:
+        """Count a forwarded request's answer; one that points at a dependency of its
+        route (`recheck_on_status`, rare) asks for a probe of that dependency now."""
+        self.metrics.count_forwarded(method, status)
+        gate = self.runtime.gate
+        if status in gate.recheck_statuses:
+            for guard in gate.covering(method, target, status):
+                guard.monitor.request_recheck(UPSTREAM_STATUS)
 
     def on_reject(self, rule: Rule[Guard]) -> None:
         """What a gated request does besides its 503: it counts, and it asks for a
@@ -133,11 +146,27 @@ class Gateway:
         if verdict is None:
             verdict = self.gate.decide(request.method, request.raw_path, request.headers)
             if isinstance(verdict, Wait):
-                # The first probe is running: its answer is worth a short wait.
-                guard = verdict.guard
-                await guard.monitor.wait_first(guard.status.dep.probe_timeout_ms / 1000)
-                verdict = self.gate.decide(request.method, request.raw_path, request.headers)
+                verdict = await self._wait(request, verdict)
             request[_VERDICT] = verdict
+        return verdict
+
+    async def _wait(self, request: web.BaseRequest, wait: Wait) -> Verdict:
+        """Wait as the verdict says, then decide again: a first probe's answer is worth a
+        short wait; a held request waits up to hold_ms for its dependency to come back."""
+        monitor = wait.guard.monitor
+        if not wait.hold:
+            await monitor.wait_change(wait.timeout_s)
+            return self.gate.decide(request.method, request.raw_path, request.headers, True)
+        name = wait.guard.status.dep.name
+        try:
+            held = await monitor.hold(wait.timeout_s, wait.guard.status.dep.hold_max_requests)
+        except asyncio.CancelledError:  # the client went away: its slot is free again
+            self.metrics.count_hold(name, "cancelled")
+            raise
+        verdict = self.gate.decide(request.method, request.raw_path, request.headers, True)
+        if held:
+            self.metrics.count_hold(name, "forwarded" if isinstance(verdict, Forward)
+                                    else "timed_out")
         return verdict
 
     def _answer(self, request: web.BaseRequest, verdict: Verdict) -> web.StreamResponse | None:
@@ -175,7 +204,7 @@ class Gateway:
             # client hanging up, which cancels this handler (the gauge counts sessions).
             return await self.websockets.relay(request, verdict.target)
         response = await self.forwarder.forward(request, verdict.target)
-        self.metrics.count_forwarded(request.method, response.status)
+        self.count_forwarded(request.method, response.status, verdict.target)
         return response
 
     async def _expect(self, request: web.Request) -> web.StreamResponse | None:
@@ -209,7 +238,7 @@ class Gateway:
         fast = None
         if self.fence.fast_path:
             fast = fastpath.FastPath(lambda: self.runtime.gate, self.forwarder.client,
-                                     self.on_reject, self.metrics.count_forwarded)
+                                     self.on_reject, self.count_forwarded)
         await self._listen(self.main_app(), cfg.listen.host, cfg.listen.port, fast)
         if cfg.admin_port is not None:
             await self._listen(self.admin_app(), cfg.listen.host, cfg.admin_port)

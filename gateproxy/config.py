@@ -92,6 +92,9 @@ class Dependency:
     unhealthy_threshold: int
     retry: Retry
     gated_routes: tuple[GatedRoute, ...]
+    recheck_on_status: frozenset[int]
+    hold_ms: int
+    hold_max_requests: int
     not_ready: NotReady
     shared_secret: str | None = field(default=None, repr=False)
     probe: Literal["http", "grpc"] = "http"
@@ -120,6 +123,7 @@ class Config:
     dependencies: tuple[Dependency, ...]
     cors: Cors
     source: str  # the file it came from, or "defaults"
+    admin_token: str | None = field(default=None, repr=False)
 
 
 

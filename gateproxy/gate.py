@@ -2,8 +2,10 @@
 
 `Gate.decide` reads the request line (method, target, two header names) and the live
 dependency states, and says what happens: the proxy answers it itself (health, an admin
-endpoint, 404 under the admin prefix), it is a bad request, it waits for a first probe,
-it gets the gate's 503, or it is forwarded with the target to send. The usual aiohttp
+endpoint, 404 under the admin prefix), it is a bad request, it waits (for a first probe,
+or, with `hold_ms`, for a dependency that is down to come back), it gets the gate's 503,
+or it is forwarded with the target to send. A dependency in maintenance is not up for the
+gate, whatever its probes say. The usual aiohttp
 path and the fast path both act on this one verdict; neither judges a path on its own.
 The target forwarded is the path in the form it was judged (docs/gate.md).
 """
@@ -50,7 +52,16 @@ class Reject:
 
 @dataclass(frozen=True, slots=True)
 class Wait:
-    guard: Guard  # its first probe is running: decide again when it ends
+    """Wait for a change of the guard's dependency, then decide again (`waited=True`):
+    its first probe is running, or it is down and holds its requests (`hold`)."""
+
+    guard: Guard
+    hold: bool = False
+
+    @property
+    def timeout_s(self) -> float:
+        dep = self.guard.status.dep
+        return (dep.hold_ms if self.hold else dep.probe_timeout_ms) / 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +78,7 @@ Verdict = Forward | Reject | Wait | BadRequest | Own
 
 
 def _is_blocking(guard: Guard) -> bool:
-    return not guard.status.is_up
+    return not guard.status.admits
 
 
 class Gate:
@@ -86,14 +97,20 @@ class Gate:
         self._health = routes.normalise(health_path)
         self._admin = routes.key(routes.normalise(admin_prefix)) if admin_prefix else None
         self._admin_len = len(self._admin or "")
+        # Every dependency's recheck_on_status: an answer with another status (nearly
+        # all of them) costs the passive check one set lookup.
+        self.recheck_statuses = frozenset(
+            code for guard in self.guards for code in guard.status.dep.recheck_on_status)
 
     @classmethod
     def build(cls, guards: Iterable[Guard], config: Config) -> Gate:
         admin = config.admin_prefix if config.admin_port is None else None
         return cls(guards, config.cors.allow_origins, config.health_path, admin)
 
-    def decide(self, method: str, target: str, headers: Mapping[str, str]) -> Verdict:
-        """What happens to this request; see the module's docstring."""
+    def decide(self, method: str, target: str, headers: Mapping[str, str],
+               waited: bool = False) -> Verdict:
+        """What happens to this request; see the module's docstring. `waited`: after a
+        Wait, which is then not given again."""
         try:
             path, rest = routes.split_target(target)
             normal = routes.normalise(path)
@@ -108,14 +125,20 @@ class Gate:
             return Own(name if name in ADMIN_ENDPOINTS and method in _READ else NOT_FOUND)
         rule = self._blocking_rule(method, normal, headers)
         if rule is not None:
-            guard = rule.target
-            return Wait(guard) if guard.status.state is State.UNKNOWN else Reject(rule)
+            status = rule.target.status
+            if waited or status.maintenance is not None:
+                return Reject(rule)
+            if status.state is State.UNKNOWN:
+                return Wait(rule.target)
+            if status.dep.hold_ms and not status.retries_exhausted:
+                return Wait(rule.target, hold=True)
+            return Reject(rule)
         return Forward(target if normal == path and target[0] == "/" else normal + rest)
 
     def _blocking_rule(self, method: str, normal: str,
                        headers: Mapping[str, str]) -> Rule[Guard] | None:
         for guard in self.guards:
-            if not guard.status.is_up:
+            if not guard.status.admits:
                 break
         else:
             return None  # every dependency is up: nothing to look up
@@ -126,6 +149,15 @@ class Gate:
             if rule is not None:
                 return rule
         return None
+
+    def covering(self, method: str, target: str, status: int) -> list[Guard]:
+        """The guards that are up, recheck on `status` and gate `method` on `target` (a
+        forwarded target): whose dependency that answer may point at."""
+        readings = routes.readings(routes.normalise(routes.split_target(target)[0]))
+        return [guard for guard in self.guards
+                if guard.status.is_up and status in guard.status.dep.recheck_on_status
+                and any(self.table.match(method, reading, guard.__eq__) is not None
+                        for reading in readings)]
 
     def rejection_headers(self, guard: Guard, origin: str | None) -> list[tuple[str, str]]:
         """The headers of the gate's 503, in the order they are written."""

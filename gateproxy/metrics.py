@@ -41,9 +41,9 @@ STATUS_CLASSES = (OTHER, "1xx", "2xx", "3xx", "4xx", "5xx", OTHER, OTHER, OTHER,
 
 
 class _DependencyUp(Collector):
-    """`gateproxy_dependency_up` and `gateproxy_dependency_info` (how it is probed, and
-    where), read from the statuses at scrape time, so that a dependency added or removed
-    by a reload appears or disappears with it."""
+    """`gateproxy_dependency_up`, `gateproxy_dependency_info` (how it is probed, and
+    where), its maintenance and its held requests, read from the statuses at scrape time,
+    so that a dependency added or removed by a reload appears or disappears with it."""
 
     def __init__(self, statuses: Callable[[], Iterable[DependencyStatus]]) -> None:
         self._statuses = statuses
@@ -55,11 +55,18 @@ class _DependencyUp(Collector):
         info = GaugeMetricFamily("gateproxy_dependency_info",
                                  "Always 1: how each dependency is probed, and where",
                                  labels=["dependency", "probe", "endpoint"])
+        maintenance = GaugeMetricFamily("gateproxy_dependency_maintenance",
+                                        "1 while the dependency is in maintenance (by hand)",
+                                        labels=["dependency"])
+        held = GaugeMetricFamily("gateproxy_held_requests",
+                                 "Gated requests waiting for the dependency (hold_ms)",
+                                 labels=["dependency"])
         for status in self._statuses():
             up.add_metric([status.dep.name], 1.0 if status.is_up else 0.0)
             info.add_metric([status.dep.name, status.dep.probe, status.base_url], 1.0)
-        yield up
-        yield info
+            maintenance.add_metric([status.dep.name], float(status.maintenance is not None))
+            held.add_metric([status.dep.name], float(status.held))
+        yield from (up, info, maintenance, held)
 
 
 class Metrics:
@@ -103,6 +110,9 @@ class Metrics:
         reloads = Counter(
             "gateproxy_config_reloads", "Configuration reloads by result",
             ["result"], registry=registry)
+        self._holds = Counter(
+            "gateproxy_hold_outcomes", "Held requests (hold_ms) by how their wait ended",
+            ["dependency", "outcome"], registry=registry)
         self.reload_applied = reloads.labels("applied")
         self.reload_rejected = reloads.labels("rejected")
 
@@ -125,6 +135,9 @@ class Metrics:
         inc, add_recent = adds
         inc()
         add_recent()
+
+    def count_hold(self, dependency: str, outcome: str) -> None:
+        self._holds.labels(dependency, outcome).inc()
 
     def count_forwarded(self, method: str, status: int) -> None:
         self._forwarded.get(method, self._forwarded_other)[status // 100]()

@@ -1,7 +1,11 @@
 """The probe loop of one dependency: probes, feeds the status, logs what changed.
 
-It never raises. Besides its own schedule it probes on demand (a gated request while the
-dependency is down) so that a recovery under traffic is seen within about a second.
+It never raises. Besides its own schedule it probes on demand, at most one probe at a
+time and one a second: a gated request while the dependency is down and requests held
+for it (`hold_ms`), so that a recovery under traffic is seen within about a second; an
+answer of the upstream that points at the dependency while it is up (`recheck_on_status`),
+so that a failure is seen within about a second too. It also holds the dependency's
+maintenance switch (admin endpoint) and wakes whoever waits for a change of either.
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ from collections.abc import Callable
 from gateproxy.config import Dependency
 from gateproxy.logs import log
 from gateproxy.probe import Prober, ProbeResult
-from gateproxy.status import DependencyStatus, Outcome, State, iso
+from gateproxy.status import DependencyStatus, Maintenance, Outcome, iso
 
 RECHECK_AFTER_S = 1.0
+# What made a probe run (the `trigger` of `probe_failed`).
+SCHEDULE, GATED, HELD, UPSTREAM_STATUS = ("schedule", "gated_request", "held_request",
+                                          "upstream_status")
 # What to look at first, for the failures whose cause is on this side.
 HINTS = {
     "grpc_unauthenticated": "docker-runner refused the signature: check that "
@@ -34,10 +41,11 @@ class Monitor:
         self._clock = clock
         self._on_result = on_result
         self._wake = asyncio.Event()
-        self._first_done = asyncio.Event()
+        # Set and replaced on every change of state or maintenance: wakes all its waiters.
+        self._changed = asyncio.Event()
         self._probing = False
         self._last_probe_end = 0.0  # monotonic
-        self._on_demand = False  # the pending wake-up came from request_recheck
+        self._trigger: str | None = None  # the pending wake-up's, from request_recheck
         self._quiet_until = 0.0  # monotonic; on-demand failures before it log at DEBUG
         self._task: asyncio.Task[None] | None = None
 
@@ -66,7 +74,7 @@ class Monitor:
             self.start()
         self._wake.set()
 
-    async def probe_once(self, on_demand: bool = False) -> Outcome:
+    async def probe_once(self, trigger: str = SCHEDULE) -> Outcome:
         """One probe, recorded and logged (also used for the fail-fast start)."""
         self._probing = True
         try:
@@ -79,31 +87,71 @@ class Monitor:
             outcome = self.status.record_success(now, result.duration_ms)
         else:
             outcome = self.status.record_failure(now, result.duration_ms, result.error)
-        self._first_done.set()
-        self._log(result, outcome, on_demand)
+        if outcome.transition is not None or outcome.exhausted:
+            self._changed_now()
+        self._log(result, outcome, trigger)
         if self._on_result is not None:
             self._on_result(self.status, result)
         return outcome
 
-    async def wait_first(self, timeout_s: float) -> None:
-        """Wait (bounded) for the first probe result while the status is unknown."""
-        if self.status.state is State.UNKNOWN:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout_s):
-                    await self._first_done.wait()
+    def _changed_now(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
-    def request_recheck(self) -> None:
-        """A gated request saw the dependency down: probe now unless one just ran."""
+    async def wait_change(self, timeout_s: float) -> None:
+        """Wait (bounded) for the next change of state or maintenance (a first probe's
+        result is one)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._changed.wait()
+
+    async def hold(self, timeout_s: float, limit: int) -> bool:
+        """Wait (bounded) for a change, as one of at most `limit` held requests, probing
+        about once a second meanwhile; False at once when `limit` already wait."""
+        status = self.status
+        if status.held >= limit:
+            return False
+        status.held += 1
+        self._wake.set()  # the probe loop shortens its pause while requests are held
+        try:
+            await self.wait_change(timeout_s)
+        finally:
+            status.held -= 1
+        return True
+
+    def request_recheck(self, trigger: str = GATED) -> None:
+        """Traffic says the state may be stale: probe now unless one runs or just ran."""
         if (not self._probing and not self.status.retries_exhausted
                 and time.monotonic() - self._last_probe_end > RECHECK_AFTER_S):
-            self._on_demand = True
+            self._trigger = trigger
             self._wake.set()
 
+    def start_maintenance(self, reason: str | None) -> bool:
+        """Close the gated routes until `end_maintenance`, whatever the probes say;
+        False when maintenance was already on (its start and reason stay)."""
+        if self.status.maintenance is not None:
+            return False
+        self.status.set_maintenance(Maintenance(self._clock(), reason))
+        log.warning("maintenance_started", dependency=self.dep.name, reason=reason)
+        self._changed_now()
+        return True
+
+    def end_maintenance(self) -> bool:
+        """End maintenance; False when it was not on."""
+        maintenance = self.status.maintenance
+        if maintenance is None:
+            return False
+        self.status.set_maintenance(None)
+        log.warning("maintenance_ended", dependency=self.dep.name, reason=maintenance.reason,
+                    durationMs=round((self._clock() - maintenance.since) * 1000))
+        self._changed_now()
+        return True
+
     async def _run(self) -> None:
-        on_demand = False
+        trigger = SCHEDULE
         while True:
             try:
-                outcome = await self.probe_once(on_demand)
+                outcome = await self.probe_once(trigger)
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let a bug end the loop: log, back off, go on
@@ -111,20 +159,37 @@ class Monitor:
                 outcome = Outcome(None, self.dep.retry.max_delay_ms, False)
             if outcome.next_delay_ms is None:
                 return  # retries exhausted: a reload starts the loop again
-            self._wake.clear()
-            self._on_demand = False
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(outcome.next_delay_ms / 1000):
-                    await self._wake.wait()
-            on_demand = self._on_demand
+            trigger = await self._pause(outcome.next_delay_ms / 1000)
 
-    def _log(self, result: ProbeResult, outcome: Outcome, on_demand: bool) -> None:
+    async def _pause(self, delay_s: float) -> str:
+        """Wait for the next probe: `delay_s`, or less for a recheck asked meanwhile, or
+        one second after the last probe while requests are held. Its trigger."""
+        self._trigger = None
+        deadline = time.monotonic() + delay_s
+        while True:
+            self._wake.clear()
+            now = time.monotonic()
+            timeout = deadline - now
+            held = self.status.held > 0
+            if held:
+                timeout = min(timeout, self._last_probe_end + RECHECK_AFTER_S - now)
+            if timeout <= 0:
+                return HELD if held and now < deadline else SCHEDULE
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            if self._trigger is not None:
+                trigger, self._trigger = self._trigger, None
+                return trigger
+
+    def _log(self, result: ProbeResult, outcome: Outcome, trigger: str) -> None:
         status = self.status
         dep = self.dep
         if result.error is not None:
             # Traffic-driven rechecks must not make the log grow with the request rate:
             # a failure gets an ERROR line only as often as the backoff alone would.
             now = time.monotonic()
+            on_demand = trigger != SCHEDULE
             level = "DEBUG" if on_demand and now < self._quiet_until else "ERROR"
             if level == "ERROR":
                 self._quiet_until = now + (outcome.next_delay_ms or 0) / 1000
@@ -135,6 +200,7 @@ class Monitor:
                 dependency=dep.name,
                 probe=dep.probe,
                 baseUrl=status.base_url,
+                trigger=trigger,
                 **({"hint": hint} if hint else {}),
                 errorCode=result.error.code,
                 message=result.error.message,

@@ -385,6 +385,16 @@ def string_set(loader: Loader, path: Path, value: Any) -> frozenset[str] | None:
     return frozenset(value)
 
 
+def status_codes(loader: Loader, path: Path, value: Any) -> frozenset[int] | None:
+    """A list of HTTP status codes (100-599)."""
+    if not isinstance(value, list):
+        loader.problem(path, f"must be a list of HTTP status codes, got {kind(value)}")
+        return None
+    read = integer(100, 599)
+    codes = [read(loader, (*path, i), item) for i, item in enumerate(value)]
+    return None if None in codes else frozenset(c for c in codes if c is not None)
+
+
 def secret(loader: Loader, path: Path, value: Any) -> str | None:
     """A secret from the environment: surrounding blanks dropped, a blank one is none."""
     if value is None:

@@ -100,6 +100,12 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("admin_port", r.optional(_PORT), None, "integer 0–65535 or null",
             "Serve the admin endpoints on this port only; null: on the proxy port. Must "
             "differ from `listen.port`.", live=False),
+    Setting("admin_token", r.secret, None, "secret, environment only",
+            "When set, the admin endpoints that change state (`POST`/`DELETE` "
+            "`dependencies/{name}/maintenance` on `admin_port`) require `Authorization: "
+            "Bearer <token>`. Never in a file, never printed (`<redacted>`) or logged.",
+            live=False, env="GATEPROXY_ADMIN_TOKEN", in_file=False,
+            show=lambda secret: "<redacted>" if secret else None),
     Setting("log.format", r.choice("json", "text"), "json", "`json` or `text`",
             "One JSON object per line on stderr, or plain text for people.",
             env="GATEPROXY_LOG_FORMAT"),
@@ -170,6 +176,16 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "Requests answered 503 while the dependency is not up; `methods` limits a "
             "prefix to those HTTP methods (GET gates HEAD too). An entry of your own: `[]`.",
             builtin=["/api/containers"], show=_routes_shown),
+    Setting(f"{DEP}recheck_on_status", r.status_codes, [502, 503, 504],
+            "list of HTTP status codes",
+            "A forwarded request on a gated route answered with one of these (while the "
+            "dependency is up) triggers a probe at once: at most one in flight and one per "
+            "second. `[]`: off.", show=sorted),
+    Setting(f"{DEP}hold_ms", _MS, 0, "integer ≥ 0",
+            "While the dependency is down, a gated request waits up to this long for it to "
+            "come back before it gets the 503 (0: off, the 503 at once)."),
+    Setting(f"{DEP}hold_max_requests", r.integer(1), 100, "integer ≥ 1",
+            "Requests held at once (`hold_ms`); past it the 503 comes at once."),
     Setting(f"{DEP}not_ready.code", r.optional(r.string), None, "string",
             "`error.code` of the gated 503; default: the name in snake case + "
             "`_not_ready`.", builtin="docker_runner_not_ready"),
@@ -223,7 +239,7 @@ def entry_defaults() -> dict[str, Any]:
 
 def file_schema() -> dict[str, Any]:
     """The keys a file may have (a leaf's value here is only a marker)."""
-    return {**_nest((s.path, None) for s in top_level()), "dependencies": None}
+    return {**_nest((s.path, None) for s in top_level() if s.in_file), "dependencies": None}
 
 
 def environment() -> tuple[tuple[str, Setting], ...]:

@@ -121,6 +121,9 @@ def platform_server(runner: Switchable | None = None) -> web.Application:
                                   "dependencies": {"postgres": {"status": "up"}}})
 
     async def containers(_: web.Request) -> web.Response:
+        if runner is not None and not runner.running:
+            # What the platform-server answers when its call to docker-runner fails.
+            return web.json_response({"error": "docker-runner unavailable"}, status=503)
         return web.json_response({"items": [{"id": "c1", "status": "running"}]})
 
     async def container_events(request: web.Request) -> web.Response:

@@ -51,6 +51,17 @@ class Transition:
 
 
 @dataclass(frozen=True, slots=True)
+class Maintenance:
+    """An operator closed the dependency's gated routes by hand (admin endpoint)."""
+
+    since: float
+    reason: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"since": iso(self.since), "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What one probe result changed, and when to probe next (None: stop probing)."""
 
@@ -78,6 +89,11 @@ class DependencyStatus:
         self.rng = rng or random.Random()
         self.base_url = redact_url(dep.base_url)
         self.state = State.UNKNOWN
+        self.maintenance: Maintenance | None = None
+        # Whether the gate lets its routes through: up and not in maintenance. A plain
+        # attribute, kept in step by _move and set_maintenance: the gate reads it per request.
+        self.admits = False
+        self.held = 0  # requests waiting for it to come back (hold_ms)
         self.since: float | None = None
         self.last_checked_at: float | None = None
         self.last_success_at: float | None = None
@@ -99,6 +115,10 @@ class DependencyStatus:
     @property
     def is_up(self) -> bool:
         return self.state is State.UP
+
+    def set_maintenance(self, maintenance: Maintenance | None) -> None:
+        self.maintenance = maintenance
+        self.admits = self.is_up and maintenance is None
 
     def reconfigure(self, dep: Dependency) -> None:
         """Take new settings (live reload); a reload restarts exhausted probing."""
@@ -173,6 +193,7 @@ class DependencyStatus:
             self.down_since = None
         transition = Transition(now, self.state, new, error, down_for_ms)
         self.state = new
+        self.admits = new is State.UP and self.maintenance is None
         self.since = now
         self.transitions.append(transition)
         self.timeline.record(now, new.value)
@@ -221,6 +242,7 @@ class DependencyStatus:
             "totalChecks": self.total_checks,
             "totalFailures": self.total_failures,
             "retriesExhausted": self.retries_exhausted,
+            "maintenance": self.maintenance.as_dict() if self.maintenance else None,
         }
 
     def last_hour(self, now: float) -> dict[str, Any]:

@@ -27,6 +27,8 @@ ENV_SOURCES = sorted((ROOT / "gateproxy").rglob("*.py"))
 ENV_NAME = re.compile(r'"((?:GATEPROXY|DOCKER_RUNNER|PLATFORM_SERVER|AIOHTTP)_[A-Z0-9_]+)"')
 OWN_ENV = re.compile(r"^(GATEPROXY_|DOCKER_RUNNER_|PLATFORM_SERVER_URL$)")
 DEP = "dependencies[]"
+# The secrets: set by the environment only, shown `<redacted>`.
+SECRETS = {s.key for s in settings.SETTINGS if not s.in_file}
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -165,7 +167,7 @@ def test_each_documented_variable_sets_its_key() -> None:
     values = leaves(check_config(clean_env(**env)))
     for key, row in rows.items():
         expected = env[row["Environment"].strip("`")]
-        if key == f"{DEP}.shared_secret":
+        if key in SECRETS:
             expected = "<redacted>"
         assert shown(values[key]).lower() == expected.lower(), (
             f"{row['Environment']}={env[row['Environment'].strip('`')]} did not set {key}")
@@ -191,8 +193,9 @@ def test_reload_column_matches_what_a_reload_applies(tmp_path: Path) -> None:
     kept = set(_differences(content(new), content(_keep_restart_only(running, new))))
     rows = doc_rows()
     documented = {k for k, r in rows.items() if r["Reload"] == "restart"}
-    # The secret comes from the process environment, which a reload cannot change.
-    assert documented - {f"{DEP}.shared_secret"} == kept
+    # The secrets come from the process environment, which a reload cannot change.
+    assert {f"{DEP}.shared_secret", "admin_token"} == SECRETS
+    assert documented - SECRETS == kept
     assert {r["Reload"] for r in rows.values()} == {"live", "restart"}
 
 

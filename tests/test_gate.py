@@ -25,16 +25,16 @@ from gateproxy.gate import (
 )
 from gateproxy.monitor import Monitor
 from gateproxy.probe import Prober
-from gateproxy.status import DependencyStatus, ProbeError
+from gateproxy.status import DependencyStatus, Maintenance, ProbeError
 
 REFUSED = ProbeError("connection_refused", "refused")
 
 
-def make_gate(state: str, admin_port: int | None = None) -> Gate:
+def make_gate(state: str, admin_port: int | None = None, hold_ms: int = 0) -> Gate:
     """A gate over the default configuration's docker-runner, in `state`."""
     cfg = config.load(None, {})
     cfg = dataclasses.replace(cfg, admin_port=admin_port)
-    dep = dataclasses.replace(cfg.dependencies[0], gated_routes=(
+    dep = dataclasses.replace(cfg.dependencies[0], hold_ms=hold_ms, gated_routes=(
         config.GatedRoute("/api/containers", None),
         config.GatedRoute("/test/workspaces", frozenset({"POST"}))))
     status = DependencyStatus(dep)
@@ -149,3 +149,57 @@ def test_with_an_admin_port_the_prefix_is_an_ordinary_path() -> None:
 
 def test_a_prefix_lookalike_is_not_the_admin_prefix() -> None:
     assert decide("/_gateproxyx/live") == Forward("/_gateproxyx/live")
+
+
+@pytest.mark.parametrize("state", ["up", "down", "unknown"])
+def test_maintenance_closes_the_gated_routes_whatever_the_probes_say(state: str) -> None:
+    gate = make_gate(state, hold_ms=3000)
+    status = gate.guards[0].status
+    status.set_maintenance(Maintenance(5.0, "upgrade"))
+    verdict = decide("/api/containers/x", gate=gate)
+    assert isinstance(verdict, Reject) and verdict.rule.prefix == "/api/containers"
+    assert decide("/api/threads", gate=gate) == Forward("/api/threads")
+    status.set_maintenance(None)
+    after = decide("/api/containers/x", gate=gate)
+    assert {"up": Forward, "down": Wait, "unknown": Wait}[state] is type(after)
+
+
+def test_a_down_dependency_with_hold_ms_holds_then_rejects_after_the_wait() -> None:
+    gate = make_gate("down", hold_ms=3000)
+    verdict = decide("/api/containers/x", gate=gate)
+    assert verdict == Wait(gate.guards[0], hold=True) and verdict.timeout_s == 3.0
+    waited = gate.decide("GET", "/api/containers/x", {}, waited=True)
+    assert isinstance(waited, Reject)
+    assert decide("/api/threads", gate=gate) == Forward("/api/threads")
+    # Without hold_ms, or with probing given up, the 503 comes at once.
+    assert isinstance(decide("/api/containers/x"), Reject)
+    gate.guards[0].status.retries_exhausted = True
+    assert isinstance(decide("/api/containers/x", gate=gate), Reject)
+
+
+def test_a_first_probe_is_waited_for_once() -> None:
+    unknown = make_gate("unknown")
+    verdict = decide("/api/containers/x", gate=unknown)
+    assert verdict == Wait(unknown.guards[0]) and verdict.timeout_s == 2.0
+    assert isinstance(unknown.decide("GET", "/api/containers/x", {}, waited=True), Reject)
+
+
+def test_covering_names_the_dependency_of_a_gated_route_that_is_up() -> None:
+    up = make_gate("up")
+    guard = up.guards[0]
+    assert up.recheck_statuses == {502, 503, 504}
+    assert up.covering("GET", "/api/containers/x?y", 503) == [guard]
+    assert up.covering("DELETE", "/API/Containers", 502) == [guard]
+    assert up.covering("GET", "/api/containers/x", 500) == []  # not in recheck_on_status
+    assert up.covering("GET", "/api/threads", 503) == []  # not a gated route
+    assert up.covering("GET", "/test/workspaces", 503) == []  # POST only
+    assert up.covering("POST", "/test/workspaces", 503) == [guard]
+    assert DOWN.covering("GET", "/api/containers/x", 503) == []  # already down
+
+
+@pytest.mark.parametrize("method", ["POST", "DELETE", "GET"])
+def test_maintenance_paths_on_the_proxy_port_are_not_found_without_an_admin_port(
+        method: str) -> None:
+    path = "/_gateproxy/dependencies/docker-runner/maintenance"
+    assert decide(path, method) == Own(NOT_FOUND)
+    assert decide(path, method, gate=make_gate("down", admin_port=9901)) == Forward(path)

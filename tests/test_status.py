@@ -110,6 +110,7 @@ def test_snapshot_has_the_documented_fields_in_camel_case() -> None:
         "totalChecks": 1,
         "totalFailures": 1,
         "retriesExhausted": False,
+        "maintenance": None,
     }
     status.record_success(1_700_000_001.0, 3)
     assert status.snapshot()["lastError"] is None

@@ -89,7 +89,7 @@ class FastPath:
 
     def __init__(self, gate: Callable[[], Gate], client: UpstreamClient,
                  on_reject: Callable[[Rule[Guard]], None],
-                 on_forwarded: Callable[[str, int], None]) -> None:
+                 on_forwarded: Callable[[str, int, str], None]) -> None:
         self._gate = gate  # the live gate: a reload replaces it
         self._client = client
         self._on_reject = on_reject
@@ -139,13 +139,13 @@ class FastPath:
             upstream = await self._client.send("GET", target, request_headers(request), None)
         except UpstreamError as exc:
             answer = error_response(exc)
-            self._on_forwarded("GET", answer.status)
+            self._on_forwarded("GET", answer.status, target)
             return await _finish(request, answer)
         try:
             head = _framed_head(upstream)
             if head is None:
                 response = await relay(request, upstream)
-                self._on_forwarded("GET", response.status)
+                self._on_forwarded("GET", response.status, target)
                 request._finish()
                 # relay aborts the client connection when the upstream breaks off.
                 transport = handler.transport
@@ -155,7 +155,7 @@ class FastPath:
             transport = handler.transport
             if transport is None:
                 return False
-            self._on_forwarded("GET", upstream.status)
+            self._on_forwarded("GET", upstream.status, target)
             body = upstream.whole_body()
             if body is not None:
                 transport.writelines([head, body])
