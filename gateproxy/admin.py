@@ -23,7 +23,8 @@ from aiohttp import web
 
 from gateproxy import __version__, answers
 from gateproxy.gate import ADMIN_ENDPOINTS
-from gateproxy.metrics import CONTENT_TYPE, Metrics
+from gateproxy.metrics import CONTENT_TYPE
+from gateproxy.monitor import Monitor
 from gateproxy.runtime import Runtime
 from gateproxy.status import DependencyStatus, iso
 
@@ -40,10 +41,14 @@ class View(Protocol):
     @property
     def started_at(self) -> float: ...
 
-    @property
-    def metrics(self) -> Metrics: ...
-
     def statuses(self) -> list[DependencyStatus]: ...
+
+    def exposition(self) -> bytes:
+        """The Prometheus text exposition of the proxy's metrics."""
+
+    def recent(self) -> dict[str, Any]:
+        """Request counts of the last 5 and 60 minutes: `forwarded`, `gated` and `held`
+        (the last two by dependency), as `Metrics.recent` gives them, `held` added."""
 
 _JSON = [("Content-Type", answers.JSON), ("Cache-Control", "no-store")]
 # The page loads nothing from anywhere and talks only to its own origin.
@@ -70,9 +75,12 @@ def readiness(view: View) -> tuple[int, dict[str, Any]]:
     return 200, {"status": "ready"}
 
 
-def _dependency(view: View, status: DependencyStatus, now: float) -> dict[str, Any]:
+_NONE = {"last5m": 0, "last60m": 0}
+
+
+def _dependency(status: DependencyStatus, recent: dict[str, Any],
+                now: float) -> dict[str, Any]:
     dep = status.dep
-    gated = view.metrics.gated_recent.get(dep.name)
     return {
         "name": dep.name,
         "healthKey": dep.health_key,
@@ -82,8 +90,8 @@ def _dependency(view: View, status: DependencyStatus, now: float) -> dict[str, A
                         for r in dep.gated_routes],
         "transitions": [t.as_dict() for t in reversed(status.transitions)],  # newest first
         "lastHour": status.last_hour(now),
-        "gatedRequests": gated.as_dict() if gated else {"last5m": 0, "last60m": 0},
-        "heldRequests": status.held,
+        "gatedRequests": recent["gated"].get(dep.name, _NONE),
+        "heldRequests": recent["held"].get(dep.name, 0),
     }
 
 
@@ -91,7 +99,7 @@ def status_data(view: View) -> dict[str, Any]:
     """What the status page shows, and status.json serves."""
     code, ready = readiness(view)
     now = time.time()
-    metrics = view.metrics
+    recent = view.recent()
     return {
         "service": "gateproxy",
         "version": __version__,
@@ -102,8 +110,8 @@ def status_data(view: View) -> dict[str, Any]:
         "draining": view.draining,
         "config": view.runtime.version.as_dict(),
         # Forwarded requests belong to no dependency: they are counted for the proxy.
-        "forwardedRequests": metrics.forwarded_recent.as_dict(),
-        "dependencies": [_dependency(view, s, now) for s in view.statuses()],
+        "forwardedRequests": recent["forwarded"],
+        "dependencies": [_dependency(s, recent, now) for s in view.statuses()],
     }
 
 
@@ -136,7 +144,7 @@ def endpoints(app: web.Application, view: View) -> dict[str, Handler]:
         return response
 
     async def metrics(_: web.Request) -> web.Response:
-        return answers.own(200, view.metrics.exposition(),
+        return answers.own(200, view.exposition(),
                            [("Content-Type", CONTENT_TYPE), ("Cache-Control", "no-store")])
 
     handlers: dict[str, Handler] = {"live": live, "ready": ready, "status": status_page,
@@ -185,7 +193,8 @@ def maintenance_endpoint(view: View) -> Handler:
             return answer
         name = request.match_info["name"]
         guard = next((g for g in view.runtime.guards if g.status.dep.name == name), None)
-        if guard is None:
+        # (Only the process that probes, not a worker that follows it, owns a Monitor.)
+        if guard is None or not isinstance(guard.monitor, Monitor):
             return answers.error("not_found", "no such dependency")
         if request.method == "POST":
             try:
@@ -198,3 +207,17 @@ def maintenance_endpoint(view: View) -> Handler:
         return _json(200, {"name": name, **guard.status.snapshot()})
 
     return maintenance
+
+
+def application(view: View, maintenance: bool) -> web.Application:
+    """The admin endpoints as an application of their own (the admin port), with the
+    maintenance endpoint, which changes state, when `maintenance`."""
+    app = web.Application()
+    prefix = view.runtime.config.admin_prefix
+    for name, handler in endpoints(app, view).items():
+        app.router.add_get(f"{prefix}/{name}", handler)
+    if maintenance:
+        control = maintenance_endpoint(view)
+        app.router.add_route("POST", MAINTENANCE.format(prefix=prefix), control)
+        app.router.add_route("DELETE", MAINTENANCE.format(prefix=prefix), control)
+    return app

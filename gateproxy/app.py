@@ -9,9 +9,8 @@ loops. SIGTERM: `ready` turns 503 at once, everything else is served for
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 import time
+from typing import Any
 
 from aiohttp import HttpVersion11, hdrs, web
 
@@ -19,7 +18,9 @@ from gateproxy import accesslog, admin, answers, checks, health, serving, websoc
 from gateproxy.aio import check, fastpath
 from gateproxy.aio.client import FastUpstream
 from gateproxy.config import Config, Dependency
+from gateproxy.control import WorkerLink
 from gateproxy.gate import (
+    ADMIN_ENDPOINTS,
     HEALTH,
     NOT_FOUND,
     BadRequest,
@@ -33,7 +34,7 @@ from gateproxy.gate import (
 )
 from gateproxy.logs import log
 from gateproxy.metrics import Metrics
-from gateproxy.monitor import UPSTREAM_STATUS, Monitor
+from gateproxy.monitor import UPSTREAM_STATUS, Monitor, Watch, first_required_down
 from gateproxy.probe import Prober
 from gateproxy.proxy import Forwarder
 from gateproxy.routes import Rule
@@ -50,7 +51,11 @@ _VERDICT: web.RequestKey[Verdict] = web.RequestKey("gateproxy_verdict")
 class Gateway:
     """The running proxy: its dependencies, its gate, its listeners."""
 
-    def __init__(self, config: Config, upstream: UpstreamClient | None = None) -> None:
+    def __init__(self, config: Config, upstream: UpstreamClient | None = None,
+                 link: WorkerLink | None = None) -> None:
+        # With a link, this is one of several workers (gateproxy/supervisor.py): it follows
+        # the supervisor's probes and shares the port.
+        self._link = link
         self.fence = check.inspect(config.fast_path)
         self.metrics = Metrics(self.statuses, lambda: self.websockets.open_count)
         self.prober = Prober()
@@ -65,12 +70,13 @@ class Gateway:
         self.draining = False
         self.started_at = time.time()
         self._runners: list[web.AppRunner] = []
-        self._reuse_port = False
 
     def make_guard(self, dep: Dependency) -> Guard:
         status = DependencyStatus(dep)
-        return Guard(status, Monitor(status, self.prober, on_result=self.metrics.observe_probe),
-                     answers.error_body(dep.not_ready.code, dep.not_ready.message))
+        watch: Watch = (self._link.follow(status) if self._link is not None else
+                        Monitor(status, self.prober, on_result=self.metrics.observe_probe))
+        return Guard(status, watch, answers.error_body(dep.not_ready.code,
+                                                       dep.not_ready.message))
 
     def statuses(self) -> list[DependencyStatus]:
         return [g.status for g in self.runtime.guards]
@@ -88,6 +94,17 @@ class Gateway:
     def guards(self) -> tuple[Guard, ...]:
         return self.runtime.gate.guards
 
+    def exposition(self) -> bytes:
+        return self.metrics.exposition()
+
+    def recent(self) -> dict[str, Any]:
+        return {**self.metrics.recent(),
+                "held": {s.dep.name: s.held for s in self.statuses()}}
+
+    def stats(self) -> dict[str, Any]:
+        """What a worker reports to its supervisor every second."""
+        return {"metrics": self.exposition().decode(), "recent": self.recent()}
+
     def count_reload(self, applied: bool) -> None:
         (self.metrics.reload_applied if applied else self.metrics.reload_rejected).inc()
 
@@ -100,7 +117,8 @@ class Gateway:
         app = web.Application(handler_args={"max_field_size": 16384,
                                             "auto_decompress": False,
                                             "keepalive_timeout": 75.0})
-        self._admin = admin.endpoints(app, self)
+        self._admin = (admin.endpoints(app, self) if self._link is None
+                       else self._link.admin_handlers(ADMIN_ENDPOINTS))
         # One route: the gate's verdict decides every request, the proxy's own paths
         # included. `[\s\S]`, not `.`: `.` stops at a decoded `%0A`, which would get
         # aiohttp's own 404 instead of the gate's 400.
@@ -110,15 +128,7 @@ class Gateway:
         return app
 
     def admin_app(self) -> web.Application:
-        app = web.Application()
-        prefix = self.config.admin_prefix
-        for name, handler in admin.endpoints(app, self).items():
-            app.router.add_get(f"{prefix}/{name}", handler)
-        # Changes of state: on the admin port only, never reachable through the proxy's.
-        control = admin.maintenance_endpoint(self)
-        app.router.add_route("POST", admin.MAINTENANCE.format(prefix=prefix), control)
-        app.router.add_route("DELETE", admin.MAINTENANCE.format(prefix=prefix), control)
-        return app
+        return admin.application(self, maintenance=True)
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
         cfg = self.config
@@ -225,22 +235,16 @@ class Gateway:
 
     async def start(self) -> None:
         """Fail fast on required dependencies, listen, then start probing."""
-        for guard in self.guards:
-            if not guard.status.dep.optional:
-                await guard.monitor.probe_once()
-                if not guard.status.is_up:
-                    error = guard.status.last_error
-                    raise StartupError(
-                        f"required dependency {guard.status.dep.name} is not ready "
-                        f"({error.code if error else 'unknown'}: "
-                        f"{error.message if error else ''})")
+        down = await first_required_down(g.monitor for g in self.guards)
+        if down is not None:
+            raise StartupError(down)
         cfg = self.config
         fast = None
         if self.fence.fast_path:
             fast = fastpath.FastPath(lambda: self.runtime.gate, self.forwarder.client,
                                      self.on_reject, self.count_forwarded)
         await self._listen(self.main_app(), cfg.listen.host, cfg.listen.port, fast)
-        if cfg.admin_port is not None:
+        if cfg.admin_port is not None and self._link is None:  # a supervisor's, else
             await self._listen(self.admin_app(), cfg.listen.host, cfg.admin_port)
         for guard in self.guards:
             guard.monitor.start()
@@ -252,7 +256,7 @@ class Gateway:
                       fast: fastpath.FastPath | None = None) -> None:
         self._runners.append(await serving.listen(
             app, host, port, fence=self.fence, config=lambda: self.config, fast=fast,
-            reuse_port=self._reuse_port))
+            reuse_port=self._link is not None))
 
     @property
     def port(self) -> int:
@@ -281,16 +285,6 @@ class Gateway:
 
     async def serve_until_signalled(self) -> None:
         """Run until SIGTERM or SIGINT, then drain and stop (README, "Shutdown")."""
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        signals = (signal.SIGTERM, signal.SIGINT)
-        for sig in signals:
-            loop.add_signal_handler(sig, stopping.set)
-        try:
-            await stopping.wait()
-            log.info("shutdown_requested", delayMs=self.config.shutdown_delay_ms)
-            await self.stop(self.config.shutdown_delay_ms / 1000)
-        finally:
-            for sig in signals:
-                with contextlib.suppress(ValueError, RuntimeError):
-                    loop.remove_signal_handler(sig)
+        await serving.until_signalled()
+        log.info("shutdown_requested", delayMs=self.config.shutdown_delay_ms)
+        await self.stop(self.config.shutdown_delay_ms / 1000)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
+import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -18,6 +20,7 @@ import yaml
 from gateproxy import __version__, config, logs
 from gateproxy.aio import check
 from gateproxy.app import Gateway
+from gateproxy.control import WorkerLink
 from gateproxy.logs import log
 from gateproxy.reload import Reloader
 from gateproxy.serving import StartupError
@@ -34,6 +37,13 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--config", metavar="PATH",
                          help=f"YAML configuration file (default: ${config.CONFIG_ENV})")
+    # Started by the supervisor of `workers: N`; not for people (hidden from --help).
+    worker = sub.add_parser("worker")
+    worker.add_argument("--config", metavar="PATH")
+    for flag in ("--control", "--admin"):
+        worker.add_argument(flag, required=True, metavar="SOCKET")
+    worker.add_argument("--port", type=int, required=True)
+    worker.add_argument("--index", type=int, required=True)
     demo = sub.add_parser("demo", help="run everything on loopback with stand-ins",
                           description="Run gateproxy in front of a stand-in platform-server "
                           "and a stand-in docker-runner that goes down and comes back.")
@@ -54,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unsafe:
         print(f"gateproxy: refusing to start: {unsafe}", file=sys.stderr)
         return 2
+    if command == "worker":
+        return work(args)
     if command == "demo":
         from gateproxy import demo
 
@@ -83,6 +95,9 @@ def serve(path: str | None) -> int:
     if cfg is None:
         return 2
     logs.configure(cfg.log.format, cfg.log.level)
+    workers = usable_cpus() if cfg.workers == "auto" else cfg.workers
+    if workers > 1:
+        return run(_supervise(cfg, workers))
     return run(_serve(cfg))
 
 
@@ -97,6 +112,62 @@ async def _serve(cfg: config.Config) -> int:
     async with Reloader(gateway).running():
         await gateway.serve_until_signalled()
     return 0
+
+
+async def _supervise(cfg: config.Config, workers: int) -> int:
+    from gateproxy.supervisor import Supervisor
+
+    try:
+        await Supervisor(cfg, workers).run()
+    except StartupError as exc:
+        log.error("startup_failed", message=str(exc))
+        return 1
+    return 0
+
+
+def work(args: argparse.Namespace) -> int:
+    """One worker of a supervisor: the proxy's port, following the supervisor."""
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    log.configure(extra={"worker": args.index})
+    logs.configure(cfg.log.format, cfg.log.level)
+    cfg = dataclasses.replace(cfg, listen=dataclasses.replace(cfg.listen, port=args.port))
+    return run(_work(cfg, WorkerLink(args.control, args.admin, args.index)))
+
+
+async def _work(cfg: config.Config, link: WorkerLink) -> int:
+    gateway = Gateway(cfg, link=link)
+    try:
+        await gateway.start()
+    except StartupError as exc:
+        log.error("startup_failed", message=str(exc))
+        await gateway.stop()
+        return 1
+    reloader = Reloader(gateway)
+    await link.start(gateway.stats, lambda: reloader.reload("supervisor"))
+    # The supervisor decides when to stop (a terminal's Ctrl-C reaches the whole group).
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: None)
+    await link.closed.wait()
+    await gateway.stop(0.0)
+    await link.close()
+    return 0
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity, capped by its cgroup's CPU limit
+    (a Kubernetes `limits.cpu`), at least 1."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            quota, period = f.read().split()
+        if quota != "max":
+            cpus = min(cpus, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit to read
+    return max(1, cpus)
 
 
 def run(main: Coroutine[Any, Any, int]) -> int:

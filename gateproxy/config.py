@@ -113,6 +113,7 @@ class Config:
     listen: Listen
     upstream: Upstream
     fast_path: bool  # see gateproxy/aio/
+    workers: int | Literal["auto"]
     health_path: str
     admin_prefix: str
     admin_port: int | None

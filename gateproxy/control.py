@@ -28,7 +28,8 @@ from aiohttp import web
 
 from gateproxy.config import Dependency
 from gateproxy.logs import log
-from gateproxy.status import DependencyStatus, State
+from gateproxy.monitor import GATED, HELD, RECHECK_AFTER_S
+from gateproxy.status import DependencyStatus
 
 STATS_EVERY_S: Final = 1.0
 RECHECK_EVERY_S: Final = 0.5  # a worker asks for a recheck at most this often
@@ -52,13 +53,14 @@ async def read(reader: asyncio.StreamReader) -> Message | None:
 
 
 class Follower:
-    """A worker's stand-in for a Monitor: the status follows the supervisor's, and a
-    recheck is asked of the supervisor."""
+    """A worker's Watch: the status mirrors the supervisor's Monitor, and a recheck is
+    asked of the supervisor."""
 
     def __init__(self, status: DependencyStatus, link: WorkerLink) -> None:
         self.status = status
         self._link = link
-        self._known = asyncio.Event()  # the supervisor has said something other than unknown
+        # Set and replaced when the state or maintenance changes: wakes all its waiters.
+        self._changed = asyncio.Event()
         self._asked = 0.0
 
     def start(self) -> None:
@@ -70,24 +72,47 @@ class Follower:
     def reconfigure(self, dep: Dependency) -> None:
         self.status.reconfigure(dep)
 
-    def update(self, exported: dict[str, Any]) -> None:
-        self.status.mirror(exported)
-        if self.status.state is not State.UNKNOWN:
-            self._known.set()
+    def update(self, exported: dict[str, Any]) -> bool:
+        """Mirror the supervisor's status; True when its state or maintenance changed."""
+        status = self.status
+        before = (status.state, status.maintenance)
+        status.mirror(exported)
+        if (status.state, status.maintenance) == before:
+            return False
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return True
 
-    async def wait_first(self, timeout_s: float) -> None:
-        if self.status.state is State.UNKNOWN:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout_s):
-                    await self._known.wait()
+    async def wait_change(self, timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._changed.wait()
 
-    def request_recheck(self) -> None:
+    async def hold(self, timeout_s: float, limit: int) -> bool:
+        """As Monitor.hold, the probes (about one a second while requests are held)
+        asked of the supervisor."""
+        status = self.status
+        if status.held >= limit:
+            return False
+        status.held += 1
+        changed = self._changed
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not changed.is_set() and (left := deadline - time.monotonic()) > 0:
+                self.request_recheck(HELD)
+                await self.wait_change(min(left, RECHECK_AFTER_S))
+        finally:
+            status.held -= 1
+        return True
+
+    def request_recheck(self, trigger: str = GATED) -> None:
         # The supervisor's monitor keeps to one probe in flight and one a second; this
         # only keeps a busy worker from sending a message per gated request.
         now = time.monotonic()
         if now - self._asked >= RECHECK_EVERY_S:
             self._asked = now
-            self._link.send({"t": "recheck", "name": self.status.dep.name})
+            self._link.send({"t": "recheck", "name": self.status.dep.name,
+                             "trigger": trigger})
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -131,8 +156,8 @@ class WorkerLink:
             kind = message.get("t")
             if kind == "status":
                 follower = self._followers.get(message["name"])
-                if follower is not None:  # a dependency this worker does not have yet
-                    follower.update(message["state"])
+                # (None: a dependency this worker's configuration does not have yet.)
+                if follower is not None and follower.update(message["state"]):
                     log.debug("status_followed", dependency=message["name"],
                               status=follower.status.state.value)
             elif kind == "reload":

@@ -19,7 +19,7 @@ from typing import Final
 
 from gateproxy import routes
 from gateproxy.config import Config
-from gateproxy.monitor import Monitor
+from gateproxy.monitor import Watch
 from gateproxy.routes import BadPath, RouteTable, Rule
 from gateproxy.status import DependencyStatus, State
 
@@ -36,7 +36,7 @@ class Guard:
     """One dependency as the gate sees it."""
 
     status: DependencyStatus
-    monitor: Monitor
+    monitor: Watch
     body: bytes  # the exact 503 body
 
 

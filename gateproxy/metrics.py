@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
@@ -149,6 +150,13 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    def recent(self) -> dict[str, Any]:
+        """The status page's counts for the last 5 and 60 minutes: forwarded requests,
+        and gated ones by dependency."""
+        return {"forwarded": self.forwarded_recent.as_dict(),
+                "gated": {name: buckets.as_dict()
+                          for name, buckets in self.gated_recent.items()}}
 
 
 class _TimedUpstream:

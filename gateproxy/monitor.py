@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from gateproxy.config import Dependency
 from gateproxy.logs import log
@@ -31,15 +32,38 @@ HINTS = {
 }
 
 
+class Watch(Protocol):
+    """What the proxy asks of whatever keeps a dependency's status: a Monitor, which
+    probes, or in a worker process a Follower (gateproxy/control.py), which mirrors the
+    supervisor's Monitor."""
+
+    status: DependencyStatus
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def reconfigure(self, dep: Dependency) -> None: ...
+
+    async def wait_change(self, timeout_s: float) -> None: ...
+
+    async def hold(self, timeout_s: float, limit: int) -> bool: ...
+
+    def request_recheck(self, trigger: str = GATED) -> None: ...
+
+
 class Monitor:
+    """Probes one dependency on its schedule and on demand; the status's only writer."""
+
     def __init__(self, status: DependencyStatus, prober: Prober,
                  clock: Callable[[], float] = time.time,
-                 on_result: Callable[[DependencyStatus, ProbeResult], None] | None = None
-                 ) -> None:
+                 on_result: Callable[[DependencyStatus, ProbeResult], None] | None = None,
+                 on_maintenance: Callable[[DependencyStatus], None] | None = None) -> None:
         self.status = status
         self._prober = prober
         self._clock = clock
         self._on_result = on_result
+        self._on_maintenance = on_maintenance
         self._wake = asyncio.Event()
         # Set and replaced on every change of state or maintenance: wakes all its waiters.
         self._changed = asyncio.Event()
@@ -133,7 +157,7 @@ class Monitor:
             return False
         self.status.set_maintenance(Maintenance(self._clock(), reason))
         log.warning("maintenance_started", dependency=self.dep.name, reason=reason)
-        self._changed_now()
+        self._maintenance_changed()
         return True
 
     def end_maintenance(self) -> bool:
@@ -144,8 +168,13 @@ class Monitor:
         self.status.set_maintenance(None)
         log.warning("maintenance_ended", dependency=self.dep.name, reason=maintenance.reason,
                     durationMs=round((self._clock() - maintenance.since) * 1000))
-        self._changed_now()
+        self._maintenance_changed()
         return True
+
+    def _maintenance_changed(self) -> None:
+        self._changed_now()
+        if self._on_maintenance is not None:
+            self._on_maintenance(self.status)
 
     async def _run(self) -> None:
         trigger = SCHEDULE
@@ -225,3 +254,19 @@ class Monitor:
         else:
             log.info("dependency_up", dependency=dep.name, probe=dep.probe,
                      baseUrl=status.base_url, durationMs=result.duration_ms)
+
+
+async def first_required_down(watches: Iterable[Watch]) -> str | None:
+    """Probe each required (`optional: false`) dependency once, for the fail-fast start:
+    what is wrong with the first one that is not up, or None."""
+    for watch in watches:
+        status = watch.status
+        if status.dep.optional or not isinstance(watch, Monitor):
+            continue
+        await watch.probe_once()
+        if not status.is_up:
+            error = status.last_error
+            return (f"required dependency {status.dep.name} is not ready "
+                    f"({error.code if error else 'unknown'}: "
+                    f"{error.message if error else ''})")
+    return None

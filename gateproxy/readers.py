@@ -401,3 +401,11 @@ def secret(loader: Loader, path: Path, value: Any) -> str | None:
         return None
     text = str(value).strip()
     return text or None
+
+
+def workers(loader: Loader, path: Path, value: Any) -> int | str | None:
+    """A number of worker processes (1 to 64), or `auto`."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    count: int | None = integer(1, 64)(loader, path, value)
+    return count

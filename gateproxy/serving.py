@@ -1,9 +1,13 @@
-"""Opening a listener for an aiohttp application, with what the fence allows: the
-connection limits and, on the proxy's port, the fast path."""
+"""Opening a listener for an aiohttp application, with what the fence allows (the
+connection limits and, on the proxy's port, the fast path), and waiting for the signal
+to stop."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import signal
 from collections.abc import Callable
 
 from aiohttp import web
@@ -57,3 +61,18 @@ def bound_port(runner: web.AppRunner) -> int:
         if isinstance(address, tuple):
             return int(address[1])
     raise RuntimeError("the listener has no TCP address")
+
+
+async def until_signalled(signals: tuple[signal.Signals, ...] = (signal.SIGTERM,
+                                                                 signal.SIGINT)) -> None:
+    """Return when one of `signals` arrives."""
+    loop = asyncio.get_running_loop()
+    arrived = asyncio.Event()
+    for sig in signals:
+        loop.add_signal_handler(sig, arrived.set)
+    try:
+        await arrived.wait()
+    finally:
+        for sig in signals:
+            with contextlib.suppress(ValueError, RuntimeError):
+                loop.remove_signal_handler(sig)

@@ -91,6 +91,10 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "`data_received`, and the lean keep-alive upstream client. `false` serves on "
             "aiohttp's public APIs only (its usual request path and ClientSession).",
             live=False, env="GATEPROXY_FAST_PATH"),
+    Setting("workers", r.workers, 1, "integer 1–64, or `auto`",
+            "Processes serving the proxy's port (SO_REUSEPORT); above 1 a supervisor probes "
+            "once for all and serves the admin endpoints. `auto`: the CPUs this process may "
+            "use (its cgroup's CPU limit counts).", live=False, env="GATEPROXY_WORKERS"),
     Setting("health_path", r.abs_path, "/health", "path",
             "Answered by gateproxy: the platform-server's health plus each dependency's "
             "state.", live=False),

@@ -207,19 +207,22 @@ class DependencyStatus:
 
     def export(self) -> dict[str, Any]:
         """The state as plain data, for a worker process to `mirror` (gateproxy/workers)."""
-        error = self.last_error
+        error, maintenance = self.last_error, self.maintenance
         return {"state": self.state.value,
                 "last_error": None if error is None else
                 [error.code, error.message, error.status_code],
+                "maintenance": None if maintenance is None else
+                [maintenance.since, maintenance.reason],
                 **{name: getattr(self, name) for name in self._MIRRORED}}
 
     def mirror(self, exported: dict[str, Any]) -> None:
         """Take the state another process `export`ed (a worker follows the supervisor)."""
         self.state = State(exported["state"])
-        error = exported["last_error"]
+        error, maintenance = exported["last_error"], exported["maintenance"]
         self.last_error = None if error is None else ProbeError(*error)
         for name in self._MIRRORED:
             setattr(self, name, exported[name])
+        self.set_maintenance(None if maintenance is None else Maintenance(*maintenance))
 
     def snapshot(self) -> dict[str, Any]:
         """The camelCase view /health and status.json show; a gRPC dependency also has the
