@@ -39,6 +39,10 @@ class View(Protocol):
     def draining(self) -> bool: ...
 
     @property
+    def serving(self) -> bool:
+        """Whether the proxy's port is served (a supervisor's workers may not be yet)."""
+
+    @property
     def started_at(self) -> float: ...
 
     def statuses(self) -> list[DependencyStatus]: ...
@@ -69,6 +73,8 @@ def _json(status: int, body: object) -> web.Response:
 def readiness(view: View) -> tuple[int, dict[str, Any]]:
     if view.draining:
         return 503, {"status": "not_ready", "reason": "shutting_down"}
+    if not view.serving:
+        return 503, {"status": "not_ready", "reason": "starting"}
     down = [s.dep.name for s in view.statuses() if not s.dep.optional and not s.is_up]
     if down:
         return 503, {"status": "not_ready", "reason": "dependency_down", "dependencies": down}

@@ -94,6 +94,10 @@ class Gateway:
     def guards(self) -> tuple[Guard, ...]:
         return self.runtime.gate.guards
 
+    @property
+    def serving(self) -> bool:
+        return bool(self._runners)
+
     def exposition(self) -> bytes:
         return self.metrics.exposition()
 

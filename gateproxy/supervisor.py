@@ -89,6 +89,11 @@ class Supervisor:
     def statuses(self) -> list[DependencyStatus]:
         return [g.status for g in self.runtime.guards]
 
+    @property
+    def serving(self) -> bool:
+        """A worker is connected, so listening: `ready` says 200 only from then on."""
+        return any(w.writer is not None for w in self._workers)
+
     def count_reload(self, applied: bool) -> None:
         (self.metrics.reload_applied if applied else self.metrics.reload_rejected).inc()
         if applied:

@@ -1030,8 +1030,9 @@ def test_probe_and_scrape_paths_are_served(directory: Path, tmp_path: Path) -> N
     log = tmp_path / "gateproxy.log"
     argv = [sys.executable, "-m", "gateproxy", "serve", "--config", str(config)]
     with running(argv, env, ROOT, log) as proc:
-        wait_until(lambda: proc.poll() is not None or answers(urls[0], 200), 30,
-                   "gateproxy to answer its startup probe")
+        # Readiness follows the start: with `workers: auto`, until a worker listens.
+        wait_until(lambda: proc.poll() is not None or all(answers(u, 200) for u in urls),
+                   30, "gateproxy to answer its startup, liveness and readiness probes")
         assert proc.poll() is None, f"gateproxy exited:\n{log_tail(log)}"
         for url in urls:
             assert http_get(url)[0] == 200, f"{url}\n{log_tail(log)}"
@@ -1190,7 +1191,8 @@ def test_image_entrypoint_and_healthcheck_from_a_fresh_wheel_install(
                    or run_healthcheck(check, env, workdir_final) == 0,
                    40, "the HEALTHCHECK to pass")
         assert proc.poll() is None, f"gateproxy exited:\n{log_tail(log)}"
-        assert http_get(f"{admin}/ready")[0] == 200
+        # The image runs `workers: auto`: ready once a worker listens on the proxy's port.
+        wait_until(lambda: answers(f"{admin}/ready", 200), 20, "ready to answer 200")
         status, headers, _ = http_get(f"{admin}/status")
         assert status == 200, "status page (templates packaged in the wheel?)"
         assert headers["Content-Type"].startswith("text/html")

@@ -138,6 +138,15 @@ async def test_image_runs_read_only_gates_forwards_and_stops_cleanly(
             assert time.monotonic() < deadline, "HEALTHCHECK did not pass in 30 s"
             await asyncio.sleep(0.5)
 
+        # The image runs `workers: auto`: ready once a worker listens on the proxy's port.
+        ready = live.removesuffix("/live") + "/ready"
+        while True:
+            async with http.get(ready) as resp:
+                if resp.status == 200:
+                    break
+            assert time.monotonic() < deadline, "not ready in 30 s"
+            await asyncio.sleep(0.2)
+
         uid = exec_in(name, "python", "-c",
                       "print([l.split()[1] for l in open('/proc/1/status') if l[:4] == 'Uid:'][0])")
         assert uid.stdout.strip() == str(UID), uid.stdout + uid.stderr
