@@ -3,8 +3,8 @@ writer.
 
 Every answer the proxy gives itself (not relayed from the upstream) is built here, as
 an aiohttp response or, for code that writes to a socket directly, as bytes. Own answers
-carry `Server: gateproxy` and never a library or Python version, and their bodies never
-echo request bytes.
+carry `Server: gateproxy` and never a library or Python version, their status line says
+HTTP/1.1, and their bodies never echo request bytes.
 """
 
 from __future__ import annotations
@@ -16,8 +16,12 @@ from typing import Final
 import orjson
 from aiohttp import web
 
+from gateproxy.aio.wire import SERVER, own_response
+
+__all__ = ["JSON", "SERVER", "STATUS", "error", "error_body", "error_bytes", "head", "own",
+           "own_bytes"]
+
 JSON: Final = "application/json"
-SERVER: Final = "gateproxy"
 
 # Every error code the proxy answers with, and its status. Upstream failures map onto
 # the last two (upstream.py, fastclient.py); the gate's 503 has the code configured per
@@ -28,6 +32,7 @@ STATUS: Final[dict[str, int]] = {
     "not_found": 404,
     "request_timeout": 408,
     "expectation_failed": 417,
+    "internal_error": 500,
     "too_many_connections": 503,
     "http_version_not_supported": 505,
     "upstream_unavailable": 502,
@@ -48,7 +53,7 @@ def error(code: str, message: str, *, close: bool = False) -> web.Response:
 def own(status: int, body: bytes, headers: Iterable[tuple[str, str]],
         *, close: bool = False) -> web.Response:
     """An answer of the proxy's own, with its `Server`."""
-    answer = web.Response(status=status, body=body, headers=[*headers, ("Server", SERVER)])
+    answer = own_response(status, body, [*headers, ("Server", SERVER)])
     if close:
         answer.force_close()
     return answer

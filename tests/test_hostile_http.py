@@ -341,6 +341,33 @@ async def test_other_http_versions_get_505_and_are_not_forwarded(
     assert received(raw_upstream) == []
 
 
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+async def test_the_answer_to_a_bad_request_says_nothing_extra(
+        case: Case, gateway: Gateway) -> None:
+    """No library or Python version, no request bytes echoed, an HTTP/1.1 status line."""
+    raw = await exchange(gateway.port, case.data, split=case.split)
+    if not raw:
+        return  # closed without an answer: nothing said at all
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 "), (case.name, head[:100])
+    lowered = raw.lower()
+    assert b"aiohttp" not in lowered and b"python" not in lowered, (case.name, raw[:300])
+    assert b"server: gateproxy" in lowered, (case.name, raw[:300])
+    request_lines = [line for line in case.data.split(b"\r\n") if len(line) > 6]
+    assert not any(line in body for line in request_lines), (case.name, body[:300])
+
+
+@pytest.mark.parametrize("request_line", [b"GET /api/containers HTTP/1.0",
+                                          b"GET /api/threads HTTP/0.9",
+                                          b"GET /api/threads HTTP/2.0",
+                                          b"GET /_gateproxy/nope HTTP/1.0"])
+async def test_the_status_line_is_http_1_1_whatever_the_client_version(
+        request_line: bytes, gateway: Gateway) -> None:
+    raw = await exchange(gateway.port, request_line + b"\r\nHost: platform.test\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 "), raw[:200]
+    assert b"\r\nServer: gateproxy\r\n" in raw and b"\r\nConnection: close\r\n" in raw
+
+
 async def test_malformed_requests_do_not_write_a_log_line_each(
         gateway: Gateway, quiet_logs: io.StringIO, caplog: pytest.LogCaptureFixture) -> None:
     """aiohttp logs every unparseable request with a traceback on its own logger; here

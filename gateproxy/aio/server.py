@@ -52,6 +52,7 @@ REQUIRES: Final = (
     Need(web.RequestHandler, "data_received", call=True),
     Need(web.RequestHandler, "connection_lost", call=True),
     Need(web.RequestHandler, "log_exception", call=True),
+    Need(web.RequestHandler, "handle_error", param="exc"),
     Need(web.RequestHandler, "resume_reading", param="resume_parser"),
     Need(web.RequestHandler, "_resume_reading_for_buffer", call=True),
     Need(web.RequestHandler, "_loop"),
@@ -277,6 +278,17 @@ class LimitedHandler(web.RequestHandler):
             else:
                 self._phase = _IDLE
                 self._body = None
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """The proxy's own JSON error for a request aiohttp could not parse or serve,
+        instead of aiohttp's text page, which echoes the offending bytes and names
+        aiohttp and Python."""
+        super().handle_error(request, status, exc, message)  # its logging, and checks
+        if status == 400:
+            return answers.error("bad_request", "the request is malformed", close=True)
+        return answers.error("internal_error", "the proxy failed to answer", close=True)
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         exc = kw.get("exc_info")

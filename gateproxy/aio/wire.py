@@ -13,17 +13,22 @@ from __future__ import annotations
 from typing import Final, Literal
 
 import aiohttp
-from aiohttp import hdrs, http_writer, web
+from aiohttp import HttpVersion11, hdrs, http_writer, web
 from multidict import CIMultiDict
 
-from gateproxy import answers
 from gateproxy.aio.needs import Need, missing
+
+SERVER: Final = "gateproxy"  # the Server of the proxy's own answers: no version
 
 REQUIRES: Final = (
     Need(web.StreamResponse, "__init__", param="_real_headers"),
     Need(web.StreamResponse, "_prepare_headers", call=True),
     Need(web.StreamResponse, "_headers"),
     Need(web.StreamResponse, "_payload_writer"),
+    Need(web.StreamResponse, "_write_headers", call=True),
+    Need(web.StreamResponse, "_req"),
+    Need(web.StreamResponse, "_send_headers_immediately"),
+    Need(http_writer.StreamWriter, "write_headers", param="status_line"),
     Need(web.WebSocketResponse, "_prepare_headers", call=True),
     Need(http_writer.StreamWriter, "chunked"),
     Need(aiohttp.ClientWebSocketResponse, "_response"),
@@ -41,7 +46,23 @@ def _strip_defaults(headers: CIMultiDict[str], had_server: bool, had_type: bool)
         headers.popall(hdrs.CONTENT_TYPE, None)
 
 
-class _RelayedResponse(web.StreamResponse):
+class _Http11(web.StreamResponse):
+    """A response whose status line says HTTP/1.1 whatever the client's version (RFC 9110
+    section 2.5: the highest version the server conforms to), not the request's as
+    aiohttp writes it (`HTTP/0.9 505`)."""
+
+    async def _write_headers(self) -> None:
+        request, writer = self._req, self._payload_writer
+        assert request is not None and writer is not None
+        if request.version != HttpVersion11 and not self.keep_alive:
+            # An HTTP/1.1 answer without it would say the connection stays open.
+            self._headers[hdrs.CONNECTION] = "close"
+        await writer.write_headers(f"HTTP/1.1 {self.status} {self.reason}", self._headers)
+        if self._send_headers_immediately:
+            writer.send_headers()
+
+
+class _RelayedResponse(_Http11):
     async def _prepare_headers(self) -> None:
         headers = self._headers
         had_server = hdrs.SERVER in headers
@@ -63,8 +84,20 @@ def relayed_response(status: int, reason: str | None,
     if FAITHFUL:
         return _RelayedResponse(status=status, reason=reason, _real_headers=headers)
     headers.popall(hdrs.TRANSFER_ENCODING, None)
-    headers.setdefault(hdrs.SERVER, answers.SERVER)
+    headers.setdefault(hdrs.SERVER, SERVER)
     return web.StreamResponse(status=status, reason=reason, headers=headers)
+
+
+class _OwnResponse(_Http11, web.Response):
+    pass
+
+
+def own_response(status: int, body: bytes,
+                 headers: list[tuple[str, str]]) -> web.Response:
+    """An answer of the proxy's own: HTTP/1.1, whatever the client's version."""
+    if FAITHFUL:
+        return _OwnResponse(status=status, body=body, headers=headers)
+    return web.Response(status=status, body=body, headers=headers)
 
 
 class _RelayedWebSocket(web.WebSocketResponse[Literal[False]]):
