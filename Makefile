@@ -32,10 +32,9 @@ lint: setup
 
 # The proxy's behaviour (gate, forwarding, differential, hostile input), once more with the
 # fast path off: on aiohttp's public APIs only, as after a failed start-up check.
-PUBLIC_TESTS := tests/test_gateway.py tests/test_differential.py tests/test_router_oracle.py \
-	tests/test_hostile_paths.py tests/test_hostile_http.py tests/test_hostile_slow.py \
-	tests/test_proxy_streams.py tests/test_proxy_websocket.py tests/test_proxy_curl.py \
-	tests/test_faults.py tests/test_admin.py
+PUBLIC_TESTS := tests/hostile tests/process/test_workers.py \
+	$(addprefix tests/integration/test_,gateway.py differential.py proxy_streams.py \
+	proxy_websocket.py proxy_curl.py faults.py admin.py)
 
 test: lint
 	$(BIN)/pytest -q

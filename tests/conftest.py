@@ -19,7 +19,7 @@ from hypothesis import settings
 from gateproxy import config, logs
 from gateproxy.app import Gateway
 from gateproxy.standins import StandIn, docker_runner, platform_server
-from tests import upstream_app
+from tests.support import upstream_app
 
 # In CI the property tests run a fixed sequence of examples, so that a landing does not
 # depend on luck; on a developer's machine they explore anew on every run.
@@ -66,11 +66,20 @@ async def wait_for(predicate: object, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A port nothing listens on (bound and released), for 'connection refused'."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on (bound and released), for 'connection refused' or for a
+    server to start on later. Never the same one twice in a test run: two calls in a row
+    may otherwise get the same port back, and two servers would then want it."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class Recorder:
@@ -110,7 +119,7 @@ async def start_standin() -> AsyncIterator[StartStandIn]:
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[StandIn]:
-    """The rich stand-in upstream of the transparency tests (tests/upstream_app.py);
+    """The rich stand-in upstream of the transparency tests (tests/support/upstream_app.py);
     modules that need another upstream define their own fixture of this name."""
     standin = StandIn(upstream_app.app())
     await standin.start()

@@ -9,5 +9,5 @@
 A feature whose names are missing in the installed aiohttp is switched off with one
 WARNING, and the proxy serves on public APIs (docs/architecture.md, "The fence").
 Code outside this package uses documented aiohttp, multidict and yarl APIs only
-(tests/test_fence.py holds it to that).
+(tests/integration/test_fence.py holds it to that).
 """
