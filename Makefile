@@ -35,7 +35,7 @@ test: lint
 
 check: test
 
-bench: $(RUNTIME_STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python bench/run.py
 
 # Regenerate the lock after changing a dependency in pyproject.toml (which keeps ranges):
