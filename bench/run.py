@@ -287,7 +287,7 @@ def judge_microseconds(configs: dict[str, Path]) -> dict[str, tuple[float, float
         out = {}
         for name, path in configs.items():
             gateway = Gateway(gateproxy_config.load(str(path), env={}))
-            judge = gateway.gate.judge
+            judge = gateway.gate.decide
             times = []
             for target in ("/api/containers/abc", "/api/ping"):
                 best = float("inf")

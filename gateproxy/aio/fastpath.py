@@ -27,6 +27,7 @@ queue, and aiohttp's loop is woken only when the fast path leaves a request to i
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -89,11 +90,15 @@ class FastPath:
 
     def __init__(self, gate: Callable[[], Gate], client: UpstreamClient,
                  on_reject: Callable[[Rule[Guard]], None],
-                 on_forwarded: Callable[[str, int], None]) -> None:
+                 on_forwarded: Callable[[str, int], None],
+                 on_latency: Callable[[float], None]) -> None:
         self._gate = gate  # the live gate: a reload replaces it
         self._client = client
         self._on_reject = on_reject
         self._on_forwarded = on_forwarded
+        # Time to the response's headers, measured here rather than by a wrapper around
+        # `client`: one coroutine less per request.
+        self._on_latency = on_latency
         # The last 503 of each guard (by identity: a Guard hashes all its fields), whose
         # bytes change with Retry-After and Date only.
         self._answers: dict[int, tuple[Guard, tuple[str, str], bytes]] = {}
@@ -135,12 +140,15 @@ class FastPath:
         answer = checks.request_problem(request)
         if answer is not None:
             return await _finish(request, answer)
+        headers = request_headers(request)
+        started = time.perf_counter()
         try:
-            upstream = await self._client.send("GET", target, request_headers(request), None)
+            upstream = await self._client.send("GET", target, headers, None)
         except UpstreamError as exc:
             answer = error_response(exc)
             self._on_forwarded("GET", answer.status)
             return await _finish(request, answer)
+        self._on_latency(time.perf_counter() - started)
         try:
             head = _framed_head(upstream)
             if head is None:
