@@ -86,6 +86,9 @@ class _Protocol(ResponseHandler):
         # (CPython 3.11 checks for a fork), which the profile showed twice per request.
         self.loop = loop
         self.pipe: _Pipe | None = None
+        # The response parser can take the next answer on this connection: whether it
+        # skips bodies (HEAD), or None when the next request needs a new parser.
+        self.parser_skips: bool | None = None
         self._deadline: float | None = None
         self._deadline_timer: asyncio.TimerHandle | None = None
 
@@ -295,6 +298,8 @@ class FastResponse:
                 break
         remaining = length - payload.total_bytes
         if remaining > 0 and not payload.is_eof():
+            # The parser never sees the rest of this body: the next answer needs a new one.
+            proto.parser_skips = None
             pipe = proto.pipe = _Pipe(proto, payload, sink, remaining)
             pipes.pipe = pipe
             if pipes.paused:
@@ -406,9 +411,14 @@ class FastUpstream:
 
     async def _exchange(self, proto: _Protocol, method: str, head: bytes,
                         body: aiohttp.StreamReader | None, chunked: bool) -> FastResponse:
-        proto.set_response_params(skip_payload=method == "HEAD", read_until_eof=True,
-                                  auto_decompress=False, read_timeout=self._read_timeout,
-                                  read_bufsize=READ_BUFSIZE)
+        skip = method == "HEAD"
+        if proto.parser_skips is not skip:
+            # A parser that has read a whole answer is ready for the next one (aiohttp's
+            # server keeps one per connection); a new one per request was a cost.
+            proto.set_response_params(skip_payload=skip, read_until_eof=True,
+                                      auto_decompress=False, read_timeout=self._read_timeout,
+                                      read_bufsize=READ_BUFSIZE)
+            proto.parser_skips = skip
         transport = proto.transport
         if transport is None:
             raise _Stale

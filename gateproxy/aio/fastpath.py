@@ -268,10 +268,6 @@ class FastPathHandler(LimitedHandler):
                 self._manager.requests_count += 1
             if isinstance(verdict, Forward):
                 self._request_in_progress = True  # aiohttp's graceful shutdown waits
-                # Busy, not idle: aiohttp's keep-alive close must not fire meanwhile.
-                if self._keepalive_handle is not None:
-                    self._keepalive_handle.cancel()
-                    self._keepalive_handle = None
                 self._forwarding = self._loop.create_task(
                     self._forward(message, verdict.target))
                 if self._buffer_paused and len(messages) <= self._msg_queue_resume_size:
@@ -308,6 +304,15 @@ class FastPathHandler(LimitedHandler):
             return
         self._idle_again()
         self._take()
+
+    def _process_keepalive(self) -> None:
+        # Busy, not idle: aiohttp's keep-alive close must not fire during a forward. The
+        # timer is left armed across requests (not cancelled and made again per request)
+        # and, if it fires meanwhile, `_idle_again` arms it again once the answer is out.
+        if self._forwarding is not None:
+            self._keepalive_handle = None
+            return
+        super()._process_keepalive()
 
     def _idle_again(self) -> None:
         """A request is answered: aiohttp's keep-alive clock starts again, as its own
