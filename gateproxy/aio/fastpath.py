@@ -33,7 +33,7 @@ from typing import Any, Final
 
 # Private names are read from their modules when used, not imported: a name a newer
 # aiohttp lacks then fails the start-up check (and the fast path is off), not the import.
-from aiohttp import helpers, http_parser, http_writer, web
+from aiohttp import hdrs, helpers, http_parser, http_writer, web
 from aiohttp.http import HttpVersion11, RawRequestMessage, StreamWriter
 from aiohttp.streams import EMPTY_PAYLOAD
 
@@ -43,7 +43,13 @@ from gateproxy.aio.needs import Need
 from gateproxy.aio.server import LimitedHandler, LimitedSite
 from gateproxy.gate import Forward, Gate, Guard, Reject
 from gateproxy.logs import log
-from gateproxy.proxy import error_response, relay, request_headers, response_headers
+from gateproxy.proxy import (
+    client_address,
+    error_response,
+    forwarded_headers,
+    relay,
+    response_headers,
+)
 from gateproxy.routes import Rule
 from gateproxy.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 
@@ -135,23 +141,27 @@ class FastPath:
     async def forward(self, handler: FastPathHandler, message: RawRequestMessage,
                       target: str) -> bool:
         """Forward a bodiless GET to `target` as `Gateway._serve` does after the gate;
-        True when the client connection may take its next request."""
-        request = handler.make_request(message)
-        answer = checks.request_problem(request)
+        True when the client connection may take its next request. The aiohttp Request
+        the usual path works on is made only when an answer needs one."""
+        request_headers = message.headers
+        answer = checks.problem(message.version, request_headers.get(hdrs.HOST), message.path)
         if answer is not None:
-            return await _finish(request, answer)
-        headers = request_headers(request)
+            return await _finish(handler.make_request(message), answer)
+        headers = forwarded_headers(message.raw_headers, request_headers.get(hdrs.CONNECTION),
+                                    client_address(handler.peername),
+                                    handler.ssl_context is not None)
         started = time.perf_counter()
         try:
             upstream = await self._client.send("GET", target, headers, None)
         except UpstreamError as exc:
             answer = error_response(exc)
             self._on_forwarded("GET", answer.status)
-            return await _finish(request, answer)
+            return await _finish(handler.make_request(message), answer)
         self._on_latency(time.perf_counter() - started)
         try:
             head = _framed_head(upstream)
             if head is None:
+                request = handler.make_request(message)
                 response = await relay(request, upstream)
                 self._on_forwarded("GET", response.status)
                 request._finish()
