@@ -433,7 +433,7 @@ class Bench:
         routes = ["/api/containers"]
         # Other prefixes under /api, so that a lookup of /api/... walks a crowded level.
         routes += [f"/api/g{i:04d}/items" for i in range(prefixes - 1)]
-        extra = f"  client: {self.args.client}\n" if self.args.client else ""
+        extra = "fast_path: false\n" if self.args.no_fast_path else ""
         return render("gateproxy.yaml.tmpl", self.dir / f"{name}.yaml", port=port,
                       upstream_port=upstream_port or self.nginx_port,
                       runner_port=self.runner_port, upstream_extra=extra,
@@ -521,8 +521,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--big-connections", type=int, default=16,
                         help="wrk connections for 1 MiB downloads (16)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
-    parser.add_argument("--client", choices=("aiohttp", "fast"),
-                        help="gateproxy's upstream.client (default: its own default)")
+    parser.add_argument("--no-fast-path", action="store_true",
+                        help="measure gateproxy with `fast_path: false` (aiohttp's public "
+                        "APIs and ClientSession)")
     parser.add_argument("--skip-websocket", action="store_true")
     return parser.parse_args(argv)
 
