@@ -50,7 +50,7 @@ docs: $(RUNTIME_STAMP)
 	$(BIN)/python -c "from pathlib import Path; from gateproxy import settings; \
 	settings.write_doc(Path('docs/configuration.md'))"
 
-bench: $(RUNTIME_STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python bench/run.py
 
 # Regenerate the lock after changing a dependency in pyproject.toml (which keeps ranges):

@@ -2,7 +2,9 @@
 
 Starts on 127.0.0.1: nginx (the upstream: ~100-byte JSON on /api/ping, a 1 MiB file on
 /big), a stand-in docker-runner, HAProxy (one thread, `option httpchk`, the JSON 503 on
-/api/containers while the runner is down) and gateproxy (`python -m gateproxy serve`).
+/api/containers while the runner is down), the naive calibration proxy
+(bench/naive_proxy.py: the cost of forwarding with public APIs and nothing else) and
+gateproxy (`python -m gateproxy serve`).
 Then `wrk --latency` rounds, interleaved (A B C A B C ...), for small GETs, the 503
 short-circuit with the runner stopped and 1 MiB downloads; gateproxy's peak RSS; startup
 time; the gate's cost with 1 and 1000 prefixes; WebSocket echo through gateproxy vs
@@ -285,7 +287,7 @@ def judge_microseconds(configs: dict[str, Path]) -> dict[str, tuple[float, float
         out = {}
         for name, path in configs.items():
             gateway = Gateway(gateproxy_config.load(str(path), env={}))
-            judge = gateway.gate.judge
+            judge = gateway.gate.decide
             times = []
             for target in ("/api/containers/abc", "/api/ping"):
                 best = float("inf")
@@ -419,12 +421,19 @@ class Bench:
 
     # gateproxy
 
+    def start_naive(self) -> int:
+        port = free_port()
+        proc = self.procs.start("naive", [self.python, str(HERE / "naive_proxy.py"),
+                                          str(port), str(self.nginx_port)], env=self.env)
+        wait_for("the naive proxy", status_is(port, "/api/ping", 200), proc=proc)
+        return port
+
     def gateproxy_config(self, name: str, port: int, prefixes: int = 1,
                          upstream_port: int | None = None) -> Path:
         routes = ["/api/containers"]
         # Other prefixes under /api, so that a lookup of /api/... walks a crowded level.
         routes += [f"/api/g{i:04d}/items" for i in range(prefixes - 1)]
-        extra = f"  client: {self.args.client}\n" if self.args.client else ""
+        extra = "fast_path: false\n" if self.args.no_fast_path else ""
         return render("gateproxy.yaml.tmpl", self.dir / f"{name}.yaml", port=port,
                       upstream_port=upstream_port or self.nginx_port,
                       runner_port=self.runner_port, upstream_extra=extra,
@@ -512,8 +521,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--big-connections", type=int, default=16,
                         help="wrk connections for 1 MiB downloads (16)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
-    parser.add_argument("--client", choices=("aiohttp", "fast"),
-                        help="gateproxy's upstream.client (default: its own default)")
+    parser.add_argument("--no-fast-path", action="store_true",
+                        help="measure gateproxy with `fast_path: false` (aiohttp's public "
+                        "APIs and ClientSession)")
     parser.add_argument("--skip-websocket", action="store_true")
     return parser.parse_args(argv)
 
@@ -550,10 +560,12 @@ def run(bench: Bench, settings: Settings, args: argparse.Namespace, started: flo
     bench.start_nginx()
     bench.start_runner()
     bench.start_haproxy()
+    naive_port = bench.start_naive()
     gp, gp_port = bench.gateproxy("gateproxy")
     url = {
         "direct": f"http://{HOST}:{bench.nginx_port}",
         "haproxy": f"http://{HOST}:{bench.haproxy_port}",
+        "naive": f"http://{HOST}:{naive_port}",
         "gateproxy": f"http://{HOST}:{gp_port}",
     }
     # With the runner up, both proxies forward the gated prefix: the configuration works.
@@ -626,11 +638,15 @@ def run(bench: Bench, settings: Settings, args: argparse.Namespace, started: flo
         "small_rps_vs_haproxy": r("small GET", "gateproxy", "haproxy"),
         "small_p99_vs_haproxy": r("small GET", "gateproxy", "haproxy", "p99_ms"),
         "small_rps_vs_direct": r("small GET", "gateproxy", "direct"),
+        "small_rps_vs_naive": r("small GET", "gateproxy", "naive"),
+        "naive_rps_vs_haproxy": r("small GET", "naive", "haproxy"),
+        "naive_p99_vs_haproxy": r("small GET", "naive", "haproxy", "p99_ms"),
         "gated_rps_vs_haproxy": r("503 gated", "gateproxy", "haproxy"),
         "gated_vs_proxied": ratio(by["503 gated", "gateproxy"].rps,
                                   by["small GET", "gateproxy"].rps),
         "big_mibs_vs_haproxy": r("1 MiB GET", "gateproxy", "haproxy", "mib_s"),
         "big_mibs_vs_direct": r("1 MiB GET", "gateproxy", "direct", "mib_s"),
+        "naive_big_mibs_vs_haproxy": r("1 MiB GET", "naive", "haproxy", "mib_s"),
         "peak_rss_mib": rss,
         "startup_s": statistics.median(startups),
         "gate_1000_vs_1_gated": r("gate 503", "1000 prefixes", "1 prefix"),
@@ -647,7 +663,8 @@ def run(bench: Bench, settings: Settings, args: argparse.Namespace, started: flo
         result["ws_rtt_vs_direct"] = ratio(ws_median("gateproxy", "rtt_p50_ms"),
                                            ws_median("direct", "rtt_p50_ms"))
     targets = {
-        "small GETs >= 0.30x HAProxy rps": result["small_rps_vs_haproxy"] >= 0.30,
+        "small GETs >= 0.33x HAProxy rps": result["small_rps_vs_haproxy"] >= 0.33,
+        "small GETs >= the naive proxy's rps": result["small_rps_vs_naive"] >= 1.0,
         "small GETs p99 <= 4x HAProxy": result["small_p99_vs_haproxy"] <= 4.0,
         "503 >= 0.30x HAProxy rps": result["gated_rps_vs_haproxy"] >= 0.30,
         "503 faster than proxied": result["gated_vs_proxied"] > 1.0,

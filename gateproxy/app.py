@@ -245,8 +245,9 @@ class Gateway:
         cfg = self.config
         fast = None
         if self.fence.fast_path:
-            fast = fastpath.FastPath(lambda: self.runtime.gate, self.forwarder.client,
-                                     self.on_reject, self.count_forwarded)
+            fast = fastpath.FastPath(lambda: self.runtime.gate, self.upstream,
+                                     self.on_reject, self.count_forwarded,
+                                     self.metrics.observe_upstream)
         await self._listen(self.main_app(), cfg.listen.host, cfg.listen.port, fast)
         if cfg.admin_port is not None and self._link is None:  # a supervisor's, else
             await self._listen(self.admin_app(), cfg.listen.host, cfg.admin_port)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion, hdrs, web
 
 from gateproxy import answers
 
@@ -30,13 +30,18 @@ def _same_host(authority: str, host: str, scheme: str) -> bool:
 
 def request_problem(request: web.BaseRequest) -> web.Response | None:
     """The answer to a request aiohttp parsed but no upstream should see, or None."""
-    if request.version.major != 1:
+    return problem(request.version, request.headers.get(hdrs.HOST), request.raw_path)
+
+
+def problem(version: HttpVersion, host: str | None, target: str) -> web.Response | None:
+    """`request_problem` from the parsed request line and Host header (the fast path has
+    no aiohttp Request)."""
+    if version.major != 1:
         return answers.error("http_version_not_supported",
                              "only HTTP/1.0 and HTTP/1.1 are served", close=True)
-    host = request.headers.get(hdrs.HOST)  # aiohttp refuses a repeated or missing one
+    # aiohttp refuses a repeated Host header.
     if host is not None and not _HOST.fullmatch(host):
         return answers.error("bad_request", "the Host header is not a host name")
-    target = request.raw_path
     if not target.startswith("/") and "://" in target[:8]:
         scheme, _, rest = target.partition("://")
         authority = re.split(r"[/?#]", rest, maxsplit=1)[0]

@@ -1,16 +1,18 @@
 """Prometheus metrics of one Gateway, on a registry of its own.
 
 A registry per Gateway (not prometheus-client's global one) lets several gateways live in
-one process, as they do in the tests. The per-request counters are label children bound
-in advance and picked from small tables, so a request pays an index and a locked add,
-never a label lookup or string formatting. Gated and forwarded requests also go into
-per-minute buckets for the status page (its counts for the last 5 and 60 minutes): one
-more add, as cheap.
+one process, as they do in the tests. The per-request metrics (gated and forwarded
+requests, upstream latency) are plain ints in small tables, so a request pays an index
+and an add, never a lock, a label lookup or string formatting; `_RequestCounts` turns them
+into the samples prometheus-client's Counter and Histogram would give, at scrape time.
+Gated and forwarded requests also go into per-minute buckets for the status page (its
+counts for the last 5 and 60 minutes): one more add, as cheap.
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -25,9 +27,15 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from gateproxy.history import MinuteBuckets
 from gateproxy.probe import ProbeResult
@@ -39,6 +47,9 @@ METHOD_CLASSES = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 OTHER = "other"
 # Index = status // 100; codes outside 100-599 (aiohttp lets 600-999 through) are "other".
 STATUS_CLASSES = (OTHER, "1xx", "2xx", "3xx", "4xx", "5xx", OTHER, OTHER, OTHER, OTHER)
+# Whether prometheus-client adds `_created` samples (PROMETHEUS_DISABLE_CREATED_SERIES).
+_CREATED = any(s.name.endswith("_created") for family in
+               Counter("probe", "probe", registry=None).collect() for s in family.samples)
 
 
 class _DependencyUp(Collector):
@@ -70,6 +81,60 @@ class _DependencyUp(Collector):
         yield from (up, info, maintenance, held)
 
 
+class _RequestCounts(Collector):
+    """`gateproxy_gated_requests`, `gateproxy_forwarded_requests` and
+    `gateproxy_upstream_latency_seconds`: counted in plain ints on the event loop, and
+    exported with the names, labels, series order and values prometheus-client's
+    Counter and Histogram give (a test compares the two)."""
+
+    BOUNDS = Histogram.DEFAULT_BUCKETS
+    # The `le` labels, spelled as Histogram spells them.
+    LE = tuple(floatToGoString(b) for b in BOUNDS)  # type: ignore[no-untyped-call]
+
+    def __init__(self) -> None:
+        self.created = time.time()
+        # By (dependency, route), in the order first seen: [count, when first seen].
+        self.gated: dict[tuple[str, str], list[float]] = {}
+        # By method class: counts indexed by status // 100 (STATUS_CLASSES).
+        self.forwarded = {m: [0] * len(STATUS_CLASSES) for m in (*METHOD_CLASSES, OTHER)}
+        # Observations per bucket (not cumulative: the bucket an observation falls in).
+        self.latency = [0] * len(self.BOUNDS)
+        self.latency_sum = 0.0
+
+    def collect(self) -> Iterator[Metric]:
+        gated = CounterMetricFamily("gateproxy_gated_requests",
+                                    "Requests answered 503 by the gate",
+                                    labels=["dependency", "route"])
+        for (dependency, route), (count, created) in self.gated.items():
+            gated.add_metric([dependency, route], float(count), created if _CREATED else None)
+        yield gated
+        forwarded = CounterMetricFamily(
+            "gateproxy_forwarded_requests",
+            "HTTP requests forwarded upstream, by method and by the class of the status "
+            "sent back (WebSocket sessions: gateproxy_websockets_open)",
+            labels=["method", "status_class"])
+        for method, counts in self.forwarded.items():
+            by_class: dict[str, float] = {}
+            for status_class, count in zip(STATUS_CLASSES, counts, strict=True):
+                by_class[status_class] = by_class.get(status_class, 0.0) + count
+            for status_class, count in by_class.items():
+                forwarded.add_metric([method, status_class], count,
+                                     self.created if _CREATED else None)
+        yield forwarded
+        name = "gateproxy_upstream_latency_seconds"
+        latency = HistogramMetricFamily(
+            name, "Time from sending a request upstream to receiving its response headers")
+        buckets = []
+        acc = 0.0
+        for le, count in zip(self.LE, self.latency, strict=True):
+            acc += count
+            buckets.append((le, acc))
+        latency.add_metric([], buckets, self.latency_sum)
+        if _CREATED:
+            latency.samples.append(Sample(name + "_created", {}, self.created))
+        yield latency
+
+
 class Metrics:
     def __init__(self, statuses: Callable[[], Iterable[DependencyStatus]],
                  open_websockets: Callable[[], int]) -> None:
@@ -83,29 +148,17 @@ class Metrics:
         self._probe_seconds = Histogram(
             "gateproxy_probe_duration_seconds", "Duration of readiness probes",
             ["dependency"], registry=registry)
-        self._gated = Counter(
-            "gateproxy_gated_requests", "Requests answered 503 by the gate",
-            ["dependency", "route"], registry=registry)
-        # By (dependency, route): the counter child's inc, and the dependency's buckets.
-        self._gated_children: dict[tuple[str, str],
-                                   tuple[Callable[[], None], Callable[[], None]]] = {}
+        counts = self._counts = _RequestCounts()
+        registry.register(counts)
+        self._gated = counts.gated
+        # By (dependency, route): its count, and the dependency's minute buckets.
+        self._gated_recent: dict[tuple[str, str], Callable[[], None]] = {}
         # By dependency name, kept across reloads: its gated requests of the last hour.
         self.gated_recent: dict[str, MinuteBuckets] = {}
         self.forwarded_recent = MinuteBuckets()
         self._forwarded_recent_add = self.forwarded_recent.add
-        forwarded = Counter(
-            "gateproxy_forwarded_requests",
-            "HTTP requests forwarded upstream, by method and by the class of the status "
-            "sent back (WebSocket sessions: gateproxy_websockets_open)",
-            ["method", "status_class"], registry=registry)
-        incs = {(m, s): forwarded.labels(m, s).inc
-                for m in (*METHOD_CLASSES, OTHER) for s in STATUS_CLASSES}
-        self._forwarded_other = [incs[OTHER, s] for s in STATUS_CLASSES]
-        self._forwarded = {m: [incs[m, s] for s in STATUS_CLASSES] for m in METHOD_CLASSES}
-        self._upstream_seconds = Histogram(
-            "gateproxy_upstream_latency_seconds",
-            "Time from sending a request upstream to receiving its response headers",
-            registry=registry)
+        self._forwarded = counts.forwarded
+        self._forwarded_other = counts.forwarded[OTHER]
         Gauge("gateproxy_websockets_open", "WebSocket sessions being relayed",
               registry=registry).set_function(open_websockets)
         reloads = Counter(
@@ -128,25 +181,31 @@ class Metrics:
 
     def count_gated(self, dependency: str, prefix: str) -> None:
         key = (dependency, prefix)
-        adds = self._gated_children.get(key)
-        if adds is None:
+        count = self._gated.get(key)
+        if count is None:
+            count = self._gated[key] = [0, time.time()]
             recent = self.gated_recent.setdefault(dependency, MinuteBuckets())
-            adds = self._gated_children[key] = (self._gated.labels(dependency, prefix).inc,
-                                                recent.add)
-        inc, add_recent = adds
-        inc()
-        add_recent()
+            self._gated_recent[key] = recent.add
+        count[0] += 1
+        self._gated_recent[key]()
 
     def count_hold(self, dependency: str, outcome: str) -> None:
         self._holds.labels(dependency, outcome).inc()
 
     def count_forwarded(self, method: str, status: int) -> None:
-        self._forwarded.get(method, self._forwarded_other)[status // 100]()
+        self._forwarded.get(method, self._forwarded_other)[status // 100] += 1
         self._forwarded_recent_add()
+
+    def observe_upstream(self, seconds: float) -> None:
+        """The time from sending a request upstream to its response's headers."""
+        counts = self._counts
+        counts.latency_sum += seconds
+        # The first bucket whose bound is at least `seconds`, as Histogram.observe picks.
+        counts.latency[bisect_left(counts.BOUNDS, seconds)] += 1
 
     def timed(self, client: UpstreamClient) -> UpstreamClient:
         """`client`, with the time to each response's headers observed."""
-        return _TimedUpstream(client, self._upstream_seconds)
+        return _TimedUpstream(client, self.observe_upstream)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -162,9 +221,9 @@ class Metrics:
 class _TimedUpstream:
     __slots__ = ("_client", "_observe")
 
-    def __init__(self, client: UpstreamClient, histogram: Histogram) -> None:
+    def __init__(self, client: UpstreamClient, observe: Callable[[float], None]) -> None:
         self._client = client
-        self._observe = histogram.observe
+        self._observe = observe
 
     async def send(self, method: str, target: str, headers: CIMultiDict[str],
                    body: aiohttp.StreamReader | None) -> UpstreamResponse:

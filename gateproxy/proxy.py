@@ -46,23 +46,41 @@ def header_text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
+def client_address(peername: object) -> str:
+    """The client's address as aiohttp's `BaseRequest.remote` reads it from the
+    connection's peer name ('' when unknown)."""
+    if peername is None:
+        return ""
+    if isinstance(peername, list | tuple):
+        return str(peername[0])
+    return str(peername)
+
+
 def request_headers(request: web.BaseRequest,
                     extra_drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
-    """The headers to send upstream. Hop-by-hop ones go first, so that a client cannot
-    remove our X-Forwarded-* by naming them in `Connection`."""
-    drop = _dropped(request.headers.get(hdrs.CONNECTION))
+    """The headers to send upstream for `request`."""
+    return forwarded_headers(request.raw_headers, request.headers.get(hdrs.CONNECTION),
+                             client_address(request.protocol.peername),
+                             request.protocol.ssl_context is not None, extra_drop)
+
+
+def forwarded_headers(raw_headers: RawHeaders, connection: str | None, peer: str, tls: bool,
+                      extra_drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
+    """The headers to send upstream, from the client's raw headers, its `Connection`
+    header, address and whether it came over TLS. Hop-by-hop ones go first, so that a
+    client cannot remove our X-Forwarded-* by naming them in `Connection`."""
+    drop = _dropped(connection)
     if extra_drop:
         drop = drop | extra_drop
     out: CIMultiDict[str] = CIMultiDict()
     # aiohttp's client keeps only the last of the values of a name spelled in several
     # cases (`X-A: 1`, `x-a: 2`); one spelling per name keeps them all.
     spelling: dict[str, str] = {}
-    for name, value in request.raw_headers:
+    for name, value in raw_headers:
         key = header_text(name)
         lowered = key.lower()
         if lowered not in drop:
             out.add(spelling.setdefault(lowered, key), header_text(value))
-    peer = request.remote or ""
     previous = out.getall("X-Forwarded-For", None)
     if previous:
         del out["X-Forwarded-For"]
@@ -70,8 +88,7 @@ def request_headers(request: web.BaseRequest,
     else:
         out["X-Forwarded-For"] = peer
     if "X-Forwarded-Proto" not in out:
-        out["X-Forwarded-Proto"] = "https" if request.transport and \
-            request.transport.get_extra_info("sslcontext") else "http"
+        out["X-Forwarded-Proto"] = "https" if tls else "http"
     if "X-Forwarded-Host" not in out and "Host" in out:
         out["X-Forwarded-Host"] = out["Host"]
     add_via(out)

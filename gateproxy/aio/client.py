@@ -46,6 +46,8 @@ REQUIRES: Final = (
     Need(ResponseHandler, "connection_lost", call=True),
     Need(ResponseHandler, "_on_read_timeout", call=True),
     Need(ResponseHandler, "_reschedule_timeout", call=True),
+    Need(ResponseHandler, "_drop_timeout", call=True),
+    Need(ResponseHandler, "_read_timeout"),
     Need(ResponseHandler, "_drain_helper", call=True),
     Need(ResponseHandler, "_reading_paused"),
     Need(ResponseHandler, "set_response_params", param="read_bufsize"),
@@ -72,11 +74,46 @@ _UNANSWERED: Final = "the upstream closed the connection without an answer"
 
 class _Protocol(ResponseHandler):
     """aiohttp's client protocol, able to hand the rest of a body straight to another
-    transport (`FastResponse.pipe_body`) instead of parsing and queueing it."""
+    transport (`FastResponse.pipe_body`) instead of parsing and queueing it, and with a
+    read timeout that costs a clock read per event instead of a new timer: aiohttp
+    cancels and schedules a timer when a request is sent and again when bytes arrive.
+    Here one timer per connection checks a deadline when it fires, and re-arms itself
+    only if the deadline moved meanwhile."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
+        # Kept, because asyncio.get_running_loop() costs a getpid() system call per use
+        # (CPython 3.11 checks for a fork), which the profile showed twice per request.
+        self.loop = loop
         self.pipe: _Pipe | None = None
+        # The response parser can take the next answer on this connection: whether it
+        # skips bodies (HEAD), or None when the next request needs a new parser.
+        self.parser_skips: bool | None = None
+        self._deadline: float | None = None
+        self._deadline_timer: asyncio.TimerHandle | None = None
+
+    def _reschedule_timeout(self) -> None:
+        timeout = self._read_timeout
+        if not timeout:
+            self._deadline = None
+            return
+        deadline = self._deadline = self.loop.time() + timeout
+        if self._deadline_timer is None:
+            self._deadline_timer = self.loop.call_at(deadline, self._check_deadline)
+
+    def _drop_timeout(self) -> None:
+        self._deadline = None  # the timer, if any, finds no deadline and lapses
+
+    def _check_deadline(self) -> None:
+        self._deadline_timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        if self.loop.time() < deadline:
+            self._deadline_timer = self.loop.call_at(deadline, self._check_deadline)
+            return
+        self._deadline = None
+        self._on_read_timeout()
 
     def data_received(self, data: bytes) -> None:
         pipe = self.pipe
@@ -87,6 +124,9 @@ class _Protocol(ResponseHandler):
         pipe.feed(data)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         if self.pipe is not None:
             self.pipe.finish(False)
         super().connection_lost(exc)
@@ -112,7 +152,7 @@ class _Pipe:
         self._payload = payload
         self._sink = sink
         self._remaining = remaining
-        self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.done: asyncio.Future[bool] = proto.loop.create_future()
 
     def feed(self, data: bytes) -> None:
         sink = self._sink
@@ -258,6 +298,8 @@ class FastResponse:
                 break
         remaining = length - payload.total_bytes
         if remaining > 0 and not payload.is_eof():
+            # The parser never sees the rest of this body: the next answer needs a new one.
+            proto.parser_skips = None
             pipe = proto.pipe = _Pipe(proto, payload, sink, remaining)
             pipes.pipe = pipe
             if pipes.paused:
@@ -369,9 +411,14 @@ class FastUpstream:
 
     async def _exchange(self, proto: _Protocol, method: str, head: bytes,
                         body: aiohttp.StreamReader | None, chunked: bool) -> FastResponse:
-        proto.set_response_params(skip_payload=method == "HEAD", read_until_eof=True,
-                                  auto_decompress=False, read_timeout=self._read_timeout,
-                                  read_bufsize=READ_BUFSIZE)
+        skip = method == "HEAD"
+        if proto.parser_skips is not skip:
+            # A parser that has read a whole answer is ready for the next one (aiohttp's
+            # server keeps one per connection); a new one per request was a cost.
+            proto.set_response_params(skip_payload=skip, read_until_eof=True,
+                                      auto_decompress=False, read_timeout=self._read_timeout,
+                                      read_bufsize=READ_BUFSIZE)
+            proto.parser_skips = skip
         transport = proto.transport
         if transport is None:
             raise _Stale
@@ -392,7 +439,7 @@ class FastUpstream:
                 proto.start_timeout()
             else:
                 transport.write(head)
-                body_task = asyncio.get_running_loop().create_task(
+                body_task = proto.loop.create_task(
                     _send_body(proto, body, chunked))
             message, payload = await _read_head(proto)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
@@ -426,7 +473,7 @@ class FastUpstream:
     async def _acquire(self) -> tuple[_Protocol, bool]:
         idle = self._idle
         if idle:
-            now = asyncio.get_running_loop().time()
+            now = idle[-1][0].loop.time()
             while idle:
                 proto, since = idle.pop()
                 if now - since < POOL_IDLE_S and proto.is_connected() \
@@ -440,7 +487,7 @@ class FastUpstream:
                 or len(self._idle) >= MAX_IDLE:
             proto.close()
             return
-        now = asyncio.get_running_loop().time()
+        now = proto.loop.time()
         idle = self._idle
         idle.append((proto, now))
         # The stack's bottom holds the connections least recently used: expire them

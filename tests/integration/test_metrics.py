@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateproxy.app import Gateway
-from gateproxy.metrics import CONTENT_TYPE
+from gateproxy.metrics import CONTENT_TYPE, METHOD_CLASSES, OTHER, STATUS_CLASSES, Metrics
 from gateproxy.standins import StandIn, docker_runner, platform_server
 from tests.conftest import MakeGateway, StartStandIn, env_for, url, wait_for
 
@@ -139,3 +141,53 @@ async def test_open_websockets_are_counted_while_relayed(
     assert value(samples, "gateproxy_websockets_open") == 0
     assert total(samples, "gateproxy_forwarded_requests_total") == 0, (
         "WebSocket sessions are not counted as forwarded requests")
+
+
+def _families(metrics: list[Metric], names: set[str]) -> list[tuple[object, ...]]:
+    """The families named, with their samples in order; `_created` samples by name and
+    labels only (they hold the time each series was made)."""
+    return [(m.name, m.documentation, m.type,
+             [(s.name, s.labels, None if s.name.endswith("_created") else s.value)
+              for s in m.samples])
+            for m in metrics if m.name in names]
+
+
+def test_request_counts_scrape_as_prometheus_client_metrics_would() -> None:
+    """The per-request metrics are plain ints: fed the same events as prometheus-client's
+    own Counter and Histogram, they scrape to the same families, series and values."""
+    metrics = Metrics(lambda: [], lambda: 0)
+    reference = CollectorRegistry()
+    gated = Counter("gateproxy_gated_requests", "Requests answered 503 by the gate",
+                    ["dependency", "route"], registry=reference)
+    forwarded = Counter(
+        "gateproxy_forwarded_requests",
+        "HTTP requests forwarded upstream, by method and by the class of the status "
+        "sent back (WebSocket sessions: gateproxy_websockets_open)",
+        ["method", "status_class"], registry=reference)
+    for method in (*METHOD_CLASSES, OTHER):
+        for status_class in STATUS_CLASSES:
+            forwarded.labels(method, status_class)
+    latency = Histogram(
+        "gateproxy_upstream_latency_seconds",
+        "Time from sending a request upstream to receiving its response headers",
+        registry=reference)
+
+    for dependency, route in [("runner", "/api/a"), ("runner", "/api/b"), ("db", "/x"),
+                              ("runner", "/api/a")]:
+        metrics.count_gated(dependency, route)
+        gated.labels(dependency, route).inc()
+    for method, status in [("GET", 200), ("GET", 200), ("POST", 404), ("PROPFIND", 405),
+                           ("GET", 101), ("DELETE", 700), ("GET", 999), ("PUT", 503)]:
+        metrics.count_forwarded(method, status)
+        method_class = method if method in METHOD_CLASSES else OTHER
+        forwarded.labels(method_class, STATUS_CLASSES[status // 100]).inc()
+    # Bounds themselves (0.005, 10), between them, beyond the last, zero.
+    for seconds in (0.0, 0.001, 0.005, 0.0051, 0.3, 2.5, 10.0, 11.0, 0.07):
+        metrics.observe_upstream(seconds)
+        latency.observe(seconds)
+
+    names = ["gateproxy_gated_requests", "gateproxy_forwarded_requests",
+             "gateproxy_upstream_latency_seconds"]
+    ours = _families(list(metrics.registry.collect()), set(names))
+    assert [family[0] for family in ours] == names, "in the order they always came"
+    assert ours == _families(list(reference.collect()), set(names))
