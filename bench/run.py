@@ -178,10 +178,12 @@ def wait_gated(name: str, port: int) -> None:
 
 
 def peak_rss_mib(pid: int) -> float:
-    """VmHWM: the most resident memory the process has ever had."""
+    """VmHWM, the most resident memory a process has ever had, of `pid` and its children
+    (a supervisor's workers) added up."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
+            return int(line.split()[1]) / 1024 + sum(peak_rss_mib(int(c)) for c in children)
     raise BenchError(f"no VmHWM for pid {pid}")
 
 
@@ -434,6 +436,7 @@ class Bench:
         # Other prefixes under /api, so that a lookup of /api/... walks a crowded level.
         routes += [f"/api/g{i:04d}/items" for i in range(prefixes - 1)]
         extra = "fast_path: false\n" if self.args.no_fast_path else ""
+        extra += f"workers: {self.args.workers}\n"
         return render("gateproxy.yaml.tmpl", self.dir / f"{name}.yaml", port=port,
                       upstream_port=upstream_port or self.nginx_port,
                       runner_port=self.runner_port, upstream_extra=extra,
@@ -524,6 +527,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-fast-path", action="store_true",
                         help="measure gateproxy with `fast_path: false` (aiohttp's public "
                         "APIs and ClientSession)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="gateproxy's `workers` (1: one process, no supervisor)")
     parser.add_argument("--skip-websocket", action="store_true")
     return parser.parse_args(argv)
 
@@ -647,6 +652,7 @@ def run(bench: Bench, settings: Settings, args: argparse.Namespace, started: flo
         "big_mibs_vs_haproxy": r("1 MiB GET", "gateproxy", "haproxy", "mib_s"),
         "big_mibs_vs_direct": r("1 MiB GET", "gateproxy", "direct", "mib_s"),
         "naive_big_mibs_vs_haproxy": r("1 MiB GET", "naive", "haproxy", "mib_s"),
+        "workers": float(args.workers),
         "peak_rss_mib": rss,
         "startup_s": statistics.median(startups),
         "gate_1000_vs_1_gated": r("gate 503", "1000 prefixes", "1 prefix"),
@@ -662,15 +668,26 @@ def run(bench: Bench, settings: Settings, args: argparse.Namespace, started: flo
                                             ws_median("direct", "msgs_s"))
         result["ws_rtt_vs_direct"] = ratio(ws_median("gateproxy", "rtt_p50_ms"),
                                            ws_median("direct", "rtt_p50_ms"))
-    targets = {
-        "small GETs >= 0.33x HAProxy rps": result["small_rps_vs_haproxy"] >= 0.33,
-        "small GETs >= the naive proxy's rps": result["small_rps_vs_naive"] >= 1.0,
-        "small GETs p99 <= 4x HAProxy": result["small_p99_vs_haproxy"] <= 4.0,
-        "503 >= 0.30x HAProxy rps": result["gated_rps_vs_haproxy"] >= 0.30,
+    if args.workers == 1:
+        targets = {
+            "small GETs >= 0.33x HAProxy rps": result["small_rps_vs_haproxy"] >= 0.33,
+            "small GETs >= the naive proxy's rps": result["small_rps_vs_naive"] >= 1.0,
+            "small GETs p99 <= 4x HAProxy": result["small_p99_vs_haproxy"] <= 4.0,
+            "503 >= 0.30x HAProxy rps": result["gated_rps_vs_haproxy"] >= 0.30,
+            "peak RSS <= 80 MiB": rss <= 80,
+            "startup < 0.5 s": result["startup_s"] < 0.5,
+        }
+    else:  # issue 13's targets for several workers
+        targets = {
+            "small GETs >= 0.45x HAProxy rps": result["small_rps_vs_haproxy"] >= 0.45,
+            "small GETs p99 <= 3x HAProxy": result["small_p99_vs_haproxy"] <= 3.0,
+            "503 >= 0.5x HAProxy rps": result["gated_rps_vs_haproxy"] >= 0.5,
+            "peak RSS <= 150 MiB, all processes": rss <= 150,
+            "startup < 1 s": result["startup_s"] < 1.0,
+        }
+    targets |= {
         "503 faster than proxied": result["gated_vs_proxied"] > 1.0,
         "1 MiB >= 0.90x HAProxy MiB/s": result["big_mibs_vs_haproxy"] >= 0.90,
-        "peak RSS <= 80 MiB": rss <= 80,
-        "startup < 0.5 s": result["startup_s"] < 0.5,
         # The 503 path is where the gate is all the work, and the in-process decision is
         # the gate alone; the forwarded row varies with the upstream round trip by more
         # than 5 % from run to run, so it is shown but not judged.

@@ -148,6 +148,7 @@ async def _work(cfg: config.Config, link: WorkerLink) -> int:
         log.error("startup_failed", message=str(exc))
         await gateway.stop()
         return 1
+    gc.freeze()  # as in _serve
     reloader = Reloader(gateway)
     await link.start(gateway.stats, lambda: reloader.reload("supervisor"))
     # The supervisor decides when to stop (a terminal's Ctrl-C reaches the whole group).
