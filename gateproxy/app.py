@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import HttpVersion11, hdrs, web
 
-from gateproxy import accesslog, admin, answers, checks, health, serving, websocket
+from gateproxy import accesslog, answers, checks, health, serving, websocket
 from gateproxy.aio import check, fastpath
 from gateproxy.aio.client import FastUpstream
 from gateproxy.config import Config, Dependency
@@ -121,8 +122,10 @@ class Gateway:
         app = web.Application(handler_args={"max_field_size": 16384,
                                             "auto_decompress": False,
                                             "keepalive_timeout": 75.0})
-        self._admin = (admin.endpoints(app, self) if self._link is None
-                       else self._link.admin_handlers(ADMIN_ENDPOINTS))
+        if self._link is None:
+            self._admin = _admin_endpoints(app, self)
+        else:
+            self._admin = self._link.admin_handlers(ADMIN_ENDPOINTS)
         # One route: the gate's verdict decides every request, the proxy's own paths
         # included. `[\s\S]`, not `.`: `.` stops at a decoded `%0A`, which would get
         # aiohttp's own 404 instead of the gate's 400.
@@ -132,7 +135,7 @@ class Gateway:
         return app
 
     def admin_app(self) -> web.Application:
-        return admin.application(self, maintenance=True)
+        return _admin_application(self)
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
         cfg = self.config
@@ -293,3 +296,18 @@ class Gateway:
         await serving.until_signalled()
         log.info("shutdown_requested", delayMs=self.config.shutdown_delay_ms)
         await self.stop(self.config.shutdown_delay_ms / 1000)
+
+
+# The admin endpoints' module is loaded when first needed: a worker of several relays them
+# to its supervisor, and so never loads the page templates' libraries (jinja2: some MiB).
+def _admin_endpoints(app: web.Application, gateway: Gateway
+                     ) -> dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]:
+    from gateproxy import admin
+
+    return admin.endpoints(app, gateway)
+
+
+def _admin_application(gateway: Gateway) -> web.Application:
+    from gateproxy import admin
+
+    return admin.application(gateway, maintenance=True)

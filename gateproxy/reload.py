@@ -19,8 +19,6 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
-from watchfiles import Change, awatch
-
 from gateproxy import answers, logs, settings
 from gateproxy.config import DEFAULTS_SOURCE, Config, ConfigError, Dependency, load
 from gateproxy.gate import Gate, Guard
@@ -151,6 +149,10 @@ class Reloader:
 
     async def _watch(self, path: str) -> None:
         directory, name = os.path.split(path)
+
+        # Loaded here, not with the module: a worker of several reloads when its
+        # supervisor says so and never watches, so it never loads it.
+        from watchfiles import Change, awatch
 
         # Editors replace the file by renaming, and Kubernetes updates a ConfigMap volume
         # by swapping its `..data` symlink: watch the directory, not the file.
