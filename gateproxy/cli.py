@@ -102,17 +102,24 @@ def serve(path: str | None) -> int:
     return run(_serve(cfg))
 
 
-async def _serve(cfg: config.Config) -> int:
-    gateway = Gateway(cfg)
+async def _started(gateway: Gateway) -> bool:
+    """Start `gateway`; False (logged, and what had started stopped) when it cannot."""
     try:
         await gateway.start()
     except StartupError as exc:
         log.error("startup_failed", message=str(exc))
         await gateway.stop()
-        return 1
+        return False
     # What start-up made lives as long as the process: out of the collector's way, so
     # that the full collections that traffic triggers do not walk it each time.
     gc.freeze()
+    return True
+
+
+async def _serve(cfg: config.Config) -> int:
+    gateway = Gateway(cfg)
+    if not await _started(gateway):
+        return 1
     async with Reloader(gateway).running():
         await gateway.serve_until_signalled()
     return 0
@@ -142,13 +149,8 @@ def work(args: argparse.Namespace) -> int:
 
 async def _work(cfg: config.Config, link: WorkerLink) -> int:
     gateway = Gateway(cfg, link=link)
-    try:
-        await gateway.start()
-    except StartupError as exc:
-        log.error("startup_failed", message=str(exc))
-        await gateway.stop()
+    if not await _started(gateway):
         return 1
-    gc.freeze()  # as in _serve
     reloader = Reloader(gateway)
     await link.start(gateway.stats, lambda: reloader.reload("supervisor"))
     # The supervisor decides when to stop (a terminal's Ctrl-C reaches the whole group).

@@ -260,7 +260,10 @@ async def assert_runner_fault(http: aiohttp.ClientSession, gateway: Gateway, log
     assert len(results) > 100
     assert {r[0] for r in results} == {503}
     assert all(r[1] == NOT_READY for r in results)
-    assert max(r[2] for r in results) < 0.25, "the gate never waits on a probe while down"
+    # A gate that waited on probes would hold back every request sent while one runs;
+    # one slow answer in a hundred is the machine (a full suite shares 2 cores).
+    slow = [r[2] for r in results if r[2] >= 0.25]
+    assert len(slow) <= 1, f"the gate never waits on a probe while down: {slow}"
     lines = log.since(mark)
     probes = status.total_checks - checks_before
     assert len(lines) <= probes + 2, (len(lines), probes, len(results))
