@@ -156,8 +156,8 @@ class Gate:
         readings = routes.readings(routes.normalise(routes.split_target(target)[0]))
         return [guard for guard in self.guards
                 if guard.status.is_up and status in guard.status.dep.recheck_on_status
-                and any(self.table.match(method, reading, guard.__eq__) is not None
-                        for reading in readings)]
+                and any(self.table.match(method, reading, lambda g, this=guard: g is this)
+                        is not None for reading in readings)]
 
     def rejection_headers(self, guard: Guard, origin: str | None) -> list[tuple[str, str]]:
         """The headers of the gate's 503, in the order they are written."""

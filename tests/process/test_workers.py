@@ -66,9 +66,10 @@ class Proxy:
 
 
 def write_config(path: Path, port: int, upstream: str, runner: str, *,
-                 routes: str = "[/api/containers]") -> None:
+                 routes: str = "[/api/containers]", admin_port: int | None = None) -> None:
     path.write_text(
         f"listen: {{host: 127.0.0.1, port: {port}}}\n"
+        + (f"admin_port: {admin_port}\n" if admin_port else "") +
         "workers: 2\n"
         f"upstream: {{url: '{upstream}'}}\n"
         "log: {level: DEBUG, access: true}\n"
@@ -97,10 +98,16 @@ async def upstream(runner: StandIn) -> AsyncIterator[StandIn]:
 
 
 @pytest.fixture
-async def proxy(tmp_path: Path, upstream: StandIn,
-                runner: StandIn) -> AsyncIterator[Proxy]:
+def admin_port() -> int | None:
+    """None: the admin endpoints on the proxy's port (a test parametrizes it to differ)."""
+    return None
+
+
+@pytest.fixture
+async def proxy(tmp_path: Path, upstream: StandIn, runner: StandIn,
+                admin_port: int | None) -> AsyncIterator[Proxy]:
     cfg = tmp_path / "gateproxy.yaml"
-    write_config(cfg, free_port(), upstream.url, runner.url)
+    write_config(cfg, free_port(), upstream.url, runner.url, admin_port=admin_port)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateproxy", "serve", "--config", str(cfg), cwd=ROOT,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
@@ -167,6 +174,27 @@ async def test_two_workers_share_the_port_and_follow_one_probe(
     assert at[1] - at[0] < AGREEMENT_S
     await asyncio.sleep(AGREEMENT_S)
     assert {(await fresh_get(proxy.url("/api/containers")))[0] for _ in range(20)} == {200}
+
+
+@pytest.mark.parametrize("admin_port", [free_port()])
+async def test_maintenance_on_the_supervisor_closes_the_routes_in_every_worker(
+        proxy: Proxy, admin_port: int) -> None:
+    url = f"http://127.0.0.1:{admin_port}/_gateproxy/dependencies/docker-runner/maintenance"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json={"reason": "runner upgrade"}) as resp:
+            assert resp.status == 200 and (await resp.json())["maintenance"]["reason"] \
+                == "runner upgrade"
+        started = await proxy.wait_for("status_followed", count=4)  # 2 up, then these
+        assert {ln["worker"] for ln in started[2:]} == {0, 1}
+        await asyncio.sleep(AGREEMENT_S)
+        gated = {(await fresh_get(proxy.url("/api/containers")))[0] for _ in range(20)}
+        assert gated == {503}, "maintenance reached every worker"
+        async with session.delete(url) as resp:
+            assert resp.status == 200 and (await resp.json())["maintenance"] is None
+        await proxy.wait_for("status_followed", count=6)
+        await asyncio.sleep(AGREEMENT_S)
+        assert {(await fresh_get(proxy.url("/api/containers")))[0] for _ in range(20)} \
+            == {200}
 
 
 async def test_the_admin_endpoints_show_one_truth_whichever_worker_answers(
