@@ -13,7 +13,7 @@ The target forwarded is the path in the form it was judged (docs/gate.md).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -75,6 +75,10 @@ class Own:
 
 
 Verdict = Forward | Reject | Wait | BadRequest | Own
+
+
+def _only(guard: Guard) -> Callable[[Guard], bool]:
+    return lambda other: other is guard
 
 
 def _is_blocking(guard: Guard) -> bool:
@@ -156,8 +160,8 @@ class Gate:
         readings = routes.readings(routes.normalise(routes.split_target(target)[0]))
         return [guard for guard in self.guards
                 if guard.status.is_up and status in guard.status.dep.recheck_on_status
-                and any(self.table.match(method, reading, lambda g, this=guard: g is this)
-                        is not None for reading in readings)]
+                and any(self.table.match(method, reading, _only(guard)) is not None
+                        for reading in readings)]
 
     def rejection_headers(self, guard: Guard, origin: str | None) -> list[tuple[str, str]]:
         """The headers of the gate's 503, in the order they are written."""
