@@ -74,26 +74,32 @@ def _required_down(statuses: Sequence[DependencyStatus]) -> bool:
     return any(not s.dep.optional and not s.is_up for s in statuses)
 
 
-def aggregate(upstream: UpstreamHealth,
-              statuses: Sequence[DependencyStatus]) -> tuple[int, dict[str, Any]]:
-    """The status code and body of /health (README, "/health")."""
+def aggregate(upstream: UpstreamHealth, statuses: Sequence[DependencyStatus],
+              now: float) -> tuple[int, dict[str, Any]]:
+    """The status code and body of /health (README, "/health"); its `timestamp` is `now`
+    unless the upstream sent its own."""
     snapshots = {s.dep.health_key: s.snapshot() for s in statuses}
     required_down = _required_down(statuses)
+    timestamp = iso(now)
     if upstream.status is None:
         return 503, {
             "status": "error",
+            "timestamp": timestamp,
             "upstream": {"status": "down", "error": upstream.error},
             "dependencies": snapshots,
         }
     code = upstream.status
     if isinstance(upstream.body, dict):
         body = dict(upstream.body)
+        if body.get("timestamp") is None:
+            body["timestamp"] = timestamp
         deps = body.get("dependencies")
         body["dependencies"] = {**(deps if isinstance(deps, dict) else {}), **snapshots}
     else:
         ok = 200 <= code < 300
         body = {
             "status": "ok" if ok else "error",
+            "timestamp": timestamp,
             "upstream": {"status": "up" if ok else "error", "statusCode": code},
             "dependencies": snapshots,
         }
@@ -174,6 +180,6 @@ async def health_response(request: web.BaseRequest, client: UpstreamClient, path
         code, body = health_json(upstream, statuses, time.time())
         headers = HEALTH_JSON_HEADERS
     else:
-        code, body = aggregate(upstream, statuses)
+        code, body = aggregate(upstream, statuses, time.time())
         headers = HEADERS
     return web.Response(status=code, body=orjson.dumps(body), headers=headers)

@@ -11,11 +11,31 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from gateproxy.backoff import retry_delay_ms
 from gateproxy.config import Dependency, redact_url
 from gateproxy.history import ProbeSeries, StateTimeline
+
+# The platform-server's `error.name` for every probe failure: one stable string of the
+# proxy's own, so that a dashboard can match on it (never a library's class name).
+ERROR_NAME: Final = "DependencyProbeError"
+# Failures that probing again cannot fix: the dependency refused the proxy's credentials
+# (the shared secret), a configuration fault.
+CONFIG_FAULT_CODES: Final = frozenset({
+    "http_401", "http_403", "grpc_unauthenticated", "grpc_permission_denied"})
+
+
+def is_retryable(code: str, retries_exhausted: bool) -> bool:
+    """Whether the failure may go away by itself: not once gateproxy stopped probing, nor
+    for a configuration fault."""
+    return not retries_exhausted and code not in CONFIG_FAULT_CODES
+
+
+def probe_url(base_url: str, ready_path: str) -> str:
+    """Where an HTTP dependency is asked for readiness (config strips base_url's
+    trailing slash)."""
+    return base_url + ready_path
 
 
 class State(StrEnum):
@@ -34,6 +54,16 @@ class ProbeError:
         out: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.status_code is not None:
             out["statusCode"] = self.status_code
+        return out
+
+    def platform_error(self, retryable: bool) -> dict[str, Any]:
+        """The failure in the platform-server's `error` shape (`statusCode` only when the
+        dependency answered over HTTP, as in `as_dict`)."""
+        out: dict[str, Any] = {"name": ERROR_NAME, "message": self.message}
+        if self.status_code is not None:
+            out["statusCode"] = self.status_code
+        out["errorCode"] = self.code
+        out["retryable"] = retryable
         return out
 
 
@@ -206,7 +236,8 @@ class DependencyStatus:
                  "retries_exhausted", "down_since")
 
     def export(self) -> dict[str, Any]:
-        """The state as plain data, for a worker process to `mirror` (gateproxy/workers)."""
+        """The state as plain data, for a worker process to `mirror` (the supervisor sends it,
+        gateproxy/supervisor.py; a worker takes it, gateproxy/control.py)."""
         error, maintenance = self.last_error, self.maintenance
         return {"state": self.state.value,
                 "last_error": None if error is None else
@@ -225,13 +256,22 @@ class DependencyStatus:
         self.set_maintenance(None if maintenance is None else Maintenance(*maintenance))
 
     def snapshot(self) -> dict[str, Any]:
-        """The camelCase view /health and status.json show; a gRPC dependency also has the
-        gRPC-era platform's `endpoint`."""
-        endpoint = {"endpoint": self.base_url} if self.dep.probe == "grpc" else {}
+        """The camelCase view /health and status.json show, with the platform-server's own
+        fields of a dependency (`endpoint`; `error` while the last probe failed) beside
+        gateproxy's."""
+        endpoint = (self.base_url if self.dep.probe == "grpc"
+                    else probe_url(self.base_url, self.dep.ready_path))
+        error: dict[str, Any] = {}
+        # The last probe failed: a failure zeroes consecutive_successes, a success (even
+        # one only confirming a recovery) raises it. Not consecutive_failures > 0: a reload
+        # that restarts exhausted probing zeroes that while the dependency still fails.
+        if self.last_error is not None and self.consecutive_successes == 0:
+            error = {"error": self.last_error.platform_error(
+                is_retryable(self.last_error.code, self.retries_exhausted))}
         return {
             "status": self.state.value,
             "baseUrl": self.base_url,
-            **endpoint,
+            "endpoint": endpoint,
             "probe": self.dep.probe,
             "optional": self.dep.optional,
             "since": iso(self.since),
@@ -240,6 +280,7 @@ class DependencyStatus:
             "lastFailureAt": iso(self.last_failure_at),
             "lastDurationMs": self.last_duration_ms,
             "lastError": self.last_error.as_dict() if self.last_error else None,
+            **error,
             "nextRetryAt": iso(self.next_retry_at),
             "consecutiveFailures": self.consecutive_failures,
             "totalChecks": self.total_checks,

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import re
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from gateproxy.standins import StandIn, docker_runner
 from tests.conftest import MakeGateway, Recorder, StartStandIn, env_for, free_port, url, wait_for
 
 HEALTH_JSON = {"Accept": "application/health+json"}
+ISO_MS_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 def routes_file(tmp_path: Path) -> str:
@@ -139,3 +143,69 @@ async def test_head_health_is_answered_by_gateproxy(
         assert resp.status == 200
         assert resp.headers["Content-Type"] == "application/health+json"
     assert rec.seen == [("GET", "/health")], "asked its own health, HEAD not forwarded"
+
+
+def platform_health() -> web.Application:
+    """A platform-server whose /health sends no `timestamp`: gateproxy adds its own."""
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    return app
+
+
+def assert_recent_iso(value: Any) -> None:
+    assert isinstance(value, str) and ISO_MS_Z.fullmatch(value), value
+    at = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert abs(at.timestamp() - time.time()) < 60
+
+
+async def test_health_has_the_platform_servers_error_while_refused_and_none_once_up(
+        start_standin: StartStandIn, make_gateway: MakeGateway,
+        http: aiohttp.ClientSession) -> None:
+    upstream = await start_standin(platform_health())
+    port = free_port()
+    gateway = await make_gateway(env_for(upstream, f"http://127.0.0.1:{port}"))
+    status = gateway.guards[0].status
+    await wait_for(lambda: status.total_checks > 0)
+    code, _, body = await get(http, url(gateway, "/health"))
+    assert code == 200
+    assert_recent_iso(body["timestamp"])
+    runner = body["dependencies"]["dockerRunner"]
+    assert runner["status"] == "down"
+    assert runner["endpoint"] == f"http://127.0.0.1:{port}/v1/ready"
+    error = runner["error"]
+    assert error["errorCode"] == runner["lastError"]["code"] == "connection_refused"
+    assert error["message"] == runner["lastError"]["message"]
+    assert error["name"] == "DependencyProbeError"
+    assert error["retryable"] is True
+    assert "statusCode" not in error, "refused: no HTTP answer"
+
+    await start_standin(docker_runner(), port=port)
+    await wait_for(lambda: status.is_up)
+    code, _, body = await get(http, url(gateway, "/health"))
+    assert code == 200
+    assert_recent_iso(body["timestamp"])
+    runner = body["dependencies"]["dockerRunner"]
+    assert runner["status"] == "up" and runner["lastError"] is None
+    assert "error" not in runner
+
+
+async def test_a_rejected_signature_is_not_retryable(
+        start_standin: StartStandIn, make_gateway: MakeGateway,
+        http: aiohttp.ClientSession) -> None:
+    async def unauthorized(_: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": "bad signature"}}, status=401)
+
+    runner_app = web.Application()
+    runner_app.router.add_get("/v1/ready", unauthorized)
+    runner = await start_standin(runner_app)
+    upstream = await start_standin(platform_health())
+    gateway = await make_gateway(env_for(upstream, runner.url))
+    await wait_for(lambda: gateway.guards[0].status.total_checks > 0)
+    _, _, body = await get(http, url(gateway, "/health"))
+    assert body["dependencies"]["dockerRunner"]["error"] == {
+        "name": "DependencyProbeError", "message": "bad signature", "statusCode": 401,
+        "errorCode": "http_401", "retryable": False}

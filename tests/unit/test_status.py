@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import Any
 
+import orjson
 import pytest
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
 from gateproxy import config
 from gateproxy.backoff import retry_delay_ms
-from gateproxy.status import DependencyStatus, ProbeError, State
+from gateproxy.grpcprobe import status_error
+from gateproxy.status import ERROR_NAME, DependencyStatus, ProbeError, State, is_retryable
 
 REFUSED = ProbeError("connection_refused", "refused")
 
@@ -97,6 +102,7 @@ def test_snapshot_has_the_documented_fields_in_camel_case() -> None:
     assert snap == {
         "status": "down",
         "baseUrl": "http://runner:7071",
+        "endpoint": "http://runner:7071/v1/ready",
         "probe": "http",
         "optional": True,
         "since": "2023-11-14T22:13:20.000Z",
@@ -105,6 +111,8 @@ def test_snapshot_has_the_documented_fields_in_camel_case() -> None:
         "lastFailureAt": "2023-11-14T22:13:20.000Z",
         "lastDurationMs": 12,
         "lastError": {"code": "http_503", "message": "no docker", "statusCode": 503},
+        "error": {"name": "DependencyProbeError", "message": "no docker", "statusCode": 503,
+                  "errorCode": "http_503", "retryable": True},
         "nextRetryAt": "2023-11-14T22:13:20.500Z",
         "consecutiveFailures": 1,
         "totalChecks": 1,
@@ -114,6 +122,7 @@ def test_snapshot_has_the_documented_fields_in_camel_case() -> None:
     }
     status.record_success(1_700_000_001.0, 3)
     assert status.snapshot()["lastError"] is None
+    assert "error" not in status.snapshot()
     assert status.snapshot()["consecutiveFailures"] == 0
 
 
@@ -139,3 +148,129 @@ def test_transitions_keep_the_last_fifty() -> None:
         status.record_failure(float(2 * i + 1), 1, REFUSED)
     assert len(status.transitions) == 50
     assert status.transitions[-1].new is State.DOWN
+
+
+# The platform-server's shape of a dependency: `endpoint`, and `error` while failing.
+
+def test_an_http_endpoint_is_the_probe_url_without_credentials() -> None:
+    status = DependencyStatus(dep(base_url="https://u:secret@runner.svc:7443",
+                                  ready_path="/internal/ready"))
+    snap = status.snapshot()
+    assert snap["endpoint"] == "https://runner.svc:7443/internal/ready"
+    assert "secret" not in orjson.dumps(snap).decode()
+    assert list(snap)[:4] == ["status", "baseUrl", "endpoint", "probe"]
+
+
+def test_no_error_before_the_first_probe_or_after_a_success() -> None:
+    status = DependencyStatus(dep())
+    assert status.state is State.UNKNOWN and "error" not in status.snapshot()
+    status.record_success(1.0, 2)
+    assert status.state is State.UP and "error" not in status.snapshot()
+
+
+def test_error_mirrors_last_error_while_the_last_probe_failed() -> None:
+    status = DependencyStatus(dep(unhealthy_threshold=3, jitter_ms=0))
+    status.record_success(1.0, 2)
+    status.record_failure(2.0, 2, REFUSED)
+    snap = status.snapshot()
+    assert snap["status"] == "up", "below the threshold: still up, but the probe failed"
+    assert snap["error"] == {"name": ERROR_NAME, "message": "refused",
+                             "errorCode": "connection_refused", "retryable": True}
+    assert snap["error"]["errorCode"] == snap["lastError"]["code"]
+    assert "statusCode" not in snap["error"], "no HTTP answer: no statusCode"
+    assert ERROR_NAME == "DependencyProbeError"
+
+
+def test_no_error_while_confirming_a_recovery() -> None:
+    status = DependencyStatus(dep(healthy_threshold=2, jitter_ms=0))
+    status.record_failure(1.0, 2, REFUSED)
+    assert "error" in status.snapshot()
+    status.record_success(2.0, 2)
+    snap = status.snapshot()
+    assert snap["status"] == "down" and snap["lastError"] is not None
+    assert "error" not in snap, "the last probe succeeded"
+    status.record_failure(3.0, 2, REFUSED)
+    assert status.snapshot()["error"]["errorCode"] == "connection_refused"
+
+
+def test_exhausted_retries_are_not_retryable_until_a_reload_restarts_probing() -> None:
+    status = DependencyStatus(dep(max_retries=2, jitter_ms=0))
+    status.record_failure(1.0, 2, REFUSED)
+    assert status.snapshot()["error"]["retryable"] is True
+    status.record_failure(2.0, 2, REFUSED)
+    assert status.retries_exhausted
+    assert status.snapshot()["error"]["retryable"] is False
+    status.reconfigure(status.dep)
+    assert status.consecutive_failures == 0
+    error = status.snapshot()["error"]
+    assert error["retryable"] is True, "the reload probes again"
+    assert error["errorCode"] == "connection_refused", "still failing: no probe succeeded"
+
+
+def _grpc_failure(code: Status) -> ProbeError:
+    return status_error(GRPCError(code, "the runner said no"))
+
+
+@pytest.mark.parametrize(("error", "retryable"), [
+    (ProbeError("http_401", "bad signature", 401), False),
+    (ProbeError("http_403", "forbidden", 403), False),
+    (_grpc_failure(Status.UNAUTHENTICATED), False),
+    (_grpc_failure(Status.PERMISSION_DENIED), False),
+    (ProbeError("http_503", "no docker", 503), True),
+    (ProbeError("http_404", "HTTP 404 Not Found", 404), True),
+    (_grpc_failure(Status.UNAVAILABLE), True),
+    (_grpc_failure(Status.DEADLINE_EXCEEDED), True),
+    (ProbeError("grpc_health_not_serving", "health status NOT_SERVING"), True),
+    (ProbeError("timeout", "no answer within 2000 ms"), True),
+    (REFUSED, True),
+])
+def test_configuration_faults_are_not_retryable(error: ProbeError, retryable: bool) -> None:
+    probe = "grpc" if error.code.startswith("grpc_") else "http"
+    status = DependencyStatus(dep(base_url="grpc://runner:50051", probe="grpc")
+                              if probe == "grpc" else dep())
+    status.record_failure(1.0, 2, error)
+    snap = status.snapshot()
+    assert snap["error"]["retryable"] is retryable
+    assert snap["error"]["errorCode"] == snap["lastError"]["code"] == error.code
+    assert snap["error"].get("statusCode") == error.status_code
+    assert ("statusCode" in snap["error"]) is (error.status_code is not None)
+
+
+def test_the_grpc_codes_are_the_ones_the_grpc_probe_produces() -> None:
+    assert _grpc_failure(Status.UNAUTHENTICATED).code == "grpc_unauthenticated"
+    assert _grpc_failure(Status.PERMISSION_DENIED).code == "grpc_permission_denied"
+
+
+def test_retryable_is_a_pure_decision() -> None:
+    assert is_retryable("connection_refused", False) is True
+    assert is_retryable("connection_refused", True) is False
+    assert is_retryable("http_401", False) is False
+    assert is_retryable("http_500", False) is True
+
+
+def _states() -> list[DependencyStatus]:
+    """One status in each case the snapshot tells apart."""
+    unknown = DependencyStatus(dep())
+    up = DependencyStatus(dep())
+    up.record_success(1.0, 2)
+    down = DependencyStatus(dep(jitter_ms=0))
+    down.record_failure(1.0, 2, ProbeError("http_401", "bad signature", 401))
+    confirming = DependencyStatus(dep(healthy_threshold=2, jitter_ms=0))
+    confirming.record_failure(1.0, 2, REFUSED)
+    confirming.record_success(2.0, 2)
+    exhausted = DependencyStatus(dep(max_retries=1, jitter_ms=0))
+    exhausted.record_failure(1.0, 2, REFUSED)
+    reloaded = DependencyStatus(dep(max_retries=1, jitter_ms=0))
+    reloaded.record_failure(1.0, 2, REFUSED)
+    reloaded.reconfigure(reloaded.dep)
+    return [unknown, up, down, confirming, exhausted, reloaded]
+
+
+@pytest.mark.parametrize("source", _states(), ids=["unknown", "up", "down", "confirming",
+                                                   "exhausted", "reloaded"])
+def test_a_worker_snapshot_is_the_supervisors(source: DependencyStatus) -> None:
+    # Over the control socket the export travels as JSON.
+    exported: dict[str, Any] = orjson.loads(orjson.dumps(source.export()))
+    worker = DependencyStatus(source.dep)
+    worker.mirror(exported)
+    assert worker.snapshot() == source.snapshot()
