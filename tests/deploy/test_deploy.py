@@ -47,6 +47,9 @@ K8S_VERSION = "1.33.0"
 SIDECAR = "gateproxy"
 APP = "platform-server"
 SECRET_ENV = "DOCKER_RUNNER_SHARED_SECRET"
+# The admin token: from a Secret the operator creates (deploy/README.md), never shipped.
+TOKEN_ENV = "GATEPROXY_ADMIN_TOKEN"
+TOKEN_SECRET = {"name": "platform-server-gateproxy-admin", "key": "token", "optional": True}
 # The variables gateproxy reads; cleared from the inherited environment so that a
 # developer's shell cannot change what these tests see.
 OWN_ENV = re.compile(r"^(GATEPROXY_|DOCKER_RUNNER_|PLATFORM_SERVER_URL$|AIOHTTP_NO_EXTENSIONS$)")
@@ -903,6 +906,88 @@ def test_network_policy_admits_the_proxy_ports_only(directory: Path, tmp_path: P
             assert rule.get("ports"), "an ingress rule without ports opens every port"
             ports |= {int(p["port"]) for p in rule["ports"]}
     assert ports == {cfg["listen"]["port"], cfg["admin_port"]}
+
+
+def test_production_overlay_reads_the_admin_token_from_an_optional_secret(
+        builds: dict[str, list[dict[str, Any]]]) -> None:
+    """The token comes from the operator's Secret; `optional`, so pods start without it
+    (and then accept maintenance from the loopback only). The README creates that Secret."""
+    entries = [e for e in sidecar(builds["overlays/production"]).get("env", [])
+               if e["name"] == TOKEN_ENV]
+    assert len(entries) == 1, f"the production gateproxy container needs {TOKEN_ENV}"
+    assert set(entries[0]) == {"name", "valueFrom"}, "a reference only, never a value"
+    assert entries[0]["valueFrom"] == {"secretKeyRef": TOKEN_SECRET}
+    readme = (DEPLOY / "README.md").read_text().replace("\\\n", " ")
+    created = {(name, key) for name, flags in re.findall(
+        r"create secret generic ([\w.-]+)((?:\s+--from-literal=[\w.-]+=\S+)+)", readme)
+        for key in re.findall(r"--from-literal=([\w.-]+)=", flags)}
+    assert (TOKEN_SECRET["name"], TOKEN_SECRET["key"]) in created, (
+        "deploy/README.md must give the command that creates the token's Secret")
+
+
+def test_no_manifest_carries_an_admin_token_or_a_secret(
+        builds: dict[str, list[dict[str, Any]]]) -> None:
+    """Secrets are the operator's: no Secret object, no literal token, anywhere."""
+    for name, resources in builds.items():
+        assert not find(resources, "Secret"), f"{name}: ships a Secret"
+        for resource in resources:
+            for spec in pod_specs(resource):
+                for c in spec.get("initContainers", []) + spec.get("containers", []):
+                    for entry in c.get("env", []):
+                        if entry["name"] != TOKEN_ENV:
+                            continue
+                        where = f"{name}: {c['name']}: {TOKEN_ENV}"
+                        assert c["name"] == SIDECAR, f"{where}: only gateproxy reads it"
+                        assert "value" not in entry, f"{where}: a literal token"
+                        assert "secretKeyRef" in entry.get("valueFrom", {}), where
+    token = read_yaml(COMPOSE)["services"][SIDECAR].get("environment", {})
+    assert token.get(TOKEN_ENV, None) is None, "compose passes the token through by name"
+
+
+def admin_rules(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The NetworkPolicy ingress rules that admit gateproxy's admin port."""
+    proxy = sidecar(resources)
+    admin = named_port(proxy, "admin")
+    return [rule for policy in find(resources, "NetworkPolicy")
+            for rule in policy["spec"].get("ingress", [])
+            if any(named_port(proxy, p["port"]) == admin for p in rule.get("ports", []))]
+
+
+@pytest.mark.parametrize("directory", BUILDS, ids=build_id)
+def test_network_policy_admits_the_admin_port_from_labelled_namespaces_only(
+        directory: Path) -> None:
+    """No `from` (or a `{}` peer, or an empty namespaceSelector) would admit every pod of
+    every namespace; kubelet probes need no peer (the node's traffic is always allowed)."""
+    rules = admin_rules(kustomize_build(directory))
+    assert rules, "no NetworkPolicy rule admits the admin port"
+    for rule in rules:
+        peers = rule.get("from")
+        assert peers, "the admin port's rule needs a `from`"
+        for peer in peers:
+            assert peer, "an empty peer `{}` admits everyone"
+            assert set(peer) <= {"namespaceSelector", "podSelector"}, (
+                f"peers are labelled namespaces, not {sorted(set(peer))}")
+            labels = peer.get("namespaceSelector", {}).get("matchLabels") or {}
+            assert labels, "a namespaceSelector without matchLabels admits every namespace"
+            assert all(key and value for key, value in labels.items()), labels
+
+
+def test_admin_access_label_is_the_one_the_docs_set(
+        builds: dict[str, list[dict[str, Any]]]) -> None:
+    """The operator runs the README's `kubectl label namespace`: it must set the label the
+    policy selects, and no stale key may linger in the README or the policy's comment."""
+    labels = {f"{key}={value}" for rule in admin_rules(builds["base"])
+              for peer in rule["from"]
+              for key, value in peer["namespaceSelector"]["matchLabels"].items()}
+    assert len(labels) == 1, labels
+    (label,) = labels
+    key = label.partition("=")[0]
+    for path in (DEPLOY / "README.md", BASE / "networkpolicy.yaml"):
+        text = path.read_text()
+        commands = set(re.findall(r"kubectl(?: -n \S+)? label namespace \S+ (\S+=\S+)", text))
+        assert commands == {label}, f"{path.name}: label commands {commands}, policy {label}"
+        keys = set(re.findall(r"gateproxy\.agyn\.io/[\w.-]+", text))
+        assert keys == {key}, f"{path.name}: label keys {keys}, policy {key}"
 
 
 @pytest.mark.parametrize("directory", BUILDS, ids=build_id)
