@@ -88,6 +88,8 @@ REQUIRES: Final = (
 
 # aiohttp answers these with no body and drops their Content-Length.
 _EMPTY_STATUS: Final = frozenset({204, 304})
+# What a cached 503's bytes are made of besides its guard: its headers and its Date.
+_AnswerKey = tuple[tuple[tuple[str, str], ...], str]
 
 
 class FastPath:
@@ -105,9 +107,10 @@ class FastPath:
         # Time to the response's headers, measured here rather than by a wrapper around
         # `client`: one coroutine less per request.
         self._on_latency = on_latency
-        # The last 503 of each guard (by identity: a Guard hashes all its fields), whose
-        # bytes change with Retry-After and Date only.
-        self._answers: dict[int, tuple[Guard, tuple[str, str], bytes]] = {}
+        # The last 503 of each guard (by identity: a Guard hashes all its fields), keyed
+        # by all its headers and the Date: whichever header changes, in whatever place
+        # the gate writes it, the bytes are made anew.
+        self._answers: dict[int, tuple[Guard, _AnswerKey, bytes]] = {}
 
     # --- deciding ---------------------------------------------------------------------
 
@@ -128,12 +131,12 @@ class FastPath:
             return None
         self._on_reject(verdict.rule)
         guard = verdict.rule.target
-        headers_out = gate.rejection_headers(guard, None)
-        key = (headers_out[2][1], helpers.rfc822_formatted_time())
+        headers_out = tuple(gate.rejection_headers(guard, None))
+        date = helpers.rfc822_formatted_time()
         last = self._answers.get(id(guard))
-        if last is None or last[0] is not guard or last[1] != key:
+        if last is None or last[0] is not guard or last[1] != (headers_out, date):
             last = self._answers[id(guard)] = (
-                guard, key, answers.own_bytes(503, guard.body, headers_out, key[1]))
+                guard, (headers_out, date), answers.own_bytes(503, guard.body, headers_out, date))
         return last[2]
 
     # --- forwarding -------------------------------------------------------------------

@@ -10,13 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import helpers, web
+from aiohttp.http import HttpVersion11, RawRequestMessage
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from gateproxy.aio import fastpath
 from gateproxy.app import Gateway
-from gateproxy.gate import Forward
+from gateproxy.gate import Forward, Gate, Guard
 from gateproxy.standins import StandIn
-from tests.conftest import free_port
+from gateproxy.status import State
+from tests.conftest import free_port, wait_for
 from tests.support import upstream_app
 from tests.support.rawclient import Exchange, exchange, read_exchange
 
@@ -252,3 +256,42 @@ async def test_keep_alive_is_not_cut_during_a_forward_and_closes_an_idle_connect
     finally:
         writer.close()
     assert verdicts == ["forward", "forward"]
+
+
+class ReorderedGate(Gate):
+    """The gate's 503 headers in another order: Retry-After first, its value the test's."""
+
+    retry_after = "7"
+
+    def rejection_headers(self, guard: Guard, origin: str | None) -> list[tuple[str, str]]:
+        headers = super().rejection_headers(guard, origin)
+        return [("Retry-After", self.retry_after),
+                *(header for header in headers if header[0] != "Retry-After")]
+
+
+def parsed_get(target: str) -> RawRequestMessage:
+    """What aiohttp's parser makes of `get(target)`."""
+    return RawRequestMessage(
+        "GET", target, HttpVersion11, CIMultiDictProxy(CIMultiDict(Host="platform.test")),
+        ((b"Host", b"platform.test"),), False, None, False, False, URL(target))
+
+
+async def test_the_cached_503_follows_its_headers_not_their_positions(
+        upstream: StandIn, gateways: Callable[..., Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway = await gateways(upstream.url)
+    (guard,) = gateway.guards  # docker-runner, unreachable
+    await wait_for(lambda: guard.status.state is State.DOWN)
+    gate = ReorderedGate(gateway.guards, frozenset())
+    fast = fastpath.FastPath(lambda: gate, gateway.upstream, lambda rule: None,
+                             lambda method, status, target: None, lambda seconds: None)
+    # One Date for every answer: only the headers can tell them apart.
+    monkeypatch.setattr(helpers, "rfc822_formatted_time", lambda: "Thu, 01 Jan 2026 00:00:00 GMT")
+    message = parsed_get("/api/containers")
+    first = fast.decide(message)
+    assert isinstance(first, bytes) and b"\r\nRetry-After: 7\r\n" in first, first
+    assert fast.decide(message) is first, "the same headers and Date: the cached bytes"
+    gate.retry_after = "8"
+    again = fast.decide(message)
+    assert isinstance(again, bytes) and b"\r\nRetry-After: 8\r\n" in again, again
+    assert again.replace(b"Retry-After: 8", b"Retry-After: 7") == first
