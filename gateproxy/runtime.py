@@ -3,7 +3,10 @@
 The configuration, the gate built from it (with the guards of every dependency) and the
 configuration's version travel together. A reload builds a new `Runtime` completely and
 then replaces the old one with one assignment, so every request sees either the old
-state or the new one, never a mix. This is also what a worker process would receive.
+state or the new one, never a mix. A worker process (`workers: N`) is given no `Runtime`:
+it builds its own from the same configuration file, with guards that follow the
+supervisor's probe results over the control channel (gateproxy/control.py), and reloads
+that file itself when the supervisor says `reload`.
 """
 
 from __future__ import annotations

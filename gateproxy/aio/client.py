@@ -1,4 +1,4 @@
-"""A lean keep-alive HTTP/1.1 client for the one upstream (`upstream.client: fast`).
+"""A lean keep-alive HTTP/1.1 client for the one upstream (`fast_path: true`, the default).
 
 aiohttp's ClientSession is general-purpose: per request it builds a ClientRequest and
 yarl URLs, looks up a connector key, runs tracing hooks, timers and header defaults.

@@ -1,6 +1,7 @@
-"""The lean upstream client (`upstream.client: fast`) against real servers on 127.0.0.1:
-aiohttp applications for ordinary answers, raw asyncio servers for the byte-level cases
-(close-delimited bodies, informational answers, connections closed at the worst time)."""
+"""The lean upstream client (gateproxy/aio/client.py, used with `fast_path: true`) against
+real servers on 127.0.0.1: aiohttp applications for ordinary answers, raw asyncio servers
+for the byte-level cases (close-delimited bodies, informational answers, connections
+closed at the worst time)."""
 
 from __future__ import annotations
 
