@@ -4,9 +4,10 @@ without a restart and without dropping a request.
 The new state (configuration, gate, version: a `Runtime`) is built completely and then
 swapped in with one assignment, so every request is judged by either the old gate or the
 new one. A file with a problem is rejected with one log line and the running configuration
-keeps serving. Settings that belong to open sockets and sessions (listen address, ports,
-upstream URL and timeouts, paths) keep their running values until a restart, and the log
-says so.
+keeps serving. The settings not `live` in gateproxy/settings.py (those that belong to
+open sockets and sessions: listen address, ports, upstream URL and timeouts, paths; and
+the secrets, a dependency's included) keep their running values until a restart, and the
+log names them (by key, never a secret's value).
 """
 
 from __future__ import annotations
@@ -19,20 +20,42 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
-from gateproxy import answers, logs, settings
-from gateproxy.config import DEFAULTS_SOURCE, Config, ConfigError, Dependency, load
+from gateproxy import answers, config, logs, settings
+from gateproxy.config import DEFAULTS_SOURCE, Config, ConfigError, Dependency
 from gateproxy.gate import Gate, Guard
 from gateproxy.logs import log
-from gateproxy.runtime import ConfigVersion, Runtime, content, content_hash
+from gateproxy.runtime import ConfigVersion, Runtime, content_hash
 
 
-def _keep_restart_only(running: Config, new: Config) -> Config:
+def _keep_restart_only(running: Config, new: Config) -> tuple[Config, tuple[str, ...]]:
     """`new`, with the settings a running process cannot change (those not `live` in
-    gateproxy/settings.py) kept as they run."""
+    gateproxy/settings.py) kept as they run; and the keys of those whose new value waits
+    for a restart. A dependency's are kept where it runs already (matched by name); a new
+    one has nothing running and takes its new values."""
+    pending: list[str] = []
+
+    def keep(obj: Any, kept_from: Any, setting: settings.Setting, key: str) -> Any:
+        kept = _at(kept_from, setting.path)
+        # The real values: `content()` redacts secrets, and a changed secret waits too.
+        if _at(obj, setting.path) == kept:
+            return obj
+        pending.append(key)  # the key only: never a secret's value
+        return _with(obj, setting.path, kept)
+
     for setting in settings.top_level():
         if not setting.live:
-            new = _with(new, setting.path, _at(running, setting.path))
-    return new
+            new = keep(new, running, setting, setting.key)
+    restart_only = [s for s in settings.per_dependency() if not s.live]
+    runs = {dep.name: dep for dep in running.dependencies}
+    dependencies = []
+    for dep in new.dependencies:
+        old = runs.get(dep.name)
+        if old is not None:
+            for setting in restart_only:
+                key = f"dependencies[{dep.name}].{'.'.join(setting.path)}"
+                dep = keep(dep, old, setting, key)
+        dependencies.append(dep)
+    return replace(new, dependencies=tuple(dependencies)), tuple(pending)
 
 
 def _at(obj: Any, path: tuple[str, ...]) -> Any:
@@ -46,13 +69,6 @@ def _with(obj: Any, path: tuple[str, ...], value: Any) -> Any:
     head, *rest = path
     return replace(obj, **{head: _with(getattr(obj, head), tuple(rest), value)
                            if rest else value})
-
-
-def _differences(a: Any, b: Any, path: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for key in a for d in _differences(a[key], b.get(key),
-                                                      f"{path}.{key}" if path else key)]
-    return [] if a == b else [path]
 
 
 class Reloadable(Protocol):
@@ -71,8 +87,7 @@ async def apply(proxy: Reloadable, new: Config) -> None:
     those keep their running values and are logged."""
     old = proxy.runtime
     running = old.config
-    applied = _keep_restart_only(running, new)
-    pending = tuple(_differences(content(new), content(applied)))
+    applied, pending = _keep_restart_only(running, new)
     previous = {g.status.dep.name: g for g in old.guards}
     guards: list[Guard] = []
     added: list[Guard] = []
@@ -126,7 +141,9 @@ class Reloader:
             if self.proxy.draining:
                 return False
             try:
-                new = load(self.path, self._env)
+                # Looked up when called, as the start-up's load is: a wrapper of it
+                # (tests/conftest.py sets `fast_path` so) applies to a reload as well.
+                new = config.load(self.path, self._env)
             except Exception as exc:  # whatever the file holds, the running config stays
                 problems = ([str(p) for p in exc.problems] if isinstance(exc, ConfigError)
                             else [f"{self.path}: cannot be loaded: {exc!r}"])

@@ -15,10 +15,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from gateproxy import logs, settings
 from gateproxy.app import Gateway
 from gateproxy.reload import Reloader
+from gateproxy.signing import HEADERS, sign
 from gateproxy.standins import StandIn, docker_runner
 from tests.conftest import (
     MakeGateway,
@@ -263,6 +265,95 @@ async def test_settings_that_need_a_restart_are_logged_and_kept(
     assert gateway.port == port
     async with http.get(url(gateway, "/api/threads")) as resp:
         assert resp.status == 503, "the routes in the same file were applied"
+
+
+class SigningRunner:
+    """A docker-runner stand-in that says which of `secrets` signed each probe (None:
+    none of them) and, as the runner does, refuses a probe none of them signed."""
+
+    def __init__(self, *secrets: str) -> None:
+        self.secrets = secrets
+        self.signed_with: list[str | None] = []
+        self.app = web.Application()
+        self.app.router.add_get("/v1/ready", self._ready)
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        headers = request.headers
+        signer = None
+        if all(name in headers for name in HEADERS):
+            signer = next((secret for secret in self.secrets if sign(
+                secret, request.method, request.raw_path, int(headers["x-dr-timestamp"]),
+                headers["x-dr-nonce"])["x-dr-signature"] == headers["x-dr-signature"]), None)
+        self.signed_with.append(signer)
+        if signer is None:
+            return web.json_response({"error": {"code": "invalid_signature"}}, status=401)
+        return web.json_response({"status": "ready"})
+
+    async def next_probes(self, count: int) -> list[str | None]:
+        """Who signed the next `count` probes."""
+        start = len(self.signed_with)
+        await wait_for(lambda: len(self.signed_with) >= start + count)
+        return self.signed_with[start:start + count]
+
+
+RUNNING_SECRET, NEW_SECRET = "running-secret-4f1d", "new-secret-9a7c"
+SECRET_KEY = "dependencies[docker-runner].shared_secret"
+
+
+async def test_a_changed_shared_secret_waits_for_a_restart(
+        captured_logs: io.StringIO, tmp_path: Path, start_standin: StartStandIn,
+        recorder: tuple[Recorder, StandIn], make_gateway: MakeGateway,
+        http: aiohttp.ClientSession) -> None:
+    _, upstream = recorder
+    runner = SigningRunner(RUNNING_SECRET, NEW_SECRET)
+    runner_url = (await start_standin(runner.app)).url
+    path = tmp_path / "gp.yaml"
+    write(path, runner_url)
+    env = env_for(upstream, runner_url, DOCKER_RUNNER_SHARED_SECRET=RUNNING_SECRET,
+                  GATEPROXY_ADMIN_TOKEN="running-token-51b2")
+    gateway = await make_gateway(env, str(path))
+    assert await runner.next_probes(2) == [RUNNING_SECRET] * 2
+    # The secrets change, and so does the docker-runner entry (a live change).
+    env |= {"DOCKER_RUNNER_SHARED_SECRET": NEW_SECRET,
+            "GATEPROXY_ADMIN_TOKEN": "new-token-c3e8"}
+    write(path, runner_url, ("/api/containers", "/api/threads"))
+    assert await Reloader(gateway, env).reload("test")
+    async with http.get(url(gateway, "/api/threads")) as resp:
+        assert resp.status == 200, "the docker-runner entry's routes were applied"
+    assert gateway.config.dependencies[0].gated_routes[-1].prefix == "/api/threads"
+    # The probe still signs with the running secret, the runner's until a restart.
+    assert await runner.next_probes(3) == [RUNNING_SECRET] * 3
+    assert gateway.guards[0].status.is_up
+    assert gateway.runtime.version.pending_restart == ("admin_token", SECRET_KEY)
+    state = await status_json(http, gateway)
+    assert state["config"]["pendingRestart"] == ["admin_token", SECRET_KEY]
+    [restart] = [line for line in log_lines(captured_logs)
+                 if line["event"] == "config_restart_required"]
+    assert restart["level"] == "WARNING"
+    assert restart["keys"] == ["admin_token", SECRET_KEY]
+    written = captured_logs.getvalue() + str(state)
+    for secret in (RUNNING_SECRET, NEW_SECRET, "running-token-51b2", "new-token-c3e8"):
+        assert secret not in written
+
+
+async def test_a_new_dependency_takes_its_new_shared_secret(
+        captured_logs: io.StringIO, tmp_path: Path, start_standin: StartStandIn,
+        recorder: tuple[Recorder, StandIn], make_gateway: MakeGateway) -> None:
+    _, upstream = recorder
+    runner = SigningRunner(RUNNING_SECRET, NEW_SECRET)
+    runner_url = (await start_standin(runner.app)).url
+    path = tmp_path / "gp.yaml"
+    path.write_text("dependencies: []\n")
+    env = env_for(upstream, runner_url, DOCKER_RUNNER_SHARED_SECRET=RUNNING_SECRET)
+    gateway = await make_gateway(env, str(path))
+    env["DOCKER_RUNNER_SHARED_SECRET"] = NEW_SECRET
+    write(path, runner_url)
+    assert await Reloader(gateway, env).reload("test")
+    # Nothing ran with a secret for docker-runner: it starts with the new one.
+    assert await runner.next_probes(2) == [NEW_SECRET] * 2
+    assert gateway.runtime.version.pending_restart == ()
+    assert not any(line["event"] == "config_restart_required"
+                   for line in log_lines(captured_logs))
 
 
 async def test_a_reload_restarts_exhausted_probing(
