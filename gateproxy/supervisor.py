@@ -34,7 +34,7 @@ from aiohttp import web
 
 from gateproxy import admin, aggregate, control
 from gateproxy.aio import check
-from gateproxy.config import Config, Dependency
+from gateproxy.config import DEFAULTS_SOURCE, Config, Dependency
 from gateproxy.gate import Gate, Guard
 from gateproxy.logs import log
 from gateproxy.metrics import Metrics
@@ -155,7 +155,7 @@ class Supervisor:
 
     def _command(self, worker: _Worker) -> list[str]:
         source = self.runtime.config.source
-        config = [] if source == "defaults" else ["--config", source]
+        config = [] if source == DEFAULTS_SOURCE else ["--config", source]
         return [sys.executable, "-m", "gateproxy", "worker", *config,
                 "--control", self.control_path, "--admin", self.admin_path,
                 "--port", str(self.port), "--index", str(worker.index)]
