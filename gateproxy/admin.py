@@ -6,12 +6,13 @@ The first five only read state; none of them is ever forwarded or gated. Nothing
 show carries a secret: base URLs are the redacted ones of the snapshots and the shared
 secret is not part of any of it. `POST`/`DELETE {admin}/dependencies/{name}/maintenance`
 changes state, so it is served on the admin port only (the gate answers 404 for it on
-the proxy's port) and, with `admin_token`, only to a caller that has the token.
+the proxy's port) and only to whom gateproxy/access.py admits: the loopback, or with
+`admin_token` set, a caller that has the token. Every answer here is the proxy's own
+(gateproxy/answers.py), aiohttp's refusals (no such path, another method) included.
 """
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -21,8 +22,9 @@ import jinja2
 import orjson
 from aiohttp import web
 
-from gateproxy import __version__, answers
+from gateproxy import __version__, access, answers
 from gateproxy.gate import ADMIN_ENDPOINTS
+from gateproxy.logs import log
 from gateproxy.metrics import CONTENT_TYPE
 from gateproxy.monitor import Monitor
 from gateproxy.runtime import Runtime
@@ -54,9 +56,9 @@ class View(Protocol):
         """Request counts of the last 5 and 60 minutes: `forwarded`, `gated` and `held`
         (the last two by dependency), as `Metrics.recent` gives them, `held` added."""
 
-_JSON = [("Content-Type", answers.JSON), ("Cache-Control", "no-store")]
 # The page loads nothing from anywhere and talks only to its own origin.
 _PAGE = {
+    "Content-Type": "text/html; charset=utf-8",
     "Cache-Control": "no-store",
     "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
     "style-src 'unsafe-inline'; img-src data:; connect-src 'self'; base-uri 'none'; "
@@ -64,10 +66,6 @@ _PAGE = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-
-
-def _json(status: int, body: object) -> web.Response:
-    return answers.own(status, orjson.dumps(body), _JSON)
 
 
 def readiness(view: View) -> tuple[int, dict[str, Any]]:
@@ -132,22 +130,20 @@ def endpoints(app: web.Application, view: View) -> dict[str, Handler]:
                          autoescape=True, default_helpers=False)
 
     async def live(_: web.Request) -> web.Response:
-        return _json(200, {"status": "live"})
+        return answers.json(200, {"status": "live"})
 
     async def ready(_: web.Request) -> web.Response:
-        return _json(*readiness(view))
+        return answers.json(*readiness(view))
 
     async def status_json(_: web.Request) -> web.Response:
-        return _json(200, status_data(view))
+        return answers.json(200, status_data(view))
 
     async def status_page(request: web.Request) -> web.Response:
-        response = aiohttp_jinja2.render_template(
+        page = aiohttp_jinja2.render_string(
             "status.html", request,
             {"state": status_data(view), "json_url": f"{prefix}/status.json",
              "metrics_url": f"{prefix}/metrics"})
-        response.headers.update(_PAGE)
-        response.headers["Server"] = answers.SERVER
-        return response
+        return answers.own(200, page.encode(), _PAGE.items())
 
     async def metrics(_: web.Request) -> web.Response:
         return answers.own(200, view.exposition(),
@@ -161,13 +157,6 @@ def endpoints(app: web.Application, view: View) -> dict[str, Handler]:
 
 MAINTENANCE = "{prefix}/dependencies/{{name}}/maintenance"  # the route, under admin_prefix
 _REASON_MAX = 500  # characters: a reason is a note for people, and it is logged
-
-
-def _authorised(request: web.Request, token: str | None) -> bool:
-    if token is None:
-        return True
-    given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-    return hmac.compare_digest(given, f"Bearer {token}".encode())
 
 
 async def _reason(request: web.Request) -> str | None:
@@ -187,17 +176,33 @@ async def _reason(request: web.Request) -> str | None:
     return reason or None
 
 
-def maintenance_endpoint(view: View) -> Handler:
+def _peer(request: web.Request) -> str | None:
+    """The caller's address as the connection says it (never a header: anyone can
+    write an X-Forwarded-For)."""
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
+
+
+def maintenance_endpoint(view: View, denied: Callable[[str], None]) -> Handler:
     """POST starts a dependency's maintenance, DELETE ends it; both answer 200 with its
-    snapshot."""
+    snapshot. A caller gateproxy/access.py does not admit gets 403 or 401, is logged
+    and counted (`denied`, with the error code), and changes nothing."""
 
     async def maintenance(request: web.Request) -> web.StreamResponse:
-        if not _authorised(request, view.runtime.config.admin_token):
-            answer = answers.error("unauthorized", "this endpoint needs "
-                                   "Authorization: Bearer <admin_token>")
+        peer = _peer(request)
+        name = request.match_info["name"]
+        admission = access.admit(peer, request.headers.get("Authorization"),
+                                 view.runtime.config.admin_token)
+        if admission.refusal is not None:
+            log.warning("admin_denied", peer=peer, token=admission.token,
+                        code=admission.refusal, method=request.method, dependency=name)
+            denied(admission.refusal)
+            if admission.refusal == "forbidden":
+                return answers.error("forbidden", access.FORBIDDEN_MESSAGE)
+            answer = answers.error("unauthorized", access.UNAUTHORIZED_MESSAGE)
             answer.headers["WWW-Authenticate"] = "Bearer"
             return answer
-        name = request.match_info["name"]
         guard = next((g for g in view.runtime.guards if g.status.dep.name == name), None)
         # (Only the process that probes, not a worker that follows it, owns a Monitor.)
         if guard is None or not isinstance(guard.monitor, Monitor):
@@ -207,23 +212,37 @@ def maintenance_endpoint(view: View) -> Handler:
                 reason = await _reason(request)
             except ValueError as exc:
                 return answers.error("bad_request", str(exc))
-            guard.monitor.start_maintenance(reason)
+            guard.monitor.start_maintenance(reason, peer=peer, token=admission.token)
         else:
-            guard.monitor.end_maintenance()
-        return _json(200, {"name": name, **guard.status.snapshot()})
+            guard.monitor.end_maintenance(peer=peer, token=admission.token)
+        return answers.json(200, {"name": name, **guard.status.snapshot()})
 
     return maintenance
 
 
-def application(view: View, maintenance: bool) -> web.Application:
+@web.middleware
+async def own_refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's refusals (no such path, a method the path does not take, a body over
+    the limit) as the proxy's own JSON errors; `OPTIONS *`, which no route can match,
+    answered."""
+    if request.method == "OPTIONS" and request.raw_path == "*":
+        return answers.server_options(answers.ADMIN_ALLOW)
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        return answers.for_exception(exc)
+
+
+def application(view: View, denied: Callable[[str], None] | None) -> web.Application:
     """The admin endpoints as an application of their own (the admin port), with the
-    maintenance endpoint, which changes state, when `maintenance`."""
-    app = web.Application()
+    maintenance endpoint, which changes state, when `denied` (what counts a refused
+    caller) is given."""
+    app = web.Application(middlewares=[own_refusals])
     prefix = view.runtime.config.admin_prefix
     for name, handler in endpoints(app, view).items():
         app.router.add_get(f"{prefix}/{name}", handler)
-    if maintenance:
-        control = maintenance_endpoint(view)
+    if denied is not None:
+        control = maintenance_endpoint(view, denied)
         app.router.add_route("POST", MAINTENANCE.format(prefix=prefix), control)
         app.router.add_route("DELETE", MAINTENANCE.format(prefix=prefix), control)
     return app

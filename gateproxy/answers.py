@@ -18,19 +18,26 @@ from aiohttp import web
 
 from gateproxy.aio.wire import SERVER, own_response
 
-__all__ = ["JSON", "SERVER", "STATUS", "error", "error_body", "error_bytes", "head", "own",
-           "own_bytes"]
+__all__ = ["ADMIN_ALLOW", "ALLOW", "JSON", "SERVER", "STATUS", "error", "error_body", "error_bytes",
+           "for_exception", "head", "json", "own", "own_bytes"]
 
 JSON: Final = "application/json"
+# What `OPTIONS *` names on the proxy's port (it forwards every method; these are the
+# usual ones) and on the admin port.
+ALLOW: Final = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+ADMIN_ALLOW: Final = "GET, HEAD, POST, DELETE"
 
 # Every error code the proxy answers with, and its status. Upstream failures map onto
-# the last two (upstream.py, fastclient.py); the gate's 503 has the code configured per
+# the last two (upstream.py, aio/client.py); the gate's 503 has the code configured per
 # dependency.
 STATUS: Final[dict[str, int]] = {
     "bad_request": 400,
     "unauthorized": 401,
+    "forbidden": 403,
     "not_found": 404,
+    "method_not_allowed": 405,
     "request_timeout": 408,
+    "payload_too_large": 413,
     "expectation_failed": 417,
     "internal_error": 500,
     "too_many_connections": 503,
@@ -48,6 +55,37 @@ def error(code: str, message: str, *, close: bool = False) -> web.Response:
     """The proxy's JSON error `code` (a key of STATUS) as an aiohttp response."""
     return own(STATUS[code], error_body(code, message),
                [("Content-Type", JSON), ("Cache-Control", "no-store")], close=close)
+
+
+def server_options(allow: str) -> web.Response:
+    """The answer to `OPTIONS *` (RFC 9110 section 9.3.7): no body, what is allowed."""
+    return own(200, b"", [("Allow", allow)])
+
+
+def json(status: int, body: object) -> web.Response:
+    """A JSON answer of the proxy's own that no cache may keep."""
+    return own(status, orjson.dumps(body),
+               [("Content-Type", JSON), ("Cache-Control", "no-store")])
+
+
+# What aiohttp's own refusals (no route, a method the route lacks, a body over the size
+# limit) become: the proxy's JSON error, not aiohttp's text page with its Server header.
+_EXCEPTION_CODES: Final = {404: "not_found", 405: "method_not_allowed",
+                           413: "payload_too_large"}
+_EXCEPTION_MESSAGES: Final = {"not_found": "no such endpoint of the proxy",
+                              "method_not_allowed": "this endpoint does not take that method",
+                              "payload_too_large": "the request body is too large"}
+
+
+def for_exception(exc: web.HTTPException) -> web.Response:
+    """The proxy's own answer in place of an aiohttp HTTPException (an `Allow` kept)."""
+    code = _EXCEPTION_CODES.get(exc.status, "bad_request" if exc.status < 500
+                                else "internal_error")
+    answer = error(code, _EXCEPTION_MESSAGES.get(code, "the request cannot be served"))
+    allow = exc.headers.get("Allow")
+    if allow is not None:
+        answer.headers["Allow"] = allow
+    return answer
 
 
 def own(status: int, body: bytes, headers: Iterable[tuple[str, str]],

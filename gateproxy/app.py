@@ -24,6 +24,7 @@ from gateproxy.gate import (
     ADMIN_ENDPOINTS,
     HEALTH,
     NOT_FOUND,
+    SERVER_OPTIONS,
     BadRequest,
     Forward,
     Gate,
@@ -121,7 +122,8 @@ class Gateway:
         # default (an hour) would let idle clients hold connection slots; 75 s as nginx.
         app = web.Application(handler_args={"max_field_size": 16384,
                                             "auto_decompress": False,
-                                            "keepalive_timeout": 75.0})
+                                            "keepalive_timeout": 75.0},
+                              middlewares=[self._unrouted])
         if self._link is None:
             self._admin = _admin_endpoints(app, self)
         else:
@@ -198,7 +200,19 @@ class Gateway:
             return answers.error("bad_request", verdict.message)
         if isinstance(verdict, Own) and verdict.endpoint == NOT_FOUND:
             return answers.error("not_found", "no such endpoint of the proxy")
+        if isinstance(verdict, Own) and verdict.endpoint == SERVER_OPTIONS:
+            return answers.server_options(answers.ALLOW)
         return None
+
+    @web.middleware
+    async def _unrouted(self, request: web.Request,
+                        handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                        ) -> web.StreamResponse:
+        """A target the one route cannot match (`*`: routes start with `/`) goes to the
+        same handler, not to aiohttp's own 404."""
+        if request.match_info.http_exception is not None:
+            return await self._serve(request)
+        return await handler(request)
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         verdict = await self._decide(request)
@@ -310,4 +324,4 @@ def _admin_endpoints(app: web.Application, gateway: Gateway
 def _admin_application(gateway: Gateway) -> web.Application:
     from gateproxy import admin
 
-    return admin.application(gateway, maintenance=True)
+    return admin.application(gateway, denied=gateway.metrics.count_admin_denied)

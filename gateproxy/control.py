@@ -26,6 +26,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from gateproxy import answers
 from gateproxy.config import Dependency
 from gateproxy.logs import log
 from gateproxy.monitor import GATED, HELD, RECHECK_AFTER_S
@@ -33,6 +34,9 @@ from gateproxy.status import DependencyStatus
 
 STATS_EVERY_S: Final = 1.0
 RECHECK_EVERY_S: Final = 0.5  # a worker asks for a recheck at most this often
+# Headers of the supervisor's admin answers that the worker's own writer sets anew.
+_NOT_RELAYED: Final = frozenset({"content-length", "transfer-encoding", "connection", "date",
+                                 "server"})
 Message = dict[str, Any]
 
 
@@ -184,10 +188,10 @@ class WorkerLink:
                                            headers={"Accept": request.headers.get(
                                                "Accept", "*/*")}) as answer:
                 body = await answer.read()
-                headers = {k: v for k, v in answer.headers.items()
-                           if k.lower() not in ("content-length", "transfer-encoding",
-                                                "connection", "date")}
-                return web.Response(status=answer.status, body=body, headers=headers)
+                # The supervisor's answer, written again by this worker's own writer.
+                headers = [(k, v) for k, v in answer.headers.items()
+                           if k.lower() not in _NOT_RELAYED]
+                return answers.own(answer.status, body, headers)
 
         return dict.fromkeys(names, relay)
 

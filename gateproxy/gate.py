@@ -26,6 +26,7 @@ from gateproxy.status import DependencyStatus, State
 JSON: Final = "application/json"
 HEALTH: Final = "health"
 NOT_FOUND: Final = "not_found"
+SERVER_OPTIONS: Final = "*"  # `OPTIONS *`: what the server as a whole allows
 # The proxy's own endpoints, under the admin prefix.
 ADMIN_ENDPOINTS: Final = frozenset({"live", "ready", "status", "status.json", "metrics"})
 _READ: Final = frozenset({"GET", "HEAD"})
@@ -71,7 +72,7 @@ class BadRequest:
 
 @dataclass(frozen=True, slots=True)
 class Own:
-    endpoint: str  # HEALTH, NOT_FOUND or one of ADMIN_ENDPOINTS
+    endpoint: str  # HEALTH, NOT_FOUND, SERVER_OPTIONS or one of ADMIN_ENDPOINTS
 
 
 Verdict = Forward | Reject | Wait | BadRequest | Own
@@ -120,6 +121,9 @@ class Gate:
             normal = routes.normalise(path)
         except BadPath as exc:
             return BadRequest(str(exc))
+        if normal == "*":  # the asterisk form (RFC 9112 section 3.2.4): OPTIONS only
+            return Own(SERVER_OPTIONS) if method == "OPTIONS" else BadRequest(
+                "the request target * is only for OPTIONS")
         if normal == self._health and method in _READ:
             return Own(HEALTH)
         admin = self._admin
@@ -176,5 +180,5 @@ class Gate:
         return headers
 
 
-__all__ = ["ADMIN_ENDPOINTS", "HEALTH", "JSON", "NOT_FOUND", "BadRequest", "Forward", "Gate",
-           "Guard", "Own", "Reject", "Verdict", "Wait"]
+__all__ = ["ADMIN_ENDPOINTS", "HEALTH", "JSON", "NOT_FOUND", "SERVER_OPTIONS", "BadRequest",
+           "Forward", "Gate", "Guard", "Own", "Reject", "Verdict", "Wait"]

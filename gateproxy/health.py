@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateproxy import answers
 from gateproxy.status import DependencyStatus, State, iso
 from gateproxy.upstream import UpstreamClient, UpstreamError
 
@@ -182,4 +183,4 @@ async def health_response(request: web.BaseRequest, client: UpstreamClient, path
     else:
         code, body = aggregate(upstream, statuses, time.time())
         headers = HEADERS
-    return web.Response(status=code, body=orjson.dumps(body), headers=headers)
+    return answers.own(code, orjson.dumps(body), headers.items())

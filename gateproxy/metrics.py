@@ -169,6 +169,11 @@ class Metrics:
             ["dependency", "outcome"], registry=registry)
         self.reload_applied = reloads.labels("applied")
         self.reload_rejected = reloads.labels("rejected")
+        self._admin_denied = Counter(
+            "gateproxy_admin_denied",
+            "Attempts to change state on the admin port that were refused, by error code "
+            "(forbidden: not on the loopback and no admin_token set; unauthorized: no "
+            "valid token)", ["code"], registry=registry)
 
     def observe_probe(self, status: DependencyStatus, result: ProbeResult) -> None:
         """The monitor's `on_result` hook."""
@@ -188,6 +193,9 @@ class Metrics:
             self._gated_recent[key] = recent.add
         count[0] += 1
         self._gated_recent[key]()
+
+    def count_admin_denied(self, code: str) -> None:
+        self._admin_denied.labels(code).inc()
 
     def count_hold(self, dependency: str, outcome: str) -> None:
         self._holds.labels(dependency, outcome).inc()

@@ -150,24 +150,33 @@ class Monitor:
             self._trigger = trigger
             self._wake.set()
 
-    def start_maintenance(self, reason: str | None) -> bool:
+    def start_maintenance(self, reason: str | None, **caller: object) -> bool:
         """Close the gated routes until `end_maintenance`, whatever the probes say;
-        False when maintenance was already on (its start and reason stay)."""
-        if self.status.maintenance is not None:
+        False when maintenance was already on (its start and reason stay). Logged
+        either way, with `caller` (who asked: the admin endpoint's peer and token)."""
+        current = self.status.maintenance
+        if current is not None:
+            log.warning("maintenance_started", dependency=self.dep.name, reason=current.reason,
+                        changed=False, **caller)
             return False
         self.status.set_maintenance(Maintenance(self._clock(), reason))
-        log.warning("maintenance_started", dependency=self.dep.name, reason=reason)
+        log.warning("maintenance_started", dependency=self.dep.name, reason=reason,
+                    changed=True, **caller)
         self._maintenance_changed()
         return True
 
-    def end_maintenance(self) -> bool:
-        """End maintenance; False when it was not on."""
+    def end_maintenance(self, **caller: object) -> bool:
+        """End maintenance; False when it was not on. Logged either way, as
+        `start_maintenance`."""
         maintenance = self.status.maintenance
         if maintenance is None:
+            log.warning("maintenance_ended", dependency=self.dep.name, changed=False,
+                        **caller)
             return False
         self.status.set_maintenance(None)
         log.warning("maintenance_ended", dependency=self.dep.name, reason=maintenance.reason,
-                    durationMs=round((self._clock() - maintenance.since) * 1000))
+                    durationMs=round((self._clock() - maintenance.since) * 1000),
+                    changed=True, **caller)
         self._maintenance_changed()
         return True
 

@@ -21,7 +21,7 @@ from yarl import URL
 
 from gateproxy.config import Dependency
 from gateproxy.signing import sign
-from gateproxy.status import ProbeError
+from gateproxy.status import ProbeError, probe_url
 
 if TYPE_CHECKING:
     from gateproxy.grpcprobe import GrpcProber
@@ -93,7 +93,7 @@ class Prober:
         return ProbeResult(round((time.monotonic() - started) * 1000), error)
 
     async def _http(self, dep: Dependency) -> ProbeError | None:
-        url = URL(dep.base_url + dep.ready_path, encoded=True)
+        url = URL(probe_url(dep.base_url, dep.ready_path), encoded=True)
         headers = {}
         if dep.shared_secret:
             headers = sign(dep.shared_secret, "GET", url.raw_path_qs,

@@ -105,9 +105,10 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "Serve the admin endpoints on this port only; null: on the proxy port. Must "
             "differ from `listen.port`.", live=False),
     Setting("admin_token", r.secret, None, "secret, environment only",
-            "When set, the admin endpoints that change state (`POST`/`DELETE` "
+            "The admin endpoints that change state (`POST`/`DELETE` "
             "`dependencies/{name}/maintenance` on `admin_port`) require `Authorization: "
-            "Bearer <token>`. Never in a file, never printed (`<redacted>`) or logged.",
+            "Bearer <token>` from every caller when set, and accept only callers on the "
+            "loopback when not. Never in a file, never printed (`<redacted>`) or logged.",
             live=False, env="GATEPROXY_ADMIN_TOKEN", in_file=False,
             show=lambda secret: "<redacted>" if secret else None),
     Setting("log.format", r.choice("json", "text"), "json", "`json` or `text`",

@@ -204,13 +204,13 @@ class Supervisor:
         self.port = int(reserved.getsockname()[1])
         control_server = await asyncio.start_unix_server(
             self._on_connect, self.control_path, limit=1 << 24)
-        runners = [web.AppRunner(admin.application(self, maintenance=False))]
+        runners = [web.AppRunner(admin.application(self, denied=None))]
         await runners[0].setup()
         await web.UnixSite(runners[0], self.admin_path).start()
         if cfg.admin_port is not None:
-            runners.append(await listen(admin.application(self, maintenance=True),
-                                        cfg.listen.host, cfg.admin_port, fence=self.fence,
-                                        config=lambda: self.runtime.config))
+            admin_app = admin.application(self, denied=self.metrics.count_admin_denied)
+            runners.append(await listen(admin_app, cfg.listen.host, cfg.admin_port,
+                                        fence=self.fence, config=lambda: self.runtime.config))
         for guard in self.runtime.guards:
             guard.monitor.start()
         loop = asyncio.get_running_loop()

@@ -26,6 +26,8 @@ import websockets
 
 from gateproxy.standins import StandIn, docker_runner, platform_server
 from tests.conftest import free_port
+from tests.support.own_answers import MARKER, check_own_answer
+from tests.support.rawclient import exchange
 
 ROOT = Path(__file__).resolve().parents[2]
 AGREEMENT_S = 0.05  # every worker applies a state change within this of the first
@@ -220,6 +222,22 @@ async def test_the_admin_endpoints_show_one_truth_whichever_worker_answers(
         dep = state["dependencies"][0]
         assert dep["status"] == "down" and dep["gatedRequests"]["last5m"] == 30
         assert state["forwardedRequests"]["last5m"] >= 10  # and the admin requests since
+
+
+async def test_a_workers_own_answers_are_written_as_a_single_proxys(proxy: Proxy) -> None:
+    """The admin endpoints a worker relays from its supervisor, /health and the proxy's
+    errors: an HTTP/1.1 status line and one `Server: gateproxy`, over HTTP/1.0 too."""
+    cases = [("/_gateproxy/live", 200, None), ("/_gateproxy/ready", 200, None),
+             ("/_gateproxy/status", 200, None), ("/_gateproxy/status.json", 200, None),
+             ("/_gateproxy/metrics", 200, None), ("/health", 200, None),
+             (f"/_gateproxy/x?{MARKER}", 404, "not_found"), ("/../x", 400, "bad_request")]
+    for path, status, code in cases:
+        for version in ("1.0", "1.1"):
+            for _ in range(2):  # on new connections: either worker may answer
+                request = (f"GET {path} HTTP/{version}\r\nHost: p.test\r\n"
+                           f"X-Marker: {MARKER}\r\nConnection: close\r\n\r\n")
+                got = await exchange(proxy.port, request.encode())
+                check_own_answer(got, status, code)
 
 
 async def test_a_worker_that_dies_is_restarted_and_the_other_keeps_serving(

@@ -14,6 +14,7 @@ from gateproxy import config
 from gateproxy.gate import (
     HEALTH,
     NOT_FOUND,
+    SERVER_OPTIONS,
     BadRequest,
     Forward,
     Gate,
@@ -60,10 +61,15 @@ def decide(target: str, method: str = "GET", gate: Gate = DOWN, **headers: str) 
     ("http://platform.test/api/graph?x", "/api/graph?x"),
     ("http://platform.test", "/"),
     ("/API/Threads/%2F/%7e", "/API/Threads/%2F/~"),
-    ("*", "*"),
 ])
 def test_forwarded_target_is_the_judged_one(target: str, sent: str) -> None:
     assert decide(target) == Forward(sent)
+
+
+def test_the_asterisk_form_is_the_proxys_own_for_options_only() -> None:
+    assert decide("*", "OPTIONS") == Own(SERVER_OPTIONS)
+    assert isinstance(decide("*", "GET"), BadRequest)
+    assert isinstance(decide("*", "POST"), BadRequest)
 
 
 def test_a_target_in_normal_form_is_forwarded_as_the_same_string() -> None:
