@@ -215,6 +215,13 @@ class Gateway:
         return await handler(request)
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
+        close = checks.ends_connection(request.headers)
+        response = await self._respond(request, close)
+        if close:
+            response.force_close()
+        return response
+
+    async def _respond(self, request: web.Request, close: bool) -> web.StreamResponse:
         verdict = await self._decide(request)
         answer = self._answer(request, verdict)
         if answer is not None:
@@ -234,7 +241,7 @@ class Gateway:
             # Not a forwarded request in the metrics: a session usually ends with the
             # client hanging up, which cancels this handler (the gauge counts sessions).
             return await self.websockets.relay(request, verdict.target)
-        response = await self.forwarder.forward(request, verdict.target)
+        response = await self.forwarder.forward(request, verdict.target, close)
         self.count_forwarded(request.method, response.status, verdict.target)
         return response
 

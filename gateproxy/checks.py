@@ -3,11 +3,13 @@
 A Host header that is not a host, an absolute-form target naming another host than
 `Host` (RFC 9112 section 3.2.2: the proxy and the upstream would disagree on which host
 was asked for), user information in the target, and an HTTP version other than 1.x.
+And one request after which the client connection must end: see `ends_connection`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from aiohttp import HttpVersion, hdrs, web
 
@@ -51,3 +53,13 @@ def problem(version: HttpVersion, host: str | None, target: str) -> web.Response
             return answers.error(
                 "bad_request", "the request target names another host than the Host header")
     return None
+
+
+def ends_connection(headers: Mapping[str, str]) -> bool:
+    """Whether the client connection must end after this request's answer: its body
+    came with a Transfer-Encoding (chunked), so it may have had a trailer section, and
+    aiohttp's C parser (3.14) keeps the last trailer field and hands it to the next
+    request on the connection as a header of its own. Ending the connection drops that
+    next request unanswered (an HTTP/1.1 client sends it again on a new connection),
+    never with another request's field (tests/integration/test_aiohttp_trailers.py)."""
+    return hdrs.TRANSFER_ENCODING in headers

@@ -116,6 +116,8 @@ class Gate:
                waited: bool = False) -> Verdict:
         """What happens to this request; see the module's docstring. `waited`: after a
         Wait, which is then not given again."""
+        if "#" in target:  # RFC 9112 section 3.2: a request target has no fragment
+            return BadRequest("the request target has a fragment (#)")
         try:
             path, rest = routes.split_target(target)
             normal = routes.normalise(path)

@@ -37,13 +37,28 @@ def _dropped_by(connection: str) -> frozenset[str]:
     return HOP_BY_HOP | {t.strip().lower() for t in connection.split(",")}
 
 
+class BadField(ValueError):
+    """A request header that cannot be forwarded byte for byte."""
+
+
 def header_text(raw: bytes) -> str:
-    """A header name or value as aiohttp's writers will re-encode it (UTF-8). Bytes that
-    are not UTF-8 cannot survive that; they travel as their Latin-1 reading."""
+    """A response header name or value as aiohttp's writers will re-encode it (UTF-8).
+    Bytes that are not UTF-8 cannot survive that; they travel as their Latin-1 reading
+    (docs/headers.md)."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
+
+
+def _request_text(raw: bytes) -> str:
+    """A request header name or value, which must reach the upstream byte for byte: both
+    upstream clients write UTF-8, so bytes that are not UTF-8 are refused (BadField),
+    never re-encoded."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadField("a request header has bytes that are not UTF-8") from None
 
 
 def client_address(peername: object) -> str:
@@ -67,8 +82,9 @@ def request_headers(request: web.BaseRequest,
 def forwarded_headers(raw_headers: RawHeaders, connection: str | None, peer: str, tls: bool,
                       extra_drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
     """The headers to send upstream, from the client's raw headers, its `Connection`
-    header, address and whether it came over TLS. Hop-by-hop ones go first, so that a
-    client cannot remove our X-Forwarded-* by naming them in `Connection`."""
+    header, address and whether it came over TLS; BadField for a header that cannot go
+    byte for byte. Hop-by-hop ones go first, so that a client cannot remove our
+    X-Forwarded-* by naming them in `Connection`."""
     drop = _dropped(connection)
     if extra_drop:
         drop = drop | extra_drop
@@ -77,10 +93,10 @@ def forwarded_headers(raw_headers: RawHeaders, connection: str | None, peer: str
     # cases (`X-A: 1`, `x-a: 2`); one spelling per name keeps them all.
     spelling: dict[str, str] = {}
     for name, value in raw_headers:
-        key = header_text(name)
+        key = _request_text(name)
         lowered = key.lower()
         if lowered not in drop:
-            out.add(spelling.setdefault(lowered, key), header_text(value))
+            out.add(spelling.setdefault(lowered, key), _request_text(value))
     previous = out.getall("X-Forwarded-For", None)
     if previous:
         del out["X-Forwarded-For"]
@@ -136,15 +152,21 @@ class Forwarder:
     def __init__(self, client: UpstreamClient) -> None:
         self.client = client
 
-    async def forward(self, request: web.BaseRequest, target: str) -> web.StreamResponse:
+    async def forward(self, request: web.BaseRequest, target: str,
+                      close: bool = False) -> web.StreamResponse:
+        """Forward `request` to `target` and relay the answer (`close`: then end the
+        client connection)."""
         body = request.content if request.body_exists else None
         try:
-            upstream = await self.client.send(request.method, target,
-                                              request_headers(request), body)
+            headers = request_headers(request)
+        except BadField as exc:
+            return answers.error("bad_request", str(exc))
+        try:
+            upstream = await self.client.send(request.method, target, headers, body)
         except UpstreamError as exc:
             return error_response(exc)
         try:
-            return await relay(request, upstream)
+            return await relay(request, upstream, close=close)
         finally:
             # After a complete body aiohttp has already pooled the connection and this
             # is a no-op; after a broken or abandoned one it drops the connection.
@@ -152,10 +174,14 @@ class Forwarder:
 
 
 async def relay(request: web.BaseRequest, upstream: UpstreamResponse,
-                extra_drop: frozenset[str] = frozenset()) -> web.StreamResponse:
-    """Stream `upstream` to the client: its status, reason, headers and body bytes."""
+                extra_drop: frozenset[str] = frozenset(), close: bool = False
+                ) -> web.StreamResponse:
+    """Stream `upstream` to the client: its status, reason, headers and body bytes
+    (`close`: with `Connection: close`, and the connection ends after it)."""
     resp = wire.relayed_response(upstream.status, upstream.reason,
                                  response_headers(upstream.raw_headers, extra_drop))
+    if close:
+        resp.force_close()
     try:
         await resp.prepare(request)
         async for chunk in upstream.iter_chunks():

@@ -22,6 +22,7 @@ from gateproxy import answers
 from gateproxy.aio import wire
 from gateproxy.proxy import (
     HOP_BY_HOP,
+    BadField,
     add_via,
     error_response,
     header_text,
@@ -221,6 +222,8 @@ class WebSocketRelay:
         try:
             up = await client.open_websocket(target, request_headers(request, _HANDSHAKE),
                                              offered, deflate, max_size)
+        except BadField as exc:
+            return answers.error("bad_request", str(exc), close=True)
         except HandshakeRefused as exc:
             return _refusal(exc)
         except UpstreamError as exc:

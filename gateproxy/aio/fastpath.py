@@ -44,6 +44,7 @@ from gateproxy.aio.server import LimitedHandler, LimitedSite
 from gateproxy.gate import Forward, Gate, Guard, Reject
 from gateproxy.logs import log
 from gateproxy.proxy import (
+    BadField,
     client_address,
     error_response,
     forwarded_headers,
@@ -150,9 +151,14 @@ class FastPath:
         answer = checks.problem(message.version, request_headers.get(hdrs.HOST), message.path)
         if answer is not None:
             return await _finish(handler.make_request(message), answer)
-        headers = forwarded_headers(message.raw_headers, request_headers.get(hdrs.CONNECTION),
-                                    client_address(handler.peername),
-                                    handler.ssl_context is not None)
+        try:
+            headers = forwarded_headers(message.raw_headers,
+                                        request_headers.get(hdrs.CONNECTION),
+                                        client_address(handler.peername),
+                                        handler.ssl_context is not None)
+        except BadField as exc:
+            return await _finish(handler.make_request(message),
+                                 answers.error("bad_request", str(exc)))
         started = time.perf_counter()
         try:
             upstream = await self._client.send("GET", target, headers, None)

@@ -66,6 +66,13 @@ def test_forwarded_target_is_the_judged_one(target: str, sent: str) -> None:
     assert decide(target) == Forward(sent)
 
 
+@pytest.mark.parametrize("target", ["/#/api/containers", "/x#frag", "/api/threads?x=1#y",
+                                    "/#", "/api/containers#", "http://h/a#b"])
+def test_a_fragment_is_a_bad_request_whatever_the_path(target: str) -> None:
+    assert isinstance(decide(target), BadRequest)
+    assert isinstance(decide(target, gate=make_gate("up")), BadRequest)
+
+
 def test_the_asterisk_form_is_the_proxys_own_for_options_only() -> None:
     assert decide("*", "OPTIONS") == Own(SERVER_OPTIONS)
     assert isinstance(decide("*", "GET"), BadRequest)
