@@ -45,7 +45,7 @@ test-public: setup
 
 check: test
 
-# Rewrite the settings table of docs/configuration.md from gateproxy/settings.py.
+# Rewrite the settings table of docs/configuration.md from gateproxy/config/settings.py.
 docs: $(RUNTIME_STAMP)
 	$(BIN)/python -c "from pathlib import Path; from gateproxy import settings; \
 	settings.write_doc(Path('docs/configuration.md'))"

@@ -42,7 +42,7 @@ from string import Template
 import aiohttp
 
 from gateproxy import config as gateproxy_config
-from gateproxy.app import Gateway
+from gateproxy.serve.gateway import Gateway
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -59,14 +59,14 @@ _CONFIG_ENV = re.compile(r"^(GATEPROXY_(?!UVLOOP)|DOCKER_RUNNER_|PLATFORM_SERVER
 RUNNER_SCRIPT = """
 import sys
 from aiohttp import web
-from gateproxy.standins import docker_runner
+from gateproxy.demo.standins import docker_runner
 web.run_app(docker_runner(), host=sys.argv[1], port=int(sys.argv[2]), access_log=None,
             print=None)
 """
 ECHO_SCRIPT = """
 import sys
 from aiohttp import web
-from gateproxy.standins import platform_server
+from gateproxy.demo.standins import platform_server
 web.run_app(platform_server(), host=sys.argv[1], port=int(sys.argv[2]), access_log=None,
             print=None)
 """

@@ -48,7 +48,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateproxy.standins import StandIn, docker_runner, platform_server  # noqa: E402
+from gateproxy.demo.standins import StandIn, docker_runner, platform_server  # noqa: E402
 
 NOT_READY = b'{"error":{"code":"docker_runner_not_ready","message":"docker-runner not ready"}}'
 SHUTDOWN_DELAY_MS = 4000

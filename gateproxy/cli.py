@@ -20,11 +20,11 @@ import yaml
 
 from gateproxy import __version__, config, logs
 from gateproxy.aio import check
-from gateproxy.app import Gateway
-from gateproxy.control import WorkerLink
 from gateproxy.logs import log
-from gateproxy.reload import Reloader
-from gateproxy.serving import StartupError
+from gateproxy.serve.gateway import Gateway
+from gateproxy.serve.listeners import StartupError
+from gateproxy.serve.reload import Reloader
+from gateproxy.workers.control import WorkerLink
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "worker":
         return work(args)
     if command == "demo":
-        from gateproxy import demo
+        from gateproxy.demo import run as demo
 
         return run(demo.main(args.port, args.seconds, args.grpc))
     return serve(getattr(args, "config", None))
@@ -126,7 +126,7 @@ async def _serve(cfg: config.Config) -> int:
 
 
 async def _supervise(cfg: config.Config, workers: int) -> int:
-    from gateproxy.supervisor import Supervisor
+    from gateproxy.workers.supervisor import Supervisor
 
     try:
         await Supervisor(cfg, workers).run()

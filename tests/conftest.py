@@ -17,8 +17,8 @@ from aiohttp import web
 from hypothesis import settings
 
 from gateproxy import config, logs
-from gateproxy.app import Gateway
-from gateproxy.standins import StandIn, docker_runner, platform_server
+from gateproxy.demo.standins import StandIn, docker_runner, platform_server
+from gateproxy.serve.gateway import Gateway
 from tests.support import upstream_app
 
 # In CI the property tests run a fixed sequence of examples, so that a landing does not

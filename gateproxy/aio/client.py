@@ -38,7 +38,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateproxy.aio.needs import Need
-from gateproxy.upstream import AiohttpUpstream, UpstreamError, UpstreamWebSocket
+from gateproxy.upstream.client import AiohttpUpstream, UpstreamError, UpstreamWebSocket
 
 REQUIRES: Final = (
     Need(ResponseHandler, "__init__", param="loop"),

@@ -37,13 +37,14 @@ from aiohttp import hdrs, helpers, http_parser, http_writer, web
 from aiohttp.http import HttpVersion11, RawRequestMessage, StreamWriter
 from aiohttp.streams import EMPTY_PAYLOAD
 
-from gateproxy import answers, checks
 from gateproxy.aio.client import FastResponse, PipeSlot
 from gateproxy.aio.needs import Need
 from gateproxy.aio.server import LimitedHandler, LimitedSite
-from gateproxy.gate import Forward, Gate, Guard, Reject
-from gateproxy.logs import log
-from gateproxy.proxy import (
+from gateproxy.core import answers
+from gateproxy.core.gate import Forward, Gate, Guard, Reject
+from gateproxy.core.paths import Rule
+from gateproxy.http_rules import request_checks
+from gateproxy.http_rules.headers import (
     BadField,
     client_address,
     error_response,
@@ -51,8 +52,8 @@ from gateproxy.proxy import (
     relay,
     response_headers,
 )
-from gateproxy.routes import Rule
-from gateproxy.upstream import UpstreamClient, UpstreamError, UpstreamResponse
+from gateproxy.logs import log
+from gateproxy.upstream.client import UpstreamClient, UpstreamError, UpstreamResponse
 
 REQUIRES: Final = (
     Need(web.RequestHandler, "pause_writing", call=True),
@@ -148,7 +149,8 @@ class FastPath:
         True when the client connection may take its next request. The aiohttp Request
         the usual path works on is made only when an answer needs one."""
         request_headers = message.headers
-        answer = checks.problem(message.version, request_headers.get(hdrs.HOST), message.path)
+        answer = request_checks.problem(message.version, request_headers.get(hdrs.HOST),
+                                        message.path)
         if answer is not None:
             return await _finish(handler.make_request(message), answer)
         try:

@@ -42,8 +42,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
-from gateproxy import answers
 from gateproxy.aio.needs import Need
+from gateproxy.core import answers
 from gateproxy.logs import log
 
 REQUIRES: Final = (

@@ -28,7 +28,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateproxy.standins import StandIn, docker_runner, platform_server
+from gateproxy.demo.standins import StandIn, docker_runner, platform_server
 from tests.conftest import free_port
 from tests.support.deploy import sync_rules
 

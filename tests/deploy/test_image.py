@@ -29,7 +29,7 @@ import aiohttp
 import pytest
 import yaml
 
-from gateproxy.standins import StandIn
+from gateproxy.demo.standins import StandIn
 from tests.conftest import Recorder, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,7 +93,7 @@ def test_image_stays_under_its_size_budget(image: str) -> None:
 def test_runtime_venv_has_no_installer_and_is_precompiled(image: str) -> None:
     probe = ("import importlib.util as u, json, sys; print(json.dumps({"
              "'prefix': sys.prefix, 'found': [m for m in ('pip', 'setuptools', 'pkg_resources')"
-             " if u.find_spec(m)], 'cached': u.find_spec('gateproxy.app').cached}))")
+             " if u.find_spec(m)], 'cached': u.find_spec('gateproxy.serve.gateway').cached}))")
     done = podman("run", "--rm", "--read-only", *ulimits(), "--entrypoint", "python", image,
                   "-c", probe)
     facts = json.loads(done.stdout)

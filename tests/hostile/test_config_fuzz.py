@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gateproxy import config
-from gateproxy import settings as known_settings
+from gateproxy.config import settings as known_settings
 
 ENV_NAMES = sorted({
     "GATEPROXY_HOST", "GATEPROXY_PORT", "PLATFORM_SERVER_URL", "GATEPROXY_LOG_FORMAT",

@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from gateproxy import config, logs
-from gateproxy.app import Gateway
+from gateproxy.serve.gateway import Gateway
 from tests.conftest import free_port
 from tests.process.test_process import Proc, procs, wait_live  # noqa: F401 (procs: a fixture)
 from tests.support.hostile_support import Ambiguous, RawUpstream, WireRequest

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateproxy import routes
-from gateproxy.routes import BadPath
+from gateproxy.core import paths
+from gateproxy.core.paths import BadPath
 from tests.support.hostile_support import Stack
 from tests.support.rawclient import blocking_exchange
 from tests.unit.test_routes import GATED_SPELLINGS, gated, judged
@@ -109,8 +109,8 @@ def test_the_corpus_is_new_and_large_enough() -> None:
 @pytest.mark.parametrize("target", CORPUS)
 def test_every_corpus_spelling_is_gated(target: str) -> None:
     assert gated(target), target
-    path = routes.split_target(target)[0]
-    assert routes.canonical(routes.canonical(path)) == routes.canonical(path)
+    path = paths.split_target(target)[0]
+    assert paths.canonical(paths.canonical(path)) == paths.canonical(path)
 
 
 @pytest.mark.parametrize("target", LOOKALIKES)
@@ -199,15 +199,15 @@ _PATH_ALPHABET = st.sampled_from(
 @settings(max_examples=2000, deadline=None)
 def test_normal_form_is_idempotent_and_readings_are_keys(path: str) -> None:
     try:
-        path = routes.split_target(path)[0]
-        normal = routes.normalise(path)
+        path = paths.split_target(path)[0]
+        normal = paths.normalise(path)
         readings = judged(path)
     except BadPath:
         return
-    assert routes.normalise(normal) == normal
-    assert routes.key(normal) in readings, "the plain reading is always one of them"
+    assert paths.normalise(normal) == normal
+    assert paths.key(normal) in readings, "the plain reading is always one of them"
     for reading in readings:
-        assert routes.key(reading) == reading, (path, reading)
+        assert paths.key(reading) == reading, (path, reading)
 
 
 @given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-._~/", min_size=1, max_size=40))
@@ -216,7 +216,7 @@ def test_nothing_is_decoded_twice(text: str) -> None:
     """Every character double-encoded (`%25XX`) stays a literal `%25XX` after canonical
     form: decoding it twice would let `%2563` become `c`."""
     double = "/" + "".join(f"%25{ord(c):02X}" for c in text)
-    assert routes.canonical(double).count("%25") == len(text)
+    assert paths.canonical(double).count("%25") == len(text)
 
 
 # --- the same generator against a real Gateway ------------------------------------------

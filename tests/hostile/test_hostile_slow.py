@@ -25,8 +25,8 @@ from aiohttp import web
 
 from gateproxy import config
 from gateproxy.aio.server import LimitedSite
-from gateproxy.app import Gateway
-from gateproxy.standins import StandIn, platform_server
+from gateproxy.demo.standins import StandIn, platform_server
+from gateproxy.serve.gateway import Gateway
 from tests.conftest import StartStandIn, free_port, log_lines
 from tests.process.test_process import Proc, procs, wait_live  # noqa: F401 (procs: a fixture)
 from tests.support.hostile_support import RawUpstream

@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
-from gateproxy.standins import StandIn
+from gateproxy.demo.standins import StandIn
 from tests.conftest import (
     MakeGateway,
     Recorder,
@@ -113,7 +113,7 @@ async def test_unknown_paths_under_the_admin_prefix_get_the_proxys_404(
 async def test_status_json_carries_what_the_page_shows(
         start_standin: StartStandIn, recorder: tuple[Recorder, StandIn],
         make_gateway: MakeGateway, http: aiohttp.ClientSession) -> None:
-    from gateproxy.standins import docker_runner
+    from gateproxy.demo.standins import docker_runner
 
     _, upstream = recorder
     runner = await start_standin(docker_runner())
@@ -145,7 +145,7 @@ async def test_status_json_carries_what_the_page_shows(
 async def test_transitions_keep_the_last_50(
         start_standin: StartStandIn, recorder: tuple[Recorder, StandIn],
         make_gateway: MakeGateway, http: aiohttp.ClientSession) -> None:
-    from gateproxy.standins import docker_runner
+    from gateproxy.demo.standins import docker_runner
 
     _, upstream = recorder
     runner = await start_standin(docker_runner())
@@ -169,7 +169,7 @@ async def test_transitions_keep_the_last_50(
 async def test_no_secret_or_credential_is_shown(
         start_standin: StartStandIn, recorder: tuple[Recorder, StandIn],
         make_gateway: MakeGateway, http: aiohttp.ClientSession) -> None:
-    from gateproxy.standins import docker_runner
+    from gateproxy.demo.standins import docker_runner
 
     _, upstream = recorder
     runner = await start_standin(docker_runner())

@@ -57,4 +57,4 @@ async def test_aiohttps_c_parser_still_leaks_a_trailer_into_the_next_request(
     assert "Authorization" not in seen[0][1]
     assert seen[1][1].get("Authorization") == "Bearer stolen", (
         "aiohttp no longer leaks a trailer field into the next request: the workaround "
-        "(gateproxy/checks.py ends_connection) and this test can go")
+        "(gateproxy/http_rules/request_checks.py ends_connection) and this test can go")

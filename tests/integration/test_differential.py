@@ -24,8 +24,8 @@ import brotli  # type: ignore[import-untyped]
 import pytest
 from aiohttp import WSMsgType
 
-from gateproxy.app import Gateway
-from gateproxy.standins import StandIn
+from gateproxy.demo.standins import StandIn
+from gateproxy.serve.gateway import Gateway
 from tests.support import upstream_app
 from tests.support.rawclient import Exchange, exchange
 

@@ -16,10 +16,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateproxy.aio import fastpath
-from gateproxy.app import Gateway
-from gateproxy.gate import Forward, Gate, Guard
-from gateproxy.standins import StandIn
-from gateproxy.status import State
+from gateproxy.core.dependency import State
+from gateproxy.core.gate import Forward, Gate, Guard
+from gateproxy.demo.standins import StandIn
+from gateproxy.serve.gateway import Gateway
 from tests.conftest import free_port, wait_for
 from tests.support import upstream_app
 from tests.support.rawclient import Exchange, exchange, read_exchange

@@ -32,8 +32,8 @@ import orjson
 import pytest
 
 from gateproxy import config
-from gateproxy.app import Gateway
-from gateproxy.standins import StandIn, docker_runner, platform_server
+from gateproxy.demo.standins import StandIn, docker_runner, platform_server
+from gateproxy.serve.gateway import Gateway
 from tests.conftest import free_port
 
 FLAP_SECONDS = float(os.environ.get("GATEPROXY_FLAP_SECONDS", "3"))

@@ -19,8 +19,8 @@ from aiohttp import client_proto, http_writer, streams, web
 from gateproxy import config
 from gateproxy.aio import check, client, fastpath, server, wire
 from gateproxy.aio.needs import Need, _assigned_in_init
-from gateproxy.app import Gateway
-from gateproxy.standins import StandIn
+from gateproxy.demo.standins import StandIn
+from gateproxy.serve.gateway import Gateway
 from tests.conftest import Recorder, env_for, free_port
 from tests.process.test_process import wait_live
 

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from gateproxy.standins import StandIn, docker_runner
+from gateproxy.demo.standins import StandIn, docker_runner
 from tests.conftest import (
     MakeGateway,
     Recorder,
@@ -353,7 +353,7 @@ async def test_admin_port_serves_admin_only_there(
 async def test_probe_is_signed_when_a_shared_secret_is_set(
         recorder: tuple[Recorder, StandIn], start_standin: StartStandIn,
         make_gateway: MakeGateway) -> None:
-    from gateproxy.probe import sign
+    from gateproxy.monitor.probe import sign
 
     seen: list[dict[str, str]] = []
 

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateproxy import config
-from gateproxy.config import Dependency
-from gateproxy.grpcprobe import health_response, serving_status, string_message
-from gateproxy.grpcstandin import GrpcRunner
-from gateproxy.probe import Prober
-from gateproxy.signing import sign
+from gateproxy.core.model import Dependency
+from gateproxy.demo.grpc_standin import GrpcRunner
+from gateproxy.monitor.grpc_probe import health_response, serving_status, string_message
+from gateproxy.monitor.probe import Prober
+from gateproxy.monitor.signing import sign
 from tests.conftest import free_port
 from tests.support.grpc_servers import ReferenceRunner
 
@@ -167,11 +167,11 @@ async def test_a_refused_port_from_the_environment(prober: Prober) -> None:
 def test_an_http_only_configuration_never_imports_a_grpc_library() -> None:
     code = ("import sys, asyncio\n"
             "from gateproxy import app, cli, config\n"
-            "from gateproxy.probe import Prober\n"
+            "from gateproxy.monitor.probe import Prober\n"
             "dep = config.load(None, {}).dependencies[0]\n"
             "asyncio.run(Prober().probe(dep))\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('grpclib', 'grpc', 'h2', 'gateproxy.grpcprobe')))\n")
+            "('grpclib', 'grpc', 'h2', 'gateproxy.monitor.grpc_probe')))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
     assert done.stdout.strip() == "[]"

@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateproxy.health import wants_health_json
-from gateproxy.standins import StandIn, docker_runner
+from gateproxy.demo.standins import StandIn, docker_runner
+from gateproxy.views.health import wants_health_json
 from tests.conftest import MakeGateway, Recorder, StartStandIn, env_for, free_port, url, wait_for
 
 HEALTH_JSON = {"Accept": "application/health+json"}

@@ -7,9 +7,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateproxy.app import Gateway
-from gateproxy.metrics import CONTENT_TYPE, METHOD_CLASSES, OTHER, STATUS_CLASSES, Metrics
-from gateproxy.standins import StandIn, docker_runner, platform_server
+from gateproxy.demo.standins import StandIn, docker_runner, platform_server
+from gateproxy.serve.gateway import Gateway
+from gateproxy.views.metrics import CONTENT_TYPE, METHOD_CLASSES, OTHER, STATUS_CLASSES, Metrics
 from tests.conftest import MakeGateway, StartStandIn, env_for, url, wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

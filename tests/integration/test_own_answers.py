@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from gateproxy import answers, config
-from gateproxy.app import Gateway
-from gateproxy.standins import StandIn
+from gateproxy import config
+from gateproxy.core import answers
+from gateproxy.demo.standins import StandIn
+from gateproxy.serve.gateway import Gateway
 from tests.conftest import free_port
 from tests.support import upstream_app
 from tests.support.own_answers import GATED_CODE, MARKER, check_own_answer

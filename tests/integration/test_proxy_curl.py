@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gateproxy.app import Gateway
-from gateproxy.standins import StandIn
+from gateproxy.demo.standins import StandIn
+from gateproxy.serve.gateway import Gateway
 from tests.support import upstream_app
 
 # Not a skip: without curl this proof is missing, and that must show as a failure.

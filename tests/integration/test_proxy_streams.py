@@ -16,8 +16,8 @@ import orjson
 import pytest
 
 from gateproxy import config
-from gateproxy.app import Gateway
-from gateproxy.standins import StandIn
+from gateproxy.demo.standins import StandIn
+from gateproxy.serve.gateway import Gateway
 from tests.support import upstream_app
 from tests.support.rawclient import exchange
 

@@ -17,9 +17,9 @@ import websockets
 from websockets.asyncio.client import connect
 from websockets.typing import Origin, Subprotocol
 
-from gateproxy.app import Gateway
-from gateproxy.standins import StandIn
-from gateproxy.websocket import wire_code
+from gateproxy.demo.standins import StandIn
+from gateproxy.serve.gateway import Gateway
+from gateproxy.serve.websocket import wire_code
 from tests.support import upstream_app
 from tests.support.rawclient import read_exchange
 

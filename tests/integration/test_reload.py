@@ -17,11 +17,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateproxy import logs, settings
-from gateproxy.app import Gateway
-from gateproxy.reload import Reloader
-from gateproxy.signing import HEADERS, sign
-from gateproxy.standins import StandIn, docker_runner
+from gateproxy import logs
+from gateproxy.config import settings
+from gateproxy.demo.standins import StandIn, docker_runner
+from gateproxy.monitor.signing import HEADERS, sign
+from gateproxy.serve.gateway import Gateway
+from gateproxy.serve.reload import Reloader
 from tests.conftest import (
     MakeGateway,
     Recorder,

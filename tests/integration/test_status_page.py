@@ -25,8 +25,8 @@ import aiohttp
 import pytest
 
 from gateproxy import config
-from gateproxy.reload import apply
-from gateproxy.standins import StandIn
+from gateproxy.demo.standins import StandIn
+from gateproxy.serve.reload import apply
 from tests.conftest import MakeGateway, Recorder, StartStandIn, env_for, free_port, url, wait_for
 from tests.support.png import Png
 
@@ -64,7 +64,7 @@ async def test_the_page_is_self_contained_and_carries_the_state(
 async def test_status_json_carries_the_last_hour_and_request_counts(
         start_standin: StartStandIn, recorder: tuple[Recorder, StandIn],
         make_gateway: MakeGateway, http: aiohttp.ClientSession) -> None:
-    from gateproxy.standins import docker_runner
+    from gateproxy.demo.standins import docker_runner
 
     _, upstream = recorder
     runner = await start_standin(docker_runner())
@@ -220,7 +220,7 @@ async def _discard(stream: asyncio.StreamReader) -> None:
 async def test_badge_follows_docker_runner_without_a_reload(
         tmp_path: Path, start_standin: StartStandIn, recorder: tuple[Recorder, StandIn],
         make_gateway: MakeGateway, http: aiohttp.ClientSession) -> None:
-    from gateproxy.standins import docker_runner
+    from gateproxy.demo.standins import docker_runner
 
     _, upstream = recorder
     runner = await start_standin(docker_runner())

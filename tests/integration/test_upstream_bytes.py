@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from gateproxy.aio import fastpath
-from gateproxy.app import Gateway
+from gateproxy.serve.gateway import Gateway
 from tests.conftest import free_port
 from tests.support import upstream_app
 from tests.support.byte_recorder import ByteRecorder, Mark, Request, Seen

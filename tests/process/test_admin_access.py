@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateproxy.standins import StandIn, docker_runner, platform_server
+from gateproxy.demo.standins import StandIn, docker_runner, platform_server
 from tests.conftest import free_port
 
 HOST_ADDRESS = "198.18.0.1"

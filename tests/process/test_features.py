@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 import pytest
 
-from gateproxy.standins import StandIn, docker_runner, platform_server
+from gateproxy.demo.standins import StandIn, docker_runner, platform_server
 from tests.conftest import Recorder, StartStandIn, free_port
 from tests.process import test_process
 from tests.process.test_process import Proc, wait_live

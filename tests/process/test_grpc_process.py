@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateproxy.standins import StandIn
+from gateproxy.demo.standins import StandIn
 from tests.conftest import Recorder, free_port
 from tests.process.test_process import Proc, procs, wait_live
 from tests.support.grpc_servers import ReferenceRunner

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from gateproxy.standins import StandIn
+from gateproxy.demo.standins import StandIn
 from tests.conftest import Recorder, free_port
 
 SECRET = "process-test-secret-0123456789"

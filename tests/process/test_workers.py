@@ -24,7 +24,7 @@ import orjson
 import pytest
 import websockets
 
-from gateproxy.standins import StandIn, docker_runner, platform_server
+from gateproxy.demo.standins import StandIn, docker_runner, platform_server
 from tests.conftest import free_port
 from tests.support.own_answers import MARKER, check_own_answer
 from tests.support.rawclient import exchange

@@ -11,8 +11,8 @@ from typing import Literal
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from gateproxy.config import GRPC_READY_METHOD
-from gateproxy.signing import Verifier
+from gateproxy.config.settings import GRPC_READY_METHOD
+from gateproxy.monitor.signing import Verifier
 
 SERVICE, METHOD = GRPC_READY_METHOD.strip("/").split("/")
 READY_RESPONSE = b"\x0a\x05ready"  # ReadyResponse{status: "ready"}

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from gateproxy import config
-from gateproxy.app import Gateway
-from gateproxy.standins import StandIn
+from gateproxy.demo.standins import StandIn
+from gateproxy.serve.gateway import Gateway
 from tests.conftest import Recorder, env_for, free_port
 
 T = TypeVar("T")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import orjson
 
-from gateproxy import answers
+from gateproxy.core import answers
 from tests.support.rawclient import Exchange
 
 MARKER = "qq7marker7qq"

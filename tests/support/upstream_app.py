@@ -19,7 +19,7 @@ import brotli  # type: ignore[import-untyped]
 from aiohttp import WSMsgType, hdrs, web
 
 from gateproxy import config
-from gateproxy.app import Gateway
+from gateproxy.serve.gateway import Gateway
 
 TEXT = ("Transparency means the client cannot tell the proxy is there. " * 64).encode()
 GZIPPED = gzip.compress(TEXT, mtime=0)

@@ -1,6 +1,6 @@
 """docs/configuration.md is not stale: every key `gateproxy check-config` prints is in it
 with its real default, every environment variable the code reads is in it and sets the
-key it says, and its live-reload column is what gateproxy/reload.py does."""
+key it says, and its live-reload column is what gateproxy/serve/reload.py does."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from gateproxy import config, settings
-from gateproxy.reload import _keep_restart_only
+from gateproxy import config
+from gateproxy.config import settings
+from gateproxy.serve.reload import _keep_restart_only
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "configuration.md"
@@ -240,7 +241,7 @@ def test_every_log_event_is_explained() -> None:
 
 
 def test_every_metric_is_explained() -> None:
-    source = (ROOT / "gateproxy" / "metrics.py").read_text()
+    source = (ROOT / "gateproxy" / "views" / "metrics.py").read_text()
     names = set(re.findall(r'"(gateproxy_[a-z_]+)"', source))
     assert "gateproxy_dependency_up" in names
     doc = OPERATIONS.read_text()

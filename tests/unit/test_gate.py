@@ -11,7 +11,8 @@ import dataclasses
 import pytest
 
 from gateproxy import config
-from gateproxy.gate import (
+from gateproxy.core.dependency import DependencyStatus, Maintenance, ProbeError
+from gateproxy.core.gate import (
     HEALTH,
     NOT_FOUND,
     SERVER_OPTIONS,
@@ -24,9 +25,8 @@ from gateproxy.gate import (
     Verdict,
     Wait,
 )
-from gateproxy.monitor import Monitor
-from gateproxy.probe import Prober
-from gateproxy.status import DependencyStatus, Maintenance, ProbeError
+from gateproxy.monitor.loop import Monitor
+from gateproxy.monitor.probe import Prober
 
 REFUSED = ProbeError("connection_refused", "refused")
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateproxy.health import UpstreamHealth, aggregate
-from gateproxy.status import DependencyStatus, ProbeError
+from gateproxy.core.dependency import DependencyStatus, ProbeError
+from gateproxy.views.health import UpstreamHealth, aggregate
 from tests.unit.test_status import REFUSED, dep
 
 NOW = 1_700_000_000.123

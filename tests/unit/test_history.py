@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 
 from gateproxy import config
-from gateproxy.history import MinuteBuckets, ProbePoint, ProbeSeries, Span, StateTimeline
-from gateproxy.status import DependencyStatus, ProbeError
+from gateproxy.core.dependency import DependencyStatus, ProbeError
+from gateproxy.core.history import MinuteBuckets, ProbePoint, ProbeSeries, Span, StateTimeline
 
 
 class FakeClock:

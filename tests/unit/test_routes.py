@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateproxy import routes
-from gateproxy.routes import BadPath, RouteTable, Rule
+from gateproxy.core import paths
+from gateproxy.core.paths import BadPath, RouteTable, Rule
 
 TABLE: RouteTable[str] = RouteTable([
     Rule("/api/containers", None, "runner"),
@@ -15,7 +15,7 @@ TABLE: RouteTable[str] = RouteTable([
 
 def judged(target: str) -> tuple[str, ...]:
     """The readings the gate judges `target` by (BadPath for a bad one)."""
-    return routes.readings(routes.normalise(routes.split_target(target)[0]))
+    return paths.readings(paths.normalise(paths.split_target(target)[0]))
 
 
 def gated(target: str, method: str = "GET") -> bool:
@@ -77,12 +77,12 @@ def test_lenient_readings_stop_at_the_root_as_the_whatwg_parser_does() -> None:
 @pytest.mark.parametrize("path", ["/api/Containers/%2e%2e/x", "/a%2fb/%41", "/A//b/./c/",
                                   "/a;b/%252e", "/%7e/x", "/x/%C3%A9"])
 def test_canonical_form_is_idempotent(path: str) -> None:
-    once = routes.canonical(path)
-    assert routes.canonical(once) == once
+    once = paths.canonical(path)
+    assert paths.canonical(once) == once
 
 
 def test_nothing_is_decoded_twice() -> None:
-    assert routes.canonical("/api/%2563ontainers") == "/api/%2563ontainers"
+    assert paths.canonical("/api/%2563ontainers") == "/api/%2563ontainers"
     assert not gated("/api/%2563ontainers")
 
 
@@ -96,7 +96,7 @@ def test_nothing_is_decoded_twice() -> None:
 ])
 def test_split_target_keeps_what_follows_the_path_exactly(target: str, path: str,
                                                            rest: str) -> None:
-    assert routes.split_target(target) == (path, rest)
+    assert paths.split_target(target) == (path, rest)
 
 
 @pytest.mark.parametrize(("path", "normal"), [
@@ -118,13 +118,13 @@ def test_split_target_keeps_what_follows_the_path_exactly(target: str, path: str
     ("/", "/"),
 ])
 def test_normal_form(path: str, normal: str) -> None:
-    assert routes.normalise(path) == normal
-    assert routes.normalise(normal) == normal
+    assert paths.normalise(path) == normal
+    assert paths.normalise(normal) == normal
 
 
 def test_a_path_in_normal_form_is_the_same_object() -> None:
     path = "/api/containers/abc/events"
-    assert routes.normalise(path) is path
+    assert paths.normalise(path) is path
 
 
 def test_lookup_cost_does_not_depend_on_the_number_of_rules() -> None:

@@ -12,9 +12,9 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from gateproxy import config
-from gateproxy.backoff import retry_delay_ms
-from gateproxy.grpcprobe import status_error
-from gateproxy.status import ERROR_NAME, DependencyStatus, ProbeError, State, is_retryable
+from gateproxy.core.backoff import retry_delay_ms
+from gateproxy.core.dependency import ERROR_NAME, DependencyStatus, ProbeError, State, is_retryable
+from gateproxy.monitor.grpc_probe import status_error
 
 REFUSED = ProbeError("connection_refused", "refused")
 

@@ -1,0 +1,197 @@
+"""Forwarding: one request to the upstream and its answer back, streamed both ways.
+
+Headers change only as docs/headers.md lists: hop-by-hop headers (and those named in
+`Connection`) are dropped both ways, `X-Forwarded-*` and `Via` are added. Bodies are
+never buffered, decompressed or re-encoded.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
+
+from gateproxy.aio import wire
+from gateproxy.core import answers
+from gateproxy.upstream.client import RawHeaders, UpstreamClient, UpstreamError, UpstreamResponse
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+    "upgrade", "proxy-authorization", "proxy-authenticate",
+    # aiohttp has already answered `Expect: 100-continue` for the client.
+    "expect",
+})
+VIA = "1.1 gateproxy"
+
+
+def _dropped(connection: str | None) -> frozenset[str]:
+    if not connection:
+        return HOP_BY_HOP
+    return _dropped_by(connection)
+
+
+@functools.lru_cache(maxsize=256)
+def _dropped_by(connection: str) -> frozenset[str]:
+    # Cached: nearly every client sends one of a handful of values (`keep-alive`).
+    return HOP_BY_HOP | {t.strip().lower() for t in connection.split(",")}
+
+
+class BadField(ValueError):
+    """A request header that cannot be forwarded byte for byte."""
+
+
+def header_text(raw: bytes) -> str:
+    """A response header name or value as aiohttp's writers will re-encode it (UTF-8).
+    Bytes that are not UTF-8 cannot survive that; they travel as their Latin-1 reading
+    (docs/headers.md)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _request_text(raw: bytes) -> str:
+    """A request header name or value, which must reach the upstream byte for byte: both
+    upstream clients write UTF-8, so bytes that are not UTF-8 are refused (BadField),
+    never re-encoded."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadField("a request header has bytes that are not UTF-8") from None
+
+
+def client_address(peername: object) -> str:
+    """The client's address as aiohttp's `BaseRequest.remote` reads it from the
+    connection's peer name ('' when unknown)."""
+    if peername is None:
+        return ""
+    if isinstance(peername, list | tuple):
+        return str(peername[0])
+    return str(peername)
+
+
+def request_headers(request: web.BaseRequest,
+                    extra_drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
+    """The headers to send upstream for `request`."""
+    return forwarded_headers(request.raw_headers, request.headers.get(hdrs.CONNECTION),
+                             client_address(request.protocol.peername),
+                             request.protocol.ssl_context is not None, extra_drop)
+
+
+def forwarded_headers(raw_headers: RawHeaders, connection: str | None, peer: str, tls: bool,
+                      extra_drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
+    """The headers to send upstream, from the client's raw headers, its `Connection`
+    header, address and whether it came over TLS; BadField for a header that cannot go
+    byte for byte. Hop-by-hop ones go first, so that a client cannot remove our
+    X-Forwarded-* by naming them in `Connection`."""
+    drop = _dropped(connection)
+    if extra_drop:
+        drop = drop | extra_drop
+    out: CIMultiDict[str] = CIMultiDict()
+    # aiohttp's client keeps only the last of the values of a name spelled in several
+    # cases (`X-A: 1`, `x-a: 2`); one spelling per name keeps them all.
+    spelling: dict[str, str] = {}
+    for name, value in raw_headers:
+        key = _request_text(name)
+        lowered = key.lower()
+        if lowered not in drop:
+            out.add(spelling.setdefault(lowered, key), _request_text(value))
+    previous = out.getall("X-Forwarded-For", None)
+    if previous:
+        del out["X-Forwarded-For"]
+        out["X-Forwarded-For"] = ", ".join((*previous, peer))
+    else:
+        out["X-Forwarded-For"] = peer
+    if "X-Forwarded-Proto" not in out:
+        out["X-Forwarded-Proto"] = "https" if tls else "http"
+    if "X-Forwarded-Host" not in out and "Host" in out:
+        out["X-Forwarded-Host"] = out["Host"]
+    add_via(out)
+    return out
+
+
+def response_headers(raw: RawHeaders,
+                     extra_drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
+    connection = None
+    for name, value in raw:
+        if name.lower() == b"connection":
+            connection = value.decode("latin-1")
+    drop = _dropped(connection)
+    if extra_drop:
+        drop = drop | extra_drop
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in raw:
+        key = header_text(name)
+        lowered = key.lower()
+        if lowered not in drop:
+            out.add(key, header_text(value))
+        elif lowered == "transfer-encoding":
+            # Its place: aiohttp writes its own framing header there, or nothing.
+            out.add(key, "chunked")
+    add_via(out)
+    return out
+
+
+def add_via(headers: CIMultiDict[str]) -> None:
+    via = headers.getall("Via", None)
+    if via:
+        del headers["Via"]
+        headers["Via"] = ", ".join((*via, VIA))
+    else:
+        headers["Via"] = VIA
+
+
+def error_response(error: UpstreamError) -> web.Response:
+    return answers.error(error.code, error.message)
+
+
+class Forwarder:
+    """Sends requests upstream through an UpstreamClient and streams the answers back."""
+
+    def __init__(self, client: UpstreamClient) -> None:
+        self.client = client
+
+    async def forward(self, request: web.BaseRequest, target: str,
+                      close: bool = False) -> web.StreamResponse:
+        """Forward `request` to `target` and relay the answer (`close`: then end the
+        client connection)."""
+        body = request.content if request.body_exists else None
+        try:
+            headers = request_headers(request)
+        except BadField as exc:
+            return answers.error("bad_request", str(exc))
+        try:
+            upstream = await self.client.send(request.method, target, headers, body)
+        except UpstreamError as exc:
+            return error_response(exc)
+        try:
+            return await relay(request, upstream, close=close)
+        finally:
+            # After a complete body aiohttp has already pooled the connection and this
+            # is a no-op; after a broken or abandoned one it drops the connection.
+            upstream.close()
+
+
+async def relay(request: web.BaseRequest, upstream: UpstreamResponse,
+                extra_drop: frozenset[str] = frozenset(), close: bool = False
+                ) -> web.StreamResponse:
+    """Stream `upstream` to the client: its status, reason, headers and body bytes
+    (`close`: with `Connection: close`, and the connection ends after it)."""
+    resp = wire.relayed_response(upstream.status, upstream.reason,
+                                 response_headers(upstream.raw_headers, extra_drop))
+    if close:
+        resp.force_close()
+    try:
+        await resp.prepare(request)
+        async for chunk in upstream.iter_chunks():
+            await resp.write(chunk)
+        await resp.write_eof()
+    except UpstreamError:
+        # The status line is out: the only honest signal left is an unclean end,
+        # never a terminating chunk that would make a cut body look complete.
+        if request.transport is not None:
+            request.transport.abort()
+    except ConnectionError:
+        pass  # the client went away; closing the upstream response is all there is
+    return resp

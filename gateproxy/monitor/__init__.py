@@ -1,0 +1,3 @@
+"""The monitor: one probe loop per dependency, its HTTP and gRPC probes, and the
+probe's signature.
+"""

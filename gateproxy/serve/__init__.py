@@ -1,0 +1,1 @@
+"""Serving: the request handler, the listeners, the WebSocket relay, live reload."""

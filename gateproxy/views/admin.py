@@ -1,0 +1,249 @@
+"""The proxy's own endpoints under `admin_prefix`: live, ready, the status page,
+status.json and metrics (README, "The proxy's own endpoints"), and on `admin_port` only,
+maintenance.
+
+The first five only read state; none of them is ever forwarded or gated. Nothing they
+show carries a secret: base URLs are the redacted ones of the snapshots and the shared
+secret is not part of any of it. `POST`/`DELETE {admin}/dependencies/{name}/maintenance`
+changes state, so it is served on the admin port only (the gate answers 404 for it on
+the proxy's port) and only to whom gateproxy/core/access.py admits: the loopback, or with
+`admin_token` set, a caller that has the token. Every answer here is the proxy's own
+(gateproxy/core/answers.py), aiohttp's refusals (no such path, another method) included.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import aiohttp_jinja2
+import jinja2
+import orjson
+from aiohttp import web
+
+from gateproxy import __version__
+from gateproxy.core import access, answers
+from gateproxy.core.dependency import DependencyStatus, iso
+from gateproxy.core.gate import ADMIN_ENDPOINTS
+from gateproxy.core.runtime import Runtime
+from gateproxy.logs import log
+from gateproxy.monitor.loop import Monitor
+from gateproxy.views.metrics import CONTENT_TYPE
+
+
+class View(Protocol):
+    """What the admin endpoints read of the running proxy; they change nothing."""
+
+    @property
+    def runtime(self) -> Runtime: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    @property
+    def serving(self) -> bool:
+        """Whether the proxy's port is served (a supervisor's workers may not be yet)."""
+
+    @property
+    def started_at(self) -> float: ...
+
+    def statuses(self) -> list[DependencyStatus]: ...
+
+    def exposition(self) -> bytes:
+        """The Prometheus text exposition of the proxy's metrics."""
+
+    def recent(self) -> dict[str, Any]:
+        """Request counts of the last 5 and 60 minutes: `forwarded`, `gated` and `held`
+        (the last two by dependency), as `Metrics.recent` gives them, `held` added."""
+
+# The page loads nothing from anywhere and talks only to its own origin.
+_PAGE = {
+    "Content-Type": "text/html; charset=utf-8",
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+    "style-src 'unsafe-inline'; img-src data:; connect-src 'self'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def readiness(view: View) -> tuple[int, dict[str, Any]]:
+    if view.draining:
+        return 503, {"status": "not_ready", "reason": "shutting_down"}
+    if not view.serving:
+        return 503, {"status": "not_ready", "reason": "starting"}
+    down = [s.dep.name for s in view.statuses() if not s.dep.optional and not s.is_up]
+    if down:
+        return 503, {"status": "not_ready", "reason": "dependency_down", "dependencies": down}
+    return 200, {"status": "ready"}
+
+
+_NONE = {"last5m": 0, "last60m": 0}
+
+
+def _dependency(status: DependencyStatus, recent: dict[str, Any],
+                now: float) -> dict[str, Any]:
+    dep = status.dep
+    return {
+        "name": dep.name,
+        "healthKey": dep.health_key,
+        **status.snapshot(),
+        "gatedRoutes": [{"prefix": r.prefix,
+                         "methods": sorted(r.methods) if r.methods is not None else None}
+                        for r in dep.gated_routes],
+        "transitions": [t.as_dict() for t in reversed(status.transitions)],  # newest first
+        "lastHour": status.last_hour(now),
+        "gatedRequests": recent["gated"].get(dep.name, _NONE),
+        "heldRequests": recent["held"].get(dep.name, 0),
+    }
+
+
+def status_data(view: View) -> dict[str, Any]:
+    """What the status page shows, and status.json serves."""
+    code, ready = readiness(view)
+    now = time.time()
+    recent = view.recent()
+    return {
+        "service": "gateproxy",
+        "version": __version__,
+        "now": iso(now),
+        "startedAt": iso(view.started_at),
+        "ready": code == 200,
+        "readiness": ready,
+        "draining": view.draining,
+        "config": view.runtime.version.as_dict(),
+        # Forwarded requests belong to no dependency: they are counted for the proxy.
+        "forwardedRequests": recent["forwarded"],
+        "dependencies": [_dependency(s, recent, now) for s in view.statuses()],
+    }
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def endpoints(app: web.Application, view: View) -> dict[str, Handler]:
+    """The admin endpoints by name (the path below the admin prefix), with the page
+    templates set up on `app`."""
+    prefix = view.runtime.config.admin_prefix
+    aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("gateproxy", "templates"),
+                         autoescape=True, default_helpers=False)
+
+    async def live(_: web.Request) -> web.Response:
+        return answers.json(200, {"status": "live"})
+
+    async def ready(_: web.Request) -> web.Response:
+        return answers.json(*readiness(view))
+
+    async def status_json(_: web.Request) -> web.Response:
+        return answers.json(200, status_data(view))
+
+    async def status_page(request: web.Request) -> web.Response:
+        page = aiohttp_jinja2.render_string(
+            "status.html", request,
+            {"state": status_data(view), "json_url": f"{prefix}/status.json",
+             "metrics_url": f"{prefix}/metrics"})
+        return answers.own(200, page.encode(), _PAGE.items())
+
+    async def metrics(_: web.Request) -> web.Response:
+        return answers.own(200, view.exposition(),
+                           [("Content-Type", CONTENT_TYPE), ("Cache-Control", "no-store")])
+
+    handlers: dict[str, Handler] = {"live": live, "ready": ready, "status": status_page,
+                                    "status.json": status_json, "metrics": metrics}
+    assert handlers.keys() == ADMIN_ENDPOINTS
+    return handlers
+
+
+MAINTENANCE = "{prefix}/dependencies/{{name}}/maintenance"  # the route, under admin_prefix
+_REASON_MAX = 500  # characters: a reason is a note for people, and it is logged
+
+
+async def _reason(request: web.Request) -> str | None:
+    """The optional `{"reason": "..."}` body; ValueError saying what is wrong with it."""
+    raw = await request.read()
+    if not raw.strip():
+        return None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError("the body must be JSON: {\"reason\": \"...\"}") from exc
+    if not isinstance(body, dict) or set(body) - {"reason"}:
+        raise ValueError("the body may only have a \"reason\"")
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > _REASON_MAX):
+        raise ValueError(f"reason must be a string of at most {_REASON_MAX} characters")
+    return reason or None
+
+
+def _peer(request: web.Request) -> str | None:
+    """The caller's address as the connection says it (never a header: anyone can
+    write an X-Forwarded-For)."""
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
+
+
+def maintenance_endpoint(view: View, denied: Callable[[str], None]) -> Handler:
+    """POST starts a dependency's maintenance, DELETE ends it; both answer 200 with its
+    snapshot. A caller gateproxy/core/access.py does not admit gets 403 or 401, is logged
+    and counted (`denied`, with the error code), and changes nothing."""
+
+    async def maintenance(request: web.Request) -> web.StreamResponse:
+        peer = _peer(request)
+        name = request.match_info["name"]
+        admission = access.admit(peer, request.headers.get("Authorization"),
+                                 view.runtime.config.admin_token)
+        if admission.refusal is not None:
+            log.warning("admin_denied", peer=peer, token=admission.token,
+                        code=admission.refusal, method=request.method, dependency=name)
+            denied(admission.refusal)
+            if admission.refusal == "forbidden":
+                return answers.error("forbidden", access.FORBIDDEN_MESSAGE)
+            answer = answers.error("unauthorized", access.UNAUTHORIZED_MESSAGE)
+            answer.headers["WWW-Authenticate"] = "Bearer"
+            return answer
+        guard = next((g for g in view.runtime.guards if g.status.dep.name == name), None)
+        # (Only the process that probes, not a worker that follows it, owns a Monitor.)
+        if guard is None or not isinstance(guard.monitor, Monitor):
+            return answers.error("not_found", "no such dependency")
+        if request.method == "POST":
+            try:
+                reason = await _reason(request)
+            except ValueError as exc:
+                return answers.error("bad_request", str(exc))
+            guard.monitor.start_maintenance(reason, peer=peer, token=admission.token)
+        else:
+            guard.monitor.end_maintenance(peer=peer, token=admission.token)
+        return answers.json(200, {"name": name, **guard.status.snapshot()})
+
+    return maintenance
+
+
+@web.middleware
+async def own_refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's refusals (no such path, a method the path does not take, a body over
+    the limit) as the proxy's own JSON errors; `OPTIONS *`, which no route can match,
+    answered."""
+    if request.method == "OPTIONS" and request.raw_path == "*":
+        return answers.server_options(answers.ADMIN_ALLOW)
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        return answers.for_exception(exc)
+
+
+def application(view: View, denied: Callable[[str], None] | None) -> web.Application:
+    """The admin endpoints as an application of their own (the admin port), with the
+    maintenance endpoint, which changes state, when `denied` (what counts a refused
+    caller) is given."""
+    app = web.Application(middlewares=[own_refusals])
+    prefix = view.runtime.config.admin_prefix
+    for name, handler in endpoints(app, view).items():
+        app.router.add_get(f"{prefix}/{name}", handler)
+    if denied is not None:
+        control = maintenance_endpoint(view, denied)
+        app.router.add_route("POST", MAINTENANCE.format(prefix=prefix), control)
+        app.router.add_route("DELETE", MAINTENANCE.format(prefix=prefix), control)
+    return app
