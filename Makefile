@@ -50,6 +50,12 @@ docs: $(RUNTIME_STAMP)
 	$(BIN)/python -c "from pathlib import Path; from gateproxy import settings; \
 	settings.write_doc(Path('docs/configuration.md'))"
 
+# The layers of gateproxy/: modules per layer, the import graph, every broken rule and the
+# longest import chain; exits non-zero when a rule is broken (docs/architecture.md).
+.PHONY: layers
+layers: $(RUNTIME_STAMP)
+	$(BIN)/python scripts/layers.py
+
 bench: $(TEST_STAMP)
 	$(BIN)/python bench/run.py
 
