@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 from gateproxy.aio import client as fastclient
 from gateproxy.aio.client import FastResponse, FastUpstream
 from gateproxy.upstream.client import UpstreamError
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 # --- servers ----------------------------------------------------------------------------
 
