@@ -289,7 +289,7 @@ def judge_microseconds(configs: dict[str, Path]) -> dict[str, tuple[float, float
         out = {}
         for name, path in configs.items():
             gateway = Gateway(gateproxy_config.load(str(path), env={}))
-            judge = gateway.gate.decide
+            judge = gateway.node.gate.decide
             times = []
             for target in ("/api/containers/abc", "/api/ping"):
                 best = float("inf")

@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 
 from gateproxy import __version__, config, logs
-from gateproxy.aio import check
 from gateproxy.logs import log
+from gateproxy.serve import listeners
 from gateproxy.serve.gateway import Gateway
 from gateproxy.serve.listeners import StartupError
 from gateproxy.serve.reload import Reloader
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or "serve"
     if command == "check-config":
         return check_config(args.config)
-    unsafe = check.parser_problem()
+    unsafe = listeners.parser_problem()
     if unsafe:
         print(f"gateproxy: refusing to start: {unsafe}", file=sys.stderr)
         return 2
@@ -120,7 +120,7 @@ async def _serve(cfg: config.Config) -> int:
     gateway = Gateway(cfg)
     if not await _started(gateway):
         return 1
-    async with Reloader(gateway).running():
+    async with Reloader(gateway.node).running():
         await gateway.serve_until_signalled()
     return 0
 
@@ -148,11 +148,11 @@ def work(args: argparse.Namespace) -> int:
 
 
 async def _work(cfg: config.Config, link: WorkerLink) -> int:
-    gateway = Gateway(cfg, link=link)
+    gateway = Gateway(cfg, worker=link)
     if not await _started(gateway):
         return 1
-    reloader = Reloader(gateway)
-    await link.start(gateway.stats, lambda: reloader.reload("supervisor"))
+    reloader = Reloader(gateway.node)
+    await link.start(gateway.node.stats, lambda: reloader.reload("supervisor"))
     # The supervisor decides when to stop (a terminal's Ctrl-C reaches the whole group).
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

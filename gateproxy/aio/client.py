@@ -18,7 +18,9 @@ replaces the rest with:
   which hands the rest of a Content-Length body from the upstream socket straight to
   the client's transport (the fast path in gateproxy/aio/fastpath.py uses both).
 
-WebSocket handshakes go through an aiohttp ClientSession created on first use.
+What goes wrong becomes an UpstreamError through the same map as aiohttp's client
+(`failure` in gateproxy/upstream/interface.py). WebSocket handshakes go to the client it
+is given for them (the gateway gives it an AiohttpUpstream).
 """
 
 from __future__ import annotations
@@ -30,15 +32,21 @@ from collections.abc import AsyncIterator
 from typing import Final
 
 import aiohttp
-from aiohttp.client_exceptions import ClientPayloadError
 from aiohttp.client_proto import ResponseHandler
-from aiohttp.http import RawResponseMessage
+from aiohttp.http import HttpProcessingError, RawResponseMessage
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDict
 from yarl import URL
 
 from gateproxy.aio.needs import Need
-from gateproxy.upstream.client import AiohttpUpstream, UpstreamError, UpstreamWebSocket
+from gateproxy.http_rules.actions import (
+    FAILURES,
+    UNAVAILABLE,
+    UpstreamError,
+    UpstreamWebSocket,
+    WebSocketUpstream,
+    failure,
+)
 
 REQUIRES: Final = (
     Need(ResponseHandler, "__init__", param="loop"),
@@ -55,6 +63,10 @@ REQUIRES: Final = (
     Need(ResponseHandler, "read", call=True),
     Need(ResponseHandler, "resume_reading", param="resume_parser"),
     Need(ResponseHandler, "writing_paused"),
+    # Public-looking but undocumented: a rename would break requests, not the start.
+    Need(ResponseHandler, "should_close"),
+    Need(ResponseHandler, "set_exception", call=True),
+    Need(aiohttp.StreamReader, "total_bytes"),
 )
 
 # RFC 9110 section 9.2.2: a request with one of these methods may be repeated.
@@ -67,9 +79,9 @@ MAX_IDLE: Final = 256
 # Response bytes buffered per request before reading from the upstream pauses (aiohttp
 # pauses at twice this): enough for a few socket reads, little for many downloads.
 READ_BUFSIZE: Final = 1 << 16
-
-
-_UNANSWERED: Final = "the upstream closed the connection without an answer"
+# aiohttp's ClientSession meets an answer that is not HTTP as a ClientResponseError;
+# this client, on aiohttp's parser without the ClientResponse around it, meets it raw.
+_FAILURES: Final = (*FAILURES, HttpProcessingError)
 
 
 class _Protocol(ResponseHandler):
@@ -217,6 +229,10 @@ class _Stale(Exception):
     """The connection closed before answering a request that had no body: on a pooled
     connection, most likely the upstream closed it as idle just as it was reused."""
 
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
 
 class FastResponse:
     """One upstream response; its connection goes back to the pool when the body has
@@ -245,13 +261,9 @@ class FastResponse:
         try:
             while chunk := await payload.readany():
                 yield chunk
-        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+        except _FAILURES as exc:
             self.close()
-            raise UpstreamError("upstream_timeout", "the upstream stalled mid-response") from exc
-        except (ClientPayloadError, aiohttp.ClientError, OSError) as exc:
-            self.close()
-            raise UpstreamError("upstream_unavailable", f"the upstream broke off: {exc}"
-                                ) from exc
+            raise failure(exc, self._client._read_timeout_ms, mid_body=True) from exc
         self.release()
 
     def whole_body(self) -> bytes | None:
@@ -344,9 +356,10 @@ class FastUpstream:
     """Keep-alive HTTP/1.1 to one upstream origin; adds no headers of its own except a
     `Host` when the client sent none, never decompresses, never follows redirects."""
 
-    def __init__(self, base_url: str, connect_timeout_ms: int, read_timeout_ms: int) -> None:
+    def __init__(self, base_url: str, connect_timeout_ms: int, read_timeout_ms: int, *,
+                 websockets: WebSocketUpstream) -> None:
+        """`websockets`: the client WebSocket handshakes go to (closed with this one)."""
         url = URL(base_url)
-        self._base_url = base_url
         self._host = url.raw_host or "127.0.0.1"
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._ssl: ssl.SSLContext | None = (
@@ -359,27 +372,27 @@ class FastUpstream:
         self._read_timeout = read_timeout_ms / 1000 if read_timeout_ms else None
         self._idle: deque[tuple[_Protocol, float]] = deque()
         self._closed = False
-        self._websockets: AiohttpUpstream | None = None
+        self._websockets = websockets
 
     # --- requests ---------------------------------------------------------------------
 
     async def send(self, method: str, target: str, headers: CIMultiDict[str],
                    body: aiohttp.StreamReader | None) -> FastResponse:
         if self._closed:
-            raise UpstreamError("upstream_unavailable", "the proxy is shutting down")
+            raise UpstreamError(UNAVAILABLE, "the proxy is shutting down")
         chunked = body is not None and "Content-Length" not in headers
         head = self._head(method, target, headers, body is not None, chunked)
         proto, reused = await self._acquire()
         try:
             return await self._exchange(proto, method, head, body, chunked)
-        except _Stale:
+        except _Stale as stale:
             if not (reused and method in IDEMPOTENT):
-                raise UpstreamError("upstream_unavailable", _UNANSWERED) from None
+                raise failure(stale.cause, self._read_timeout_ms) from stale.cause
         proto = await self._connect()
         try:
             return await self._exchange(proto, method, head, body, chunked)
-        except _Stale:
-            raise UpstreamError("upstream_unavailable", _UNANSWERED) from None
+        except _Stale as stale:
+            raise failure(stale.cause, self._read_timeout_ms) from stale.cause
 
     def _head(self, method: str, target: str, headers: CIMultiDict[str],
               body: bool, chunked: bool) -> bytes:
@@ -403,8 +416,7 @@ class FastUpstream:
         # smuggling. aiohttp's parser rejects them from clients; this holds for every
         # header, the proxy's own included.
         if text.count("\n") != len(lines) + 1 or text.count("\r") != len(lines) + 1:
-            raise UpstreamError("upstream_unavailable",
-                                "a request header contains a line break")
+            raise UpstreamError(UNAVAILABLE, "a request header contains a line break")
         # UTF-8, as aiohttp's client: header bytes that are not UTF-8 reach the upstream
         # as their Latin-1 reading (docs/headers.md).
         return text.encode("utf-8")
@@ -421,7 +433,7 @@ class FastUpstream:
             proto.parser_skips = skip
         transport = proto.transport
         if transport is None:
-            raise _Stale
+            raise _Stale(aiohttp.ServerDisconnectedError())
         body_task: asyncio.Task[bool] | None = None
         try:
             if body is None:
@@ -442,29 +454,16 @@ class FastUpstream:
                 body_task = proto.loop.create_task(
                     _send_body(proto, body, chunked))
             message, payload = await _read_head(proto)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        except BaseException as exc:
+            # Failed or cancelled (the client went away, a caller's timeout): the exchange
+            # is unfinished, so the connection cannot be reused.
             _cancel(body_task)
             proto.abort()
-            if body is None:
-                raise _Stale from exc
-            raise UpstreamError("upstream_unavailable", f"the upstream is unavailable: {exc}"
-                                ) from exc
-        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
-            _cancel(body_task)
-            proto.abort()
-            raise UpstreamError(
-                "upstream_timeout",
-                f"no response from the upstream within {self._read_timeout_ms} ms") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            _cancel(body_task)
-            proto.abort()
-            raise UpstreamError("upstream_unavailable", f"the upstream is unavailable: {exc}"
-                                ) from exc
-        except BaseException:
-            # Cancelled (the client went away, a caller's timeout): the exchange is
-            # unfinished, so the connection cannot be reused.
-            _cancel(body_task)
-            proto.abort()
+            if body is None and isinstance(exc, aiohttp.ServerDisconnectedError
+                                           | aiohttp.ClientOSError):
+                raise _Stale(exc) from exc
+            if isinstance(exc, _FAILURES):
+                raise failure(exc, self._read_timeout_ms) from exc
             raise
         return FastResponse(self, proto, message, payload, body_task)
 
@@ -502,11 +501,12 @@ class FastUpstream:
                 _, proto = await loop.create_connection(
                     lambda: _Protocol(loop), self._host, self._port, ssl=self._ssl)
         except TimeoutError as exc:
-            raise UpstreamError("upstream_unavailable",
-                                "the upstream did not accept a connection in time") from exc
+            # What aiohttp's client raises when its connect timeout runs out: the map
+            # tells it from a read timeout.
+            timeout = aiohttp.ConnectionTimeoutError(f"connection timeout to {self._authority}")
+            raise failure(timeout, self._read_timeout_ms) from exc
         except OSError as exc:
-            raise UpstreamError("upstream_unavailable", f"the upstream is unavailable: {exc}"
-                                ) from exc
+            raise failure(exc, self._read_timeout_ms) from exc
         return proto
 
     # --- WebSockets and closing -------------------------------------------------------
@@ -514,9 +514,6 @@ class FastUpstream:
     async def open_websocket(self, target: str, headers: CIMultiDict[str],
                              protocols: tuple[str, ...], compress: bool,
                              max_msg_size: int) -> UpstreamWebSocket:
-        if self._websockets is None:
-            self._websockets = AiohttpUpstream(self._base_url, self._connect_timeout_ms,
-                                               self._read_timeout_ms)
         return await self._websockets.open_websocket(target, headers, protocols, compress,
                                                      max_msg_size)
 
@@ -524,8 +521,7 @@ class FastUpstream:
         self._closed = True
         while self._idle:
             self._idle.pop()[0].close()
-        if self._websockets is not None:
-            await self._websockets.close()
+        await self._websockets.close()
 
 
 async def _read_head(proto: _Protocol) -> tuple[RawResponseMessage, StreamReader]:

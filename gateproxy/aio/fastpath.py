@@ -3,57 +3,58 @@
 Through aiohttp's usual path every request costs a task, a Request, the router, a
 response object, its header preparation and a few writes; measured, that machinery is
 most of what a gated 503 costs and half of what a small forwarded GET costs
-(docs/performance.md). `FastPathHandler` takes the plain cases right after aiohttp's
-parser has produced the request, in `data_received`. It asks the gate for its verdict
-(`Gate.decide`, the same call the usual path makes) and acts on two of them:
+(docs/performance.md). `FastPathHandler` takes plain GETs right after aiohttp's parser
+has produced them, in `data_received`, asks the proxy's planner what to do (the same
+`plan` aiohttp's usual path asks: gateproxy/http_rules/plan.py) and carries out two
+kinds of action:
 
-- Reject: the gate's 503, written at once, with the headers the usual path writes;
-- Forward of a bodiless GET: to the verdict's target, through the same Forwarder client, request
-  checks and header functions as the usual path. An answer delimited by a Content-Length
-  goes back with the head `relay` would write: in one write when the whole body came
-  with the head (small answers), else piped from the upstream connection to the
-  client's as it arrives (large downloads: no parsing, queueing or task switch per
-  piece). Any other answer (chunked, close-delimited, empty by its status, an upstream
-  error) goes through the usual `relay`, on a real aiohttp Request.
+- an answer of the proxy's own (the gate's 503, a 400 for a bad path...): its bytes,
+  written at once, as the usual path writes them;
+- a forward: to the plan's target with the plan's headers. An answer delimited by a
+  Content-Length goes back in one write when the whole body came with the head (small
+  answers), else piped from the upstream connection to the client's as it arrives
+  (large downloads: no parsing, queueing or task switch per piece). Any other answer
+  (chunked, close-delimited, empty by its status) goes through `relay`, on a real
+  aiohttp Request.
 
-Everything else goes the usual way, unchanged: requests with a body, other methods,
-HTTP/1.0, `Connection: close`, upgrades, `Expect`, an `Origin` on a gated path, and
-every other verdict (a first probe to wait for, a bad path, the proxy's own endpoints),
-and every request while the access log is on. Requests on one connection
-are answered in order: while a forward is in flight, what arrives waits in aiohttp's
-queue, and aiohttp's loop is woken only when the fast path leaves a request to it.
+Everything else goes the usual way, where it is planned again: requests with a body,
+other methods, HTTP/1.0, `Connection: close`, upgrades, `Expect`, the other actions (a
+wait, an endpoint), and every request while the access log is on. Planning a GET has
+no side effect but for the gate's 503, which the fast path always writes. Requests on
+one connection are answered in order: while a forward is in flight, what arrives waits
+in aiohttp's queue, and aiohttp's loop is woken only when the fast path leaves a
+request to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any, Final
 
 # Private names are read from their modules when used, not imported: a name a newer
 # aiohttp lacks then fails the start-up check (and the fast path is off), not the import.
-from aiohttp import hdrs, helpers, http_parser, http_writer, web
+from aiohttp import helpers, http_parser, http_writer, web
 from aiohttp.http import HttpVersion11, RawRequestMessage, StreamWriter
 from aiohttp.streams import EMPTY_PAYLOAD
 
 from gateproxy.aio.client import FastResponse, PipeSlot
 from gateproxy.aio.needs import Need
 from gateproxy.aio.server import LimitedHandler, LimitedSite
-from gateproxy.core import answers
-from gateproxy.core.gate import Forward, Gate, Guard, Reject
-from gateproxy.core.paths import Rule
-from gateproxy.http_rules import request_checks
-from gateproxy.http_rules.headers import (
-    BadField,
-    client_address,
-    error_response,
-    forwarded_headers,
-    relay,
-    response_headers,
+from gateproxy.aio.wire import relay
+from gateproxy.http_rules.actions import (
+    Answer,
+    FastPolicy,
+    ForwardPlan,
+    Gated,
+    RequestHead,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+    error,
+    render,
 )
 from gateproxy.logs import log
-from gateproxy.upstream.client import UpstreamClient, UpstreamError, UpstreamResponse
 
 REQUIRES: Final = (
     Need(web.RequestHandler, "pause_writing", call=True),
@@ -79,10 +80,14 @@ REQUIRES: Final = (
     Need(web.RequestHandler, "_request_factory"),
     Need(web.RequestHandler, "_task_handler"),
     Need(web.RequestHandler, "_loop"),
+    Need(web.Server, "requests_count"),
     Need(web.BaseRequest, "_finish", call=True),
     Need(web.Server, "_kwargs"),
     Need(web.BaseSite, "_runner"),
     Need(http_parser.HttpRequestParser, "message_consumed", call=True),
+    # The parsed message: an internal type, read by field.
+    *(Need(RawRequestMessage, field) for field in (
+        "method", "path", "version", "headers", "raw_headers", "should_close")),
     Need(http_writer, "_serialize_headers", call=True),
     Need(helpers, "rfc822_formatted_time", call=True),
     Need(StreamWriter, "__init__", param="protocol"),
@@ -90,91 +95,75 @@ REQUIRES: Final = (
 
 # aiohttp answers these with no body and drops their Content-Length.
 _EMPTY_STATUS: Final = frozenset({204, 304})
-# What a cached 503's bytes are made of besides its guard: its headers and its Date.
-_AnswerKey = tuple[tuple[tuple[str, str], ...], str]
+_RENDERED_MAX: Final = 64  # distinct own answers whose bytes are kept (503s: one a guard)
 
 
 class FastPath:
-    """What the fast path does with one parsed request: it acts on the gate's verdict,
-    as the usual path does, for the verdicts it can answer alone."""
+    """Carries out, for one parsed GET, the actions it can alone: an own answer, or a
+    forward."""
 
-    def __init__(self, gate: Callable[[], Gate], client: UpstreamClient,
-                 on_reject: Callable[[Rule[Guard]], None],
-                 on_forwarded: Callable[[str, int, str], None],
-                 on_latency: Callable[[float], None]) -> None:
-        self._gate = gate  # the live gate: a reload replaces it
+    def __init__(self, policy: FastPolicy, client: UpstreamClient) -> None:
+        self._policy = policy
         self._client = client
-        self._on_reject = on_reject
-        self._on_forwarded = on_forwarded
-        # Time to the response's headers, measured here rather than by a wrapper around
-        # `client`: one coroutine less per request.
-        self._on_latency = on_latency
-        # The last 503 of each guard (by identity: a Guard hashes all its fields), keyed
-        # by all its headers and the Date: whichever header changes, in whatever place
-        # the gate writes it, the bytes are made anew.
-        self._answers: dict[int, tuple[Guard, _AnswerKey, bytes]] = {}
+        # The bytes of recent own answers, with the Date they were made with: a 503's
+        # bytes change with its Retry-After (a header of the answer) and the Date only.
+        self._rendered: dict[Answer, tuple[str, bytes]] = {}
 
-    # --- deciding ---------------------------------------------------------------------
-
-    def decide(self, message: RawRequestMessage) -> bytes | Forward | None:
-        """The 503's bytes, the Forward verdict of a GET, or None for the usual path.
+    def take(self, message: RawRequestMessage, peername: object, tls: bool
+             ) -> Answer | ForwardPlan | None:
+        """The action for a GET the fast path carries out, or None for the usual path.
         The caller has checked that the request is HTTP/1.1, keep-alive and bodiless."""
         headers = message.headers
-        if "Expect" in headers or "Upgrade" in headers:
+        if message.method != "GET" or "Expect" in headers or "Upgrade" in headers:
             return None
-        method = message.method
-        gate = self._gate()
-        verdict = gate.decide(method, message.path, headers)
-        if type(verdict) is Forward:
-            return verdict if method == "GET" else None
-        # HEAD has no body to send and a browser's Origin may need CORS headers: rarer
-        # than worth a second copy of that logic.
-        if type(verdict) is not Reject or method == "HEAD" or "Origin" in headers:
-            return None
-        self._on_reject(verdict.rule)
-        guard = verdict.rule.target
-        headers_out = tuple(gate.rejection_headers(guard, None))
+        version = message.version
+        action = self._policy.plan(RequestHead(
+            "GET", message.path, (version.major, version.minor), headers,
+            message.raw_headers, peername, tls))
+        kind = type(action)
+        if kind is Gated:
+            return action.answer  # type: ignore[union-attr]
+        if kind is Answer or kind is ForwardPlan:
+            return action  # type: ignore[return-value]
+        return None
+
+    def rendered(self, answer: Answer) -> bytes:
+        """`answer`'s bytes, as aiohttp's usual path writes them."""
         date = helpers.rfc822_formatted_time()
-        last = self._answers.get(id(guard))
-        if last is None or last[0] is not guard or last[1] != (headers_out, date):
-            last = self._answers[id(guard)] = (
-                guard, (headers_out, date), answers.own_bytes(503, guard.body, headers_out, date))
-        return last[2]
+        last = self._rendered.get(answer)
+        if last is None or last[0] != date:
+            if len(self._rendered) >= _RENDERED_MAX:
+                self._rendered.clear()
+            last = self._rendered[answer] = (date, render(answer, date))
+        return last[1]
 
     # --- forwarding -------------------------------------------------------------------
 
     async def forward(self, handler: FastPathHandler, message: RawRequestMessage,
-                      target: str) -> bool:
-        """Forward a bodiless GET to `target` as `Gateway._serve` does after the gate;
-        True when the client connection may take its next request. The aiohttp Request
-        the usual path works on is made only when an answer needs one."""
-        request_headers = message.headers
-        answer = request_checks.problem(message.version, request_headers.get(hdrs.HOST),
-                                        message.path)
-        if answer is not None:
-            return await _finish(handler.make_request(message), answer)
-        try:
-            headers = forwarded_headers(message.raw_headers,
-                                        request_headers.get(hdrs.CONNECTION),
-                                        client_address(handler.peername),
-                                        handler.ssl_context is not None)
-        except BadField as exc:
-            return await _finish(handler.make_request(message),
-                                 answers.error("bad_request", str(exc)))
+                      plan: ForwardPlan) -> bool:
+        """Forward a bodiless GET as `plan` says; True when the client connection may
+        take its next request. The aiohttp Request the usual path works on is made only
+        when an answer needs one."""
+        policy = self._policy
         started = time.perf_counter()
         try:
-            upstream = await self._client.send("GET", target, headers, None)
+            upstream = await self._client.send("GET", plan.target, plan.headers, None)
         except UpstreamError as exc:
-            answer = error_response(exc)
-            self._on_forwarded("GET", answer.status, target)
-            return await _finish(handler.make_request(message), answer)
-        self._on_latency(time.perf_counter() - started)
+            answer = error(exc.code, exc.message)
+            policy.forwarded("GET", answer.status, plan.target)
+            transport = handler.transport
+            if transport is None:
+                return False
+            transport.write(self.rendered(answer))
+            return True
+        policy.latency(time.perf_counter() - started)
         try:
-            head = _framed_head(upstream)
+            head = self._framed_head(upstream)
             if head is None:
                 request = handler.make_request(message)
-                response = await relay(request, upstream)
-                self._on_forwarded("GET", response.status, target)
+                response = await relay(request, upstream,
+                                       policy.response_headers(upstream.raw_headers))
+                policy.forwarded("GET", response.status, plan.target)
                 request._finish()
                 # relay aborts the client connection when the upstream breaks off.
                 transport = handler.transport
@@ -184,7 +173,7 @@ class FastPath:
             transport = handler.transport
             if transport is None:
                 return False
-            self._on_forwarded("GET", upstream.status, target)
+            policy.forwarded("GET", upstream.status, plan.target)
             body = upstream.whole_body()
             if body is not None:
                 transport.writelines([head, body])
@@ -199,29 +188,17 @@ class FastPath:
         finally:
             upstream.close()
 
-
-def _framed_head(upstream: UpstreamResponse) -> bytes | None:
-    """For an answer delimited by a Content-Length, the head `relay` would write to an
-    HTTP/1.1 keep-alive client; None for anything else (left to `relay`)."""
-    if not isinstance(upstream, FastResponse) or not upstream.pipeable \
-            or upstream.status < 200 or upstream.status in _EMPTY_STATUS:
-        return None
-    headers = response_headers(upstream.raw_headers)
-    if "Date" not in headers:
-        headers["Date"] = helpers.rfc822_formatted_time()
-    return http_writer._serialize_headers(f"HTTP/1.1 {upstream.status} {upstream.reason}", headers)
-
-
-async def _finish(request: web.BaseRequest, response: web.StreamResponse) -> bool:
-    """Write a response object as aiohttp's loop would; True to keep the connection."""
-    try:
-        await response.prepare(request)
-        await response.write_eof()
-    except ConnectionError:
-        return False
-    finally:
-        request._finish()
-    return bool(response.keep_alive)
+    def _framed_head(self, upstream: UpstreamResponse) -> bytes | None:
+        """For an answer delimited by a Content-Length, the head `relay` would write to
+        an HTTP/1.1 keep-alive client; None for anything else (left to `relay`)."""
+        if not isinstance(upstream, FastResponse) or not upstream.pipeable \
+                or upstream.status < 200 or upstream.status in _EMPTY_STATUS:
+            return None
+        headers = self._policy.response_headers(upstream.raw_headers)
+        if "Date" not in headers:
+            headers["Date"] = helpers.rfc822_formatted_time()
+        return http_writer._serialize_headers(
+            f"HTTP/1.1 {upstream.status} {upstream.reason}", headers)
 
 
 class FastPathHandler(LimitedHandler):
@@ -272,14 +249,17 @@ class FastPathHandler(LimitedHandler):
         the rest, if any, to aiohttp's loop."""
         messages = self._messages
         fast = self._fast
+        transport = self.transport
+        peername = transport.get_extra_info("peername") if transport is not None else None
+        tls = transport is not None and transport.get_extra_info("sslcontext") is not None
         while messages and not self._upgraded and not self._force_close and not self._close \
                 and self.transport is not None:
             message, payload = messages[0]
             if (payload is not EMPTY_PAYLOAD or not isinstance(message, RawRequestMessage)
                     or message.version != HttpVersion11 or message.should_close):
                 break
-            verdict = fast.decide(message)
-            if verdict is None:
+            action = fast.take(message, peername, tls)
+            if action is None:
                 break
             messages.popleft()
             # What aiohttp's loop does for every request it takes from the queue.
@@ -287,14 +267,17 @@ class FastPathHandler(LimitedHandler):
                 self._parser.message_consumed()
             if self._manager is not None:
                 self._manager.requests_count += 1
-            if isinstance(verdict, Forward):
+            if type(action) is ForwardPlan:
                 self._request_in_progress = True  # aiohttp's graceful shutdown waits
-                self._forwarding = self._loop.create_task(
-                    self._forward(message, verdict.target))
+                self._forwarding = self._loop.create_task(self._forward(message, action))
                 if self._buffer_paused and len(messages) <= self._msg_queue_resume_size:
                     self._resume_reading_if_drained()
                 return
-            self.transport.write(verdict)
+            assert isinstance(action, Answer)
+            self.transport.write(fast.rendered(action))
+            if action.close:
+                self.force_close()
+                return
             self._idle_again()
         self._leave(messages)
 
@@ -307,10 +290,10 @@ class FastPathHandler(LimitedHandler):
         if self._buffer_paused and len(messages) <= self._msg_queue_resume_size:
             self._resume_reading_if_drained()
 
-    async def _forward(self, message: RawRequestMessage, target: str) -> None:
+    async def _forward(self, message: RawRequestMessage, plan: ForwardPlan) -> None:
         keep = False
         try:
-            keep = await self._fast.forward(self, message, target)
+            keep = await self._fast.forward(self, message, plan)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

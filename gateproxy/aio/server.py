@@ -36,6 +36,8 @@ import contextlib
 import os
 import socket
 from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from aiohttp import web
@@ -43,7 +45,6 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 from gateproxy.aio.needs import Need
-from gateproxy.core import answers
 from gateproxy.logs import log
 
 REQUIRES: Final = (
@@ -153,7 +154,7 @@ class LimitedHandler(web.RequestHandler):
             self._phase = _WAITING
             transport.pause_reading()
         else:
-            self._linger(site.refusal)
+            self._linger(site.answers.refusal)
 
     def _serve(self) -> None:
         assert self._wire is not None
@@ -286,9 +287,8 @@ class LimitedHandler(web.RequestHandler):
         instead of aiohttp's text page, which echoes the offending bytes and names
         aiohttp and Python."""
         super().handle_error(request, status, exc, message)  # its logging, and checks
-        if status == 400:
-            return answers.error("bad_request", "the request is malformed", close=True)
-        return answers.error("internal_error", "the proxy failed to answer", close=True)
+        answers = self._site.answers
+        return answers.malformed() if status == 400 else answers.failed()
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         exc = kw.get("exc_info")
@@ -357,7 +357,7 @@ class LimitedHandler(web.RequestHandler):
         if phase == _HEAD:
             if self._head_bytes:
                 site.tally.add("headTimeouts")
-                self._linger(site.head_timeout_answer)
+                self._linger(site.answers.head_timeout)
             else:
                 site.tally.add("idleClosed")
                 self.force_close()
@@ -421,17 +421,29 @@ class _Listener(asyncio.AbstractServer):
             await server.wait_closed()
 
 
+@dataclass(frozen=True, slots=True)
+class SiteAnswers:
+    """The proxy's own answers a site gives where no request could be served: as bytes
+    when none could be parsed (a head too slow, a connection over the cap), as responses
+    when aiohttp could not parse or serve one."""
+
+    head_timeout: bytes
+    refusal: bytes
+    malformed: Callable[[], web.StreamResponse]
+    failed: Callable[[], web.StreamResponse]
+
+
 class LimitedSite(web.BaseSite):
     """A TCP site whose connections are `LimitedHandler`s, capped at `max_connections`."""
 
     __slots__ = ("_host", "_listener", "_port", "_resuming", "_reuse_port", "_update_pending",
-                 "body_min_rate", "body_timeout_s", "head_timeout_answer", "head_timeout_s",
-                 "loop", "max_connections", "open", "refusal", "tally", "waiting")
+                 "answers", "body_min_rate", "body_timeout_s", "head_timeout_s", "loop",
+                 "max_connections", "open", "tally", "waiting")
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *,
-                 max_connections: int, head_timeout_s: float, body_timeout_s: float,
-                 body_min_rate: float = BODY_MIN_RATE, backlog: int = 1024,
-                 reuse_port: bool = False) -> None:
+                 answers: SiteAnswers, max_connections: int, head_timeout_s: float,
+                 body_timeout_s: float, body_min_rate: float = BODY_MIN_RATE,
+                 backlog: int = 1024, reuse_port: bool = False) -> None:
         super().__init__(runner, backlog=backlog)
         self._reuse_port = reuse_port  # several worker processes share the port
         self._host = host
@@ -447,12 +459,7 @@ class LimitedSite(web.BaseSite):
         self._resuming: asyncio.Task[None] | None = None
         self._update_pending = False
         self.tally = _Tally(self)
-        self.head_timeout_answer = answers.error_bytes(
-            "request_timeout",
-            f"the request head did not arrive within {round(head_timeout_s * 1000)} ms")
-        self.refusal = answers.error_bytes(
-            "too_many_connections",
-            f"the proxy is at its limit of {max_connections} connections", ("Retry-After", "1"))
+        self.answers = answers
 
     @property
     def name(self) -> str:

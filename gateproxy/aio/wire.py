@@ -1,5 +1,6 @@
 """The fence's wire format: responses that carry the upstream's headers and nothing
-aiohttp invents, and response heads serialised as aiohttp serialises them.
+aiohttp invents (a relayed answer streamed to the client with `relay`), the proxy's own
+answers with an HTTP/1.1 status line, and response heads serialised as aiohttp does.
 
 aiohttp's server adds a `Server` naming itself and an `application/octet-stream`
 Content-Type to every response, and offers no public way to leave them out; a relay that
@@ -17,8 +18,7 @@ from aiohttp import HttpVersion11, hdrs, http_writer, web
 from multidict import CIMultiDict
 
 from gateproxy.aio.needs import Need, missing
-
-SERVER: Final = "gateproxy"  # the Server of the proxy's own answers: no version
+from gateproxy.http_rules.actions import SERVER, Answer, UpstreamError, UpstreamResponse
 
 REQUIRES: Final = (
     Need(web.StreamResponse, "__init__", param="_real_headers"),
@@ -92,12 +92,15 @@ class _OwnResponse(_Http11, web.Response):
     pass
 
 
-def own_response(status: int, body: bytes,
-                 headers: list[tuple[str, str]]) -> web.Response:
-    """An answer of the proxy's own: HTTP/1.1, whatever the client's version."""
-    if FAITHFUL:
-        return _OwnResponse(status=status, body=body, headers=headers)
-    return web.Response(status=status, body=body, headers=headers)
+def own_response(answer: Answer) -> web.Response:
+    """An answer of the proxy's own as an aiohttp response: HTTP/1.1 whatever the
+    client's version, `Server: gateproxy`, nothing else of aiohttp's."""
+    headers = [*answer.headers, (hdrs.SERVER, SERVER)]
+    response = (_OwnResponse if FAITHFUL else web.Response)(
+        status=answer.status, body=answer.body, headers=headers)
+    if answer.close:
+        response.force_close()
+    return response
 
 
 class _RelayedWebSocket(web.WebSocketResponse[Literal[False]]):
@@ -129,3 +132,25 @@ def handshake_headers(up: aiohttp.ClientWebSocketResponse[Literal[False]]
     if not isinstance(response, aiohttp.ClientResponse):
         return []
     return list(response.raw_headers)
+
+
+async def relay(request: web.BaseRequest, upstream: UpstreamResponse,
+                headers: CIMultiDict[str], close: bool = False) -> web.StreamResponse:
+    """Stream `upstream` to the client with `headers` (`close`: with `Connection:
+    close`, and the connection ends after it)."""
+    resp = relayed_response(upstream.status, upstream.reason, headers)
+    if close:
+        resp.force_close()
+    try:
+        await resp.prepare(request)
+        async for chunk in upstream.iter_chunks():
+            await resp.write(chunk)
+        await resp.write_eof()
+    except UpstreamError:
+        # The status line is out: the only honest signal left is an unclean end,
+        # never a terminating chunk that would make a cut body look complete.
+        if request.transport is not None:
+            request.transport.abort()
+    except ConnectionError:
+        pass  # the client went away; closing the upstream response is all there is
+    return resp

@@ -1,8 +1,9 @@
-"""The proxy's own answers: one table of error codes, one JSON error body, one head
-writer.
+"""The proxy's own answers, as values and as bytes: one table of error codes, one JSON
+error body, one head writer.
 
-Every answer the proxy gives itself (not relayed from the upstream) is built here, as
-an aiohttp response or, for code that writes to a socket directly, as bytes. Own answers
+Every answer the proxy gives itself (not relayed from the upstream) is an `Answer`
+built here. The fast path writes its bytes (`render`); aiohttp's usual path hands it to
+the fence's wire format (gateproxy/aio/wire.py), which writes the same head. Own answers
 carry `Server: gateproxy` and never a library or Python version, their status line says
 HTTP/1.1, and their bodies never echo request bytes.
 """
@@ -10,26 +11,22 @@ HTTP/1.1, and their bodies never echo request bytes.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
 
 import orjson
-from aiohttp import web
-
-from gateproxy.aio.wire import SERVER, own_response
-
-__all__ = ["ADMIN_ALLOW", "ALLOW", "JSON", "SERVER", "STATUS", "error", "error_body", "error_bytes",
-           "for_exception", "head", "json", "own", "own_bytes"]
 
 JSON: Final = "application/json"
+SERVER: Final = "gateproxy"  # the Server of the proxy's own answers: no version
 # What `OPTIONS *` names on the proxy's port (it forwards every method; these are the
 # usual ones) and on the admin port.
 ALLOW: Final = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 ADMIN_ALLOW: Final = "GET, HEAD, POST, DELETE"
 
 # Every error code the proxy answers with, and its status. Upstream failures map onto
-# the last two (upstream.py, aio/client.py); the gate's 503 has the code configured per
-# dependency.
+# the last two (gateproxy/upstream/interface.py); the gate's 503 has the code configured
+# per dependency.
 STATUS: Final[dict[str, int]] = {
     "bad_request": 400,
     "unauthorized": 401,
@@ -45,64 +42,62 @@ STATUS: Final[dict[str, int]] = {
     "upstream_unavailable": 502,
     "upstream_timeout": 504,
 }
+_NO_STORE: Final = ("Cache-Control", "no-store")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An answer of the proxy's own: its status, headers in the order written (`Server`,
+    `Content-Length` and `Date` are the writer's), body, and whether the connection
+    ends after it."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    close: bool = False
+
+    def with_header(self, name: str, value: str) -> Answer:
+        return Answer(self.status, (*self.headers, (name, value)), self.body, self.close)
+
+    def closing(self) -> Answer:
+        return Answer(self.status, self.headers, self.body, True)
 
 
 def error_body(code: str, message: str) -> bytes:
     return orjson.dumps({"error": {"code": code, "message": message}})
 
 
-def error(code: str, message: str, *, close: bool = False) -> web.Response:
-    """The proxy's JSON error `code` (a key of STATUS) as an aiohttp response."""
-    return own(STATUS[code], error_body(code, message),
-               [("Content-Type", JSON), ("Cache-Control", "no-store")], close=close)
+def error(code: str, message: str, *, close: bool = False) -> Answer:
+    """The proxy's JSON error `code` (a key of STATUS)."""
+    return Answer(STATUS[code], (("Content-Type", JSON), _NO_STORE),
+                  error_body(code, message), close)
 
 
-def server_options(allow: str) -> web.Response:
+def json(status: int, body: object) -> Answer:
+    """A JSON answer that no cache may keep."""
+    return Answer(status, (("Content-Type", JSON), _NO_STORE), orjson.dumps(body))
+
+
+def server_options(allow: str) -> Answer:
     """The answer to `OPTIONS *` (RFC 9110 section 9.3.7): no body, what is allowed."""
-    return own(200, b"", [("Allow", allow)])
+    return Answer(200, (("Allow", allow),))
 
 
-def json(status: int, body: object) -> web.Response:
-    """A JSON answer of the proxy's own that no cache may keep."""
-    return own(status, orjson.dumps(body),
-               [("Content-Type", JSON), ("Cache-Control", "no-store")])
+# What a refusal of aiohttp's router (no route, a method the route lacks, a body over
+# the size limit) becomes: the proxy's JSON error, not aiohttp's text page.
+_REFUSALS: Final = {404: ("not_found", "no such endpoint of the proxy"),
+                    405: ("method_not_allowed", "this endpoint does not take that method"),
+                    413: ("payload_too_large", "the request body is too large")}
 
 
-# What aiohttp's own refusals (no route, a method the route lacks, a body over the size
-# limit) become: the proxy's JSON error, not aiohttp's text page with its Server header.
-_EXCEPTION_CODES: Final = {404: "not_found", 405: "method_not_allowed",
-                           413: "payload_too_large"}
-_EXCEPTION_MESSAGES: Final = {"not_found": "no such endpoint of the proxy",
-                              "method_not_allowed": "this endpoint does not take that method",
-                              "payload_too_large": "the request body is too large"}
-
-
-def for_exception(exc: web.HTTPException) -> web.Response:
-    """The proxy's own answer in place of an aiohttp HTTPException (an `Allow` kept)."""
-    code = _EXCEPTION_CODES.get(exc.status, "bad_request" if exc.status < 500
-                                else "internal_error")
-    answer = error(code, _EXCEPTION_MESSAGES.get(code, "the request cannot be served"))
-    allow = exc.headers.get("Allow")
-    if allow is not None:
-        answer.headers["Allow"] = allow
-    return answer
-
-
-def own(status: int, body: bytes, headers: Iterable[tuple[str, str]],
-        *, close: bool = False) -> web.Response:
-    """An answer of the proxy's own, with its `Server`."""
-    answer = own_response(status, body, [*headers, ("Server", SERVER)])
-    if close:
-        answer.force_close()
-    return answer
-
-
-def own_bytes(status: int, body: bytes, headers: Iterable[tuple[str, str]],
-              date: str) -> bytes:
-    """The bytes aiohttp writes for `own(status, body, headers)` to an HTTP/1.1
-    keep-alive client, for code that writes to a socket directly."""
-    return head(status, [*headers, ("Server", SERVER), ("Content-Length", str(len(body)))],
-                date) + body
+def refusal(status: int, allow: str | None = None) -> Answer:
+    """The proxy's own answer to a request its router refused with `status` (and the
+    `Allow` of a 405)."""
+    code, message = _REFUSALS.get(status, ("bad_request", "the request cannot be served")
+                                  if status < 500 else
+                                  ("internal_error", "the proxy failed to answer"))
+    answer = error(code, message)
+    return answer if allow is None else answer.with_header("Allow", allow)
 
 
 def head(status: int, headers: Iterable[tuple[str, str]], date: str | None = None) -> bytes:
@@ -120,10 +115,21 @@ def head(status: int, headers: Iterable[tuple[str, str]], date: str | None = Non
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+def render(answer: Answer, date: str) -> bytes:
+    """The bytes aiohttp's usual path writes for `answer` to an HTTP/1.1 client, for
+    code that writes to a socket directly (a closing answer's `Connection` last, as
+    aiohttp writes it)."""
+    headers = [*answer.headers, ("Server", SERVER), ("Content-Length", str(len(answer.body)))]
+    written = head(answer.status, headers, date)
+    if answer.close:
+        written = written[:-2] + b"Connection: close\r\n\r\n"
+    return written + answer.body
+
+
 def error_bytes(code: str, message: str, *extra: tuple[str, str]) -> bytes:
     """The proxy's JSON error `code` as a complete response that closes the connection,
-    for code that writes to a socket directly."""
+    written before a request could be parsed (no Date: there is no request yet)."""
     body = error_body(code, message)
-    headers = [("Content-Type", JSON), ("Content-Length", str(len(body))),
-               ("Cache-Control", "no-store"), ("Connection", "close"), *extra]
+    headers = [("Content-Type", JSON), ("Content-Length", str(len(body))), _NO_STORE,
+               ("Connection", "close"), *extra]
     return head(STATUS[code], headers) + body

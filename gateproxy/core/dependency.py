@@ -196,7 +196,9 @@ class DependencyStatus:
             self.retries_exhausted = True
             self.next_retry_at = None
             return Outcome(transition, None, True)
-        delay = retry_delay_ms(self.consecutive_failures, self.dep.retry, self.rng)
+        retry = self.dep.retry
+        delay = retry_delay_ms(self.consecutive_failures, retry.base_delay_ms,
+                               retry.max_delay_ms, retry.jitter_ms, self.rng)
         self.next_retry_at = now + delay / 1000
         return Outcome(transition, delay, False)
 

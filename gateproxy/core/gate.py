@@ -21,7 +21,7 @@ from gateproxy.core import paths
 from gateproxy.core.dependency import DependencyStatus, State
 from gateproxy.core.model import Config
 from gateproxy.core.paths import BadPath, RouteTable, Rule
-from gateproxy.monitor.loop import Watch
+from gateproxy.core.watch import Watch
 
 JSON: Final = "application/json"
 HEALTH: Final = "health"

@@ -11,14 +11,9 @@ that file itself when the supervisor says `reload`.
 
 from __future__ import annotations
 
-import hashlib
-import time
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from gateproxy.config.loader import effective
 from gateproxy.core.dependency import iso
 from gateproxy.core.gate import Gate, Guard
 from gateproxy.core.model import Config
@@ -38,7 +33,7 @@ class Runtime:
 @dataclass(frozen=True, slots=True)
 class ConfigVersion:
     """Which configuration is live: a counter, a hash of its content, when it was loaded,
-    and the changed settings that wait for a restart."""
+    and the changed settings that wait for a restart (made by gateproxy/config/version.py)."""
 
     number: int
     hash: str
@@ -46,23 +41,6 @@ class ConfigVersion:
     source: str
     pending_restart: tuple[str, ...] = ()
 
-    @classmethod
-    def of(cls, cfg: Config, number: int, pending_restart: tuple[str, ...] = ()
-           ) -> ConfigVersion:
-        return cls(number, content_hash(cfg), time.time(), cfg.source, pending_restart)
-
     def as_dict(self) -> dict[str, Any]:
         return {"version": self.number, "hash": self.hash, "loadedAt": iso(self.loaded_at),
                 "source": self.source, "pendingRestart": list(self.pending_restart)}
-
-
-def content(cfg: Config) -> dict[str, Any]:
-    """The effective configuration without where it came from (secrets redacted)."""
-    return {k: v for k, v in effective(cfg).items() if k != "source"}
-
-
-def content_hash(cfg: Config) -> str:
-    """A short hash of the effective configuration: equal configurations, wherever they
-    came from, hash the same."""
-    digest = hashlib.sha256(orjson.dumps(content(cfg), option=orjson.OPT_SORT_KEYS))
-    return digest.hexdigest()[:16]

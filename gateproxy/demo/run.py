@@ -140,7 +140,7 @@ async def main(port: int, seconds: float, grpc: bool = False) -> int:
             loop.add_signal_handler(sig, stop.set)
         flipper = loop.create_task(_flip_on_a_timer(runner))
         try:
-            async with Reloader(gateway, env=env).running():
+            async with Reloader(gateway.node, env=env).running():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(seconds or None):
                         await stop.wait()

@@ -1,20 +1,17 @@
-"""Forwarding: one request to the upstream and its answer back, streamed both ways.
+"""The header rules of forwarding, both ways (docs/headers.md lists them all).
 
-Headers change only as docs/headers.md lists: hop-by-hop headers (and those named in
-`Connection`) are dropped both ways, `X-Forwarded-*` and `Via` are added. Bodies are
-never buffered, decompressed or re-encoded.
+Hop-by-hop headers (and those named in `Connection`) are dropped both ways,
+`X-Forwarded-*` and `Via` are added; a request header that cannot reach the upstream
+byte for byte is refused (`BadField`).
 """
 
 from __future__ import annotations
 
 import functools
 
-from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from gateproxy.aio import wire
-from gateproxy.core import answers
-from gateproxy.upstream.client import RawHeaders, UpstreamClient, UpstreamError, UpstreamResponse
+from gateproxy.upstream.interface import RawHeaders
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
@@ -69,14 +66,6 @@ def client_address(peername: object) -> str:
     if isinstance(peername, list | tuple):
         return str(peername[0])
     return str(peername)
-
-
-def request_headers(request: web.BaseRequest,
-                    extra_drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
-    """The headers to send upstream for `request`."""
-    return forwarded_headers(request.raw_headers, request.headers.get(hdrs.CONNECTION),
-                             client_address(request.protocol.peername),
-                             request.protocol.ssl_context is not None, extra_drop)
 
 
 def forwarded_headers(raw_headers: RawHeaders, connection: str | None, peer: str, tls: bool,
@@ -140,58 +129,3 @@ def add_via(headers: CIMultiDict[str]) -> None:
         headers["Via"] = ", ".join((*via, VIA))
     else:
         headers["Via"] = VIA
-
-
-def error_response(error: UpstreamError) -> web.Response:
-    return answers.error(error.code, error.message)
-
-
-class Forwarder:
-    """Sends requests upstream through an UpstreamClient and streams the answers back."""
-
-    def __init__(self, client: UpstreamClient) -> None:
-        self.client = client
-
-    async def forward(self, request: web.BaseRequest, target: str,
-                      close: bool = False) -> web.StreamResponse:
-        """Forward `request` to `target` and relay the answer (`close`: then end the
-        client connection)."""
-        body = request.content if request.body_exists else None
-        try:
-            headers = request_headers(request)
-        except BadField as exc:
-            return answers.error("bad_request", str(exc))
-        try:
-            upstream = await self.client.send(request.method, target, headers, body)
-        except UpstreamError as exc:
-            return error_response(exc)
-        try:
-            return await relay(request, upstream, close=close)
-        finally:
-            # After a complete body aiohttp has already pooled the connection and this
-            # is a no-op; after a broken or abandoned one it drops the connection.
-            upstream.close()
-
-
-async def relay(request: web.BaseRequest, upstream: UpstreamResponse,
-                extra_drop: frozenset[str] = frozenset(), close: bool = False
-                ) -> web.StreamResponse:
-    """Stream `upstream` to the client: its status, reason, headers and body bytes
-    (`close`: with `Connection: close`, and the connection ends after it)."""
-    resp = wire.relayed_response(upstream.status, upstream.reason,
-                                 response_headers(upstream.raw_headers, extra_drop))
-    if close:
-        resp.force_close()
-    try:
-        await resp.prepare(request)
-        async for chunk in upstream.iter_chunks():
-            await resp.write(chunk)
-        await resp.write_eof()
-    except UpstreamError:
-        # The status line is out: the only honest signal left is an unclean end,
-        # never a terminating chunk that would make a cut body look complete.
-        if request.transport is not None:
-            request.transport.abort()
-    except ConnectionError:
-        pass  # the client went away; closing the upstream response is all there is
-    return resp

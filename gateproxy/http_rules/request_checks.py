@@ -11,9 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from aiohttp import HttpVersion, hdrs, web
-
 from gateproxy.core import answers
+from gateproxy.core.answers import Answer
 
 # RFC 3986 host (IP literal, IPv4 or reg-name) and optional port.
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
@@ -30,15 +29,9 @@ def _same_host(authority: str, host: str, scheme: str) -> bool:
     return norm(authority) == norm(host)
 
 
-def request_problem(request: web.BaseRequest) -> web.Response | None:
+def problem(version: tuple[int, int], host: str | None, target: str) -> Answer | None:
     """The answer to a request aiohttp parsed but no upstream should see, or None."""
-    return problem(request.version, request.headers.get(hdrs.HOST), request.raw_path)
-
-
-def problem(version: HttpVersion, host: str | None, target: str) -> web.Response | None:
-    """`request_problem` from the parsed request line and Host header (the fast path has
-    no aiohttp Request)."""
-    if version.major != 1:
+    if version[0] != 1:
         return answers.error("http_version_not_supported",
                              "only HTTP/1.0 and HTTP/1.1 are served", close=True)
     # aiohttp refuses a repeated Host header.
@@ -62,4 +55,4 @@ def ends_connection(headers: Mapping[str, str]) -> bool:
     request on the connection as a header of its own. Ending the connection drops that
     next request unanswered (an HTTP/1.1 client sends it again on a new connection),
     never with another request's field (tests/integration/test_aiohttp_trailers.py)."""
-    return hdrs.TRANSFER_ENCODING in headers
+    return "Transfer-Encoding" in headers

@@ -14,42 +14,19 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
 
 from gateproxy.core.dependency import DependencyStatus, Maintenance, Outcome, iso
 from gateproxy.core.model import Dependency
+from gateproxy.core.watch import GATED, HELD, SCHEDULE, Watch
 from gateproxy.logs import log
 from gateproxy.monitor.probe import Prober, ProbeResult
 
 RECHECK_AFTER_S = 1.0
-# What made a probe run (the `trigger` of `probe_failed`).
-SCHEDULE, GATED, HELD, UPSTREAM_STATUS = ("schedule", "gated_request", "held_request",
-                                          "upstream_status")
 # What to look at first, for the failures whose cause is on this side.
 HINTS = {
     "grpc_unauthenticated": "docker-runner refused the signature: check that "
     "DOCKER_RUNNER_SHARED_SECRET is the runner's, and both clocks (60 s skew allowed)",
 }
-
-
-class Watch(Protocol):
-    """What the proxy asks of whatever keeps a dependency's status: a Monitor, which
-    probes, or in a worker process a Follower (gateproxy/workers/control.py), which mirrors the
-    supervisor's Monitor."""
-
-    status: DependencyStatus
-
-    def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    def reconfigure(self, dep: Dependency) -> None: ...
-
-    async def wait_change(self, timeout_s: float) -> None: ...
-
-    async def hold(self, timeout_s: float, limit: int) -> bool: ...
-
-    def request_recheck(self, trigger: str = GATED) -> None: ...
 
 
 class Monitor:
@@ -269,9 +246,9 @@ async def first_required_down(watches: Iterable[Watch]) -> str | None:
     """Probe each required (`optional: false`) dependency once, for the fail-fast start:
     what is wrong with the first one that is not up, or None."""
     for watch in watches:
-        status = watch.status
-        if status.dep.optional or not isinstance(watch, Monitor):
+        if not isinstance(watch, Monitor) or watch.status.dep.optional:
             continue
+        status = watch.status
         await watch.probe_once()
         if not status.is_up:
             error = status.last_error

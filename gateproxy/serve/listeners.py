@@ -1,6 +1,10 @@
 """Opening a listener for an aiohttp application, with what the fence allows (the
 connection limits and, on the proxy's port, the fast path), and waiting for the signal
-to stop."""
+to stop.
+
+With gateproxy/serve/public.py, the one way to the fence (gateproxy/aio/): the start-up
+check of aiohttp's internals, the lean upstream client and the fast path are built here.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,34 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from gateproxy.aio import fastpath, server
+from gateproxy.aio import check, fastpath, server
 from gateproxy.aio.check import Fence
+from gateproxy.aio.client import FastUpstream
+from gateproxy.core import answers
 from gateproxy.core.model import Config
+from gateproxy.http_rules.actions import FastPolicy
+from gateproxy.serve import public
+from gateproxy.upstream.aiohttp_client import AiohttpUpstream
+from gateproxy.upstream.interface import UpstreamClient
 from gateproxy.views import accesslog
+
+inspect = check.inspect
+parser_problem = check.parser_problem
+FastPath = fastpath.FastPath
+
+
+def upstream_client(config: Config, fence: Fence) -> UpstreamClient:
+    """The client that forwards to the upstream: the fence's lean one when the fast
+    path is on, aiohttp's ClientSession otherwise (both relay WebSockets through it)."""
+    upstream = config.upstream
+    settings = (upstream.url, upstream.connect_timeout_ms, upstream.read_timeout_ms)
+    if fence.fast_path:
+        return FastUpstream(*settings, websockets=AiohttpUpstream(*settings))
+    return AiohttpUpstream(*settings)
+
+
+def fast_path(policy: FastPolicy, client: UpstreamClient) -> fastpath.FastPath:
+    return fastpath.FastPath(policy, client)
 
 
 class StartupError(Exception):
@@ -43,7 +71,8 @@ async def listen(app: web.Application, host: str, port: int, *, fence: Fence,
             server.LimitedSite if fast is None
             else functools.partial(fastpath.FastPathSite, fast=fast))
         site = site_class(
-            runner, host, port, backlog=1024, max_connections=cfg.limits.max_connections,
+            runner, host, port, backlog=1024, answers=_site_answers(cfg),
+            max_connections=cfg.limits.max_connections,
             head_timeout_s=cfg.limits.header_timeout_ms / 1000,
             body_timeout_s=cfg.limits.header_timeout_ms / 1000, reuse_port=reuse_port)
     else:
@@ -54,6 +83,22 @@ async def listen(app: web.Application, host: str, port: int, *, fence: Fence,
         await runner.cleanup()
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     return runner
+
+
+def _site_answers(cfg: Config) -> server.SiteAnswers:
+    limits = cfg.limits
+    return server.SiteAnswers(
+        head_timeout=answers.error_bytes(
+            "request_timeout",
+            f"the request head did not arrive within {limits.header_timeout_ms} ms"),
+        refusal=answers.error_bytes(
+            "too_many_connections",
+            f"the proxy is at its limit of {limits.max_connections} connections",
+            ("Retry-After", "1")),
+        malformed=lambda: public.respond(
+            answers.error("bad_request", "the request is malformed", close=True)),
+        failed=lambda: public.respond(
+            answers.error("internal_error", "the proxy failed to answer", close=True)))
 
 
 def bound_port(runner: web.AppRunner) -> int:

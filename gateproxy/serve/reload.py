@@ -23,10 +23,11 @@ from typing import Any, Protocol
 from gateproxy import config, logs
 from gateproxy.config import settings
 from gateproxy.config.readers import ConfigError
+from gateproxy.config.version import content_hash, version_of
 from gateproxy.core import answers
 from gateproxy.core.gate import Gate, Guard
 from gateproxy.core.model import DEFAULTS_SOURCE, Config, Dependency
-from gateproxy.core.runtime import ConfigVersion, Runtime, content_hash
+from gateproxy.core.runtime import Runtime
 from gateproxy.logs import log
 
 
@@ -108,7 +109,7 @@ async def apply(proxy: Reloadable, new: Config) -> None:
     version = old.version
     changed = content_hash(applied) != version.hash
     if changed or pending != version.pending_restart:
-        version = ConfigVersion.of(applied, version.number + int(changed), pending)
+        version = version_of(applied, version.number + int(changed), pending)
     # The whole new state in one assignment: a request sees the old one or the new one.
     proxy.runtime = Runtime(applied, Gate.build(guards, applied), version)
     if (applied.log.format, applied.log.level) != (running.log.format, running.log.level):

@@ -18,18 +18,13 @@ from typing import Literal, NamedTuple
 from aiohttp import WSMsgType, hdrs, web
 from multidict import CIMultiDict
 
-from gateproxy.aio import wire
 from gateproxy.core import answers
-from gateproxy.http_rules.headers import (
-    HOP_BY_HOP,
-    BadField,
-    add_via,
-    error_response,
-    header_text,
-    request_headers,
-    response_headers,
-)
-from gateproxy.upstream.client import (
+from gateproxy.core.answers import Answer
+from gateproxy.http_rules.actions import Upgrade
+from gateproxy.http_rules.headers import HOP_BY_HOP, add_via, header_text, response_headers
+from gateproxy.http_rules.plan import HANDSHAKE
+from gateproxy.serve import public
+from gateproxy.upstream.interface import (
     HandshakeRefused,
     UpstreamError,
     UpstreamWebSocket,
@@ -47,9 +42,6 @@ NORMAL = 1000
 # "no status", "abnormal", "TLS failure") only ever describe a closure locally.
 _WIRE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015), *range(3000, 5000)})
 _PACK_CLOSE_CODE = struct.Struct("!H").pack
-# ws_connect and WebSocketResponse make these themselves, for their own hop.
-_HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-accept",
-                        "sec-websocket-protocol", "sec-websocket-extensions"})
 # Headers of the upstream's 101 that aiohttp's own handshake sets (order kept).
 _HANDSHAKE_REPLY = frozenset({"upgrade", "connection", "sec-websocket-accept",
                               "sec-websocket-protocol", "sec-websocket-extensions"})
@@ -58,17 +50,6 @@ _REFUSAL_DROP = frozenset({"content-length", "content-type", "content-encoding"}
 
 ClientSide = web.WebSocketResponse[Literal[False]]
 Socket = ClientSide | UpstreamWebSocket
-
-
-def is_upgrade(request: web.BaseRequest) -> bool:
-    """A WebSocket upgrade, whatever else `Connection` lists (`keep-alive, Upgrade`)."""
-    upgrade = request.headers.get(hdrs.UPGRADE)
-    if upgrade is None or request.method != "GET":
-        return False
-    if "websocket" not in (t.strip().lower() for t in upgrade.split(",")):
-        return False
-    connection = request.headers.get(hdrs.CONNECTION, "")
-    return "upgrade" in (t.strip().lower() for t in connection.split(","))
 
 
 def wire_code(code: int | None) -> int:
@@ -206,7 +187,9 @@ class WebSocketRelay:
         """WebSocket sessions being relayed right now."""
         return len(self._sessions)
 
-    async def relay(self, request: web.BaseRequest, target: str) -> web.StreamResponse:
+    async def relay(self, request: web.BaseRequest, upgrade: Upgrade
+                    ) -> web.StreamResponse | Answer:
+        """Relay the session `upgrade` plans, or the answer that refuses it."""
         client = self._client
         if client is None:
             return answers.error("upstream_unavailable",
@@ -220,18 +203,14 @@ class WebSocketRelay:
         deflate = any("permessage-deflate" in value.lower()
                       for value in headers.getall(hdrs.SEC_WEBSOCKET_EXTENSIONS, ()))
         try:
-            up = await client.open_websocket(target, request_headers(request, _HANDSHAKE),
-                                             offered, deflate, max_size)
-        except BadField as exc:
-            return answers.error("bad_request", str(exc), close=True)
+            up = await client.open_websocket(upgrade.target, upgrade.headers, offered,
+                                             deflate, max_size)
         except HandshakeRefused as exc:
             return _refusal(exc)
         except UpstreamError as exc:
-            answer = error_response(exc)
-            answer.force_close()
-            return answer
+            return answers.error(exc.code, exc.message, close=True)
         try:
-            ws = wire.relayed_websocket(
+            ws = public.relayed_websocket(
                 protocols=(up.protocol,) if up.protocol else (), compress=bool(up.compress),
                 autoclose=False, autoping=False, max_msg_size=max_size, decode_text=False,
                 timeout=CLOSE_TIMEOUT)
@@ -270,7 +249,7 @@ class WebSocketRelay:
 def _copy_handshake_headers(up: UpstreamWebSocket, into: CIMultiDict[str]) -> None:
     """The upstream's 101 headers (Set-Cookie, Server, Date...) for the client's 101,
     in the upstream's order."""
-    for raw_name, raw_value in wire.handshake_headers(up):
+    for raw_name, raw_value in public.handshake_headers(up):
         name = header_text(raw_name)
         lowered = name.lower()
         if lowered in _HANDSHAKE_REPLY:
@@ -282,12 +261,9 @@ def _copy_handshake_headers(up: UpstreamWebSocket, into: CIMultiDict[str]) -> No
 
 
 def _refusal(refused: HandshakeRefused) -> web.StreamResponse:
-    headers = response_headers(refused.raw_headers, _REFUSAL_DROP | _HANDSHAKE)
+    headers = response_headers(refused.raw_headers, _REFUSAL_DROP | HANDSHAKE)
     headers[hdrs.CONTENT_LENGTH] = "0"
-    answer = wire.relayed_response(refused.status, refused.reason or None, headers)
-    # aiohttp's parser treats what follows an upgrade request as the new protocol.
-    answer.force_close()
-    return answer
+    return public.refusal(refused.status, refused.reason or None, headers)
 
 
-__all__ = ["MAX_MESSAGE_SIZE", "WebSocketRelay", "is_upgrade", "wire_code"]
+__all__ = ["MAX_MESSAGE_SIZE", "WebSocketRelay", "wire_code"]

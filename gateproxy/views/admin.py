@@ -7,8 +7,9 @@ show carries a secret: base URLs are the redacted ones of the snapshots and the 
 secret is not part of any of it. `POST`/`DELETE {admin}/dependencies/{name}/maintenance`
 changes state, so it is served on the admin port only (the gate answers 404 for it on
 the proxy's port) and only to whom gateproxy/core/access.py admits: the loopback, or with
-`admin_token` set, a caller that has the token. Every answer here is the proxy's own
-(gateproxy/core/answers.py), aiohttp's refusals (no such path, another method) included.
+`admin_token` set, a caller that has the token. Every handler here gives an `Answer`
+(gateproxy/core/answers.py), which the one writer writes (gateproxy/serve/admin_port.py
+for the admin port).
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ import aiohttp_jinja2
 import jinja2
 import orjson
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateproxy import __version__
 from gateproxy.core import access, answers
+from gateproxy.core.answers import Answer
 from gateproxy.core.dependency import DependencyStatus, iso
 from gateproxy.core.gate import ADMIN_ENDPOINTS
 from gateproxy.core.runtime import Runtime
+from gateproxy.core.watch import Maintainable
 from gateproxy.logs import log
-from gateproxy.monitor.loop import Monitor
-from gateproxy.views.metrics import CONTENT_TYPE
 
 
 class View(Protocol):
@@ -58,15 +60,16 @@ class View(Protocol):
         (the last two by dependency), as `Metrics.recent` gives them, `held` added."""
 
 # The page loads nothing from anywhere and talks only to its own origin.
-_PAGE = {
-    "Content-Type": "text/html; charset=utf-8",
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
-    "style-src 'unsafe-inline'; img-src data:; connect-src 'self'; base-uri 'none'; "
-    "form-action 'none'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
+_PAGE = (
+    ("Content-Type", "text/html; charset=utf-8"),
+    ("Cache-Control", "no-store"),
+    ("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; "
+     "style-src 'unsafe-inline'; img-src data:; connect-src 'self'; base-uri 'none'; "
+     "form-action 'none'; frame-ancestors 'none'"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+)
+_METRICS = (("Content-Type", CONTENT_TYPE_LATEST), ("Cache-Control", "no-store"))
 
 
 def readiness(view: View) -> tuple[int, dict[str, Any]]:
@@ -120,7 +123,7 @@ def status_data(view: View) -> dict[str, Any]:
     }
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.Request], Awaitable[Answer]]
 
 
 def endpoints(app: web.Application, view: View) -> dict[str, Handler]:
@@ -130,25 +133,24 @@ def endpoints(app: web.Application, view: View) -> dict[str, Handler]:
     aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("gateproxy", "templates"),
                          autoescape=True, default_helpers=False)
 
-    async def live(_: web.Request) -> web.Response:
+    async def live(_: web.Request) -> Answer:
         return answers.json(200, {"status": "live"})
 
-    async def ready(_: web.Request) -> web.Response:
+    async def ready(_: web.Request) -> Answer:
         return answers.json(*readiness(view))
 
-    async def status_json(_: web.Request) -> web.Response:
+    async def status_json(_: web.Request) -> Answer:
         return answers.json(200, status_data(view))
 
-    async def status_page(request: web.Request) -> web.Response:
+    async def status_page(request: web.Request) -> Answer:
         page = aiohttp_jinja2.render_string(
             "status.html", request,
             {"state": status_data(view), "json_url": f"{prefix}/status.json",
              "metrics_url": f"{prefix}/metrics"})
-        return answers.own(200, page.encode(), _PAGE.items())
+        return Answer(200, _PAGE, page.encode())
 
-    async def metrics(_: web.Request) -> web.Response:
-        return answers.own(200, view.exposition(),
-                           [("Content-Type", CONTENT_TYPE), ("Cache-Control", "no-store")])
+    async def metrics(_: web.Request) -> Answer:
+        return Answer(200, _METRICS, view.exposition())
 
     handlers: dict[str, Handler] = {"live": live, "ready": ready, "status": status_page,
                                     "status.json": status_json, "metrics": metrics}
@@ -190,7 +192,7 @@ def maintenance_endpoint(view: View, denied: Callable[[str], None]) -> Handler:
     snapshot. A caller gateproxy/core/access.py does not admit gets 403 or 401, is logged
     and counted (`denied`, with the error code), and changes nothing."""
 
-    async def maintenance(request: web.Request) -> web.StreamResponse:
+    async def maintenance(request: web.Request) -> Answer:
         peer = _peer(request)
         name = request.match_info["name"]
         admission = access.admit(peer, request.headers.get("Authorization"),
@@ -201,12 +203,10 @@ def maintenance_endpoint(view: View, denied: Callable[[str], None]) -> Handler:
             denied(admission.refusal)
             if admission.refusal == "forbidden":
                 return answers.error("forbidden", access.FORBIDDEN_MESSAGE)
-            answer = answers.error("unauthorized", access.UNAUTHORIZED_MESSAGE)
-            answer.headers["WWW-Authenticate"] = "Bearer"
-            return answer
+            return answers.error("unauthorized", access.UNAUTHORIZED_MESSAGE).with_header(
+                "WWW-Authenticate", "Bearer")
         guard = next((g for g in view.runtime.guards if g.status.dep.name == name), None)
-        # (Only the process that probes, not a worker that follows it, owns a Monitor.)
-        if guard is None or not isinstance(guard.monitor, Monitor):
+        if guard is None or not isinstance(guard.monitor, Maintainable):
             return answers.error("not_found", "no such dependency")
         if request.method == "POST":
             try:
@@ -219,31 +219,3 @@ def maintenance_endpoint(view: View, denied: Callable[[str], None]) -> Handler:
         return answers.json(200, {"name": name, **guard.status.snapshot()})
 
     return maintenance
-
-
-@web.middleware
-async def own_refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """aiohttp's refusals (no such path, a method the path does not take, a body over
-    the limit) as the proxy's own JSON errors; `OPTIONS *`, which no route can match,
-    answered."""
-    if request.method == "OPTIONS" and request.raw_path == "*":
-        return answers.server_options(answers.ADMIN_ALLOW)
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        return answers.for_exception(exc)
-
-
-def application(view: View, denied: Callable[[str], None] | None) -> web.Application:
-    """The admin endpoints as an application of their own (the admin port), with the
-    maintenance endpoint, which changes state, when `denied` (what counts a refused
-    caller) is given."""
-    app = web.Application(middlewares=[own_refusals])
-    prefix = view.runtime.config.admin_prefix
-    for name, handler in endpoints(app, view).items():
-        app.router.add_get(f"{prefix}/{name}", handler)
-    if denied is not None:
-        control = maintenance_endpoint(view, denied)
-        app.router.add_route("POST", MAINTENANCE.format(prefix=prefix), control)
-        app.router.add_route("DELETE", MAINTENANCE.format(prefix=prefix), control)
-    return app

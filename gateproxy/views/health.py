@@ -17,9 +17,9 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateproxy.core import answers
+from gateproxy.core.answers import Answer
 from gateproxy.core.dependency import DependencyStatus, State, iso
-from gateproxy.upstream.client import UpstreamClient, UpstreamError
+from gateproxy.upstream.interface import UpstreamClient, UpstreamError
 
 _BODY_LIMIT = 1024 * 1024
 HEALTH_JSON = "application/health+json"
@@ -175,7 +175,7 @@ def health_json(upstream: UpstreamHealth, statuses: Sequence[DependencyStatus],
 
 async def health_response(request: web.BaseRequest, client: UpstreamClient, path: str,
                           timeout_ms: int, statuses: Sequence[DependencyStatus]
-                          ) -> web.Response:
+                          ) -> Answer:
     upstream = await ask_upstream(client, path, request.headers.get("Host"), timeout_ms)
     if wants_health_json(request.headers.get("Accept", "")):
         code, body = health_json(upstream, statuses, time.time())
@@ -183,4 +183,4 @@ async def health_response(request: web.BaseRequest, client: UpstreamClient, path
     else:
         code, body = aggregate(upstream, statuses, time.time())
         headers = HEADERS
-    return answers.own(code, orjson.dumps(body), headers.items())
+    return Answer(code, tuple(headers.items()), orjson.dumps(body))

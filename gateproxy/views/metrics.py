@@ -40,7 +40,7 @@ from prometheus_client.utils import floatToGoString
 from gateproxy.core.dependency import DependencyStatus
 from gateproxy.core.history import MinuteBuckets
 from gateproxy.monitor.probe import ProbeResult
-from gateproxy.upstream.client import UpstreamClient, UpstreamResponse
+from gateproxy.upstream.interface import UpstreamClient, UpstreamResponse
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 METHOD_CLASSES = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")

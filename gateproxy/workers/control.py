@@ -26,11 +26,12 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from gateproxy.core import answers
+from gateproxy.core.answers import Answer
 from gateproxy.core.dependency import DependencyStatus
 from gateproxy.core.model import Dependency
+from gateproxy.core.watch import GATED, HELD
 from gateproxy.logs import log
-from gateproxy.monitor.loop import GATED, HELD, RECHECK_AFTER_S
+from gateproxy.monitor.loop import RECHECK_AFTER_S
 
 STATS_EVERY_S: Final = 1.0
 RECHECK_EVERY_S: Final = 0.5  # a worker asks for a recheck at most this often
@@ -119,7 +120,7 @@ class Follower:
                              "trigger": trigger})
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.Request], Awaitable[Answer]]
 
 
 class WorkerLink:
@@ -135,7 +136,8 @@ class WorkerLink:
         self._admin: aiohttp.ClientSession | None = None
         self.closed = asyncio.Event()  # the supervisor said stop, or went away
 
-    def follow(self, status: DependencyStatus) -> Follower:
+    def watch(self, _: object, status: DependencyStatus) -> Follower:
+        """A worker's watch of `status`: it follows the supervisor's probes."""
         follower = self._followers[status.dep.name] = Follower(status, self)
         return follower
 
@@ -179,7 +181,7 @@ class WorkerLink:
     def admin_handlers(self, names: frozenset[str]) -> dict[str, Handler]:
         """The admin endpoints, answered by the supervisor over its admin socket."""
 
-        async def relay(request: web.Request) -> web.StreamResponse:
+        async def relay(request: web.Request) -> Answer:
             if self._admin is None:
                 self._admin = aiohttp.ClientSession(
                     connector=aiohttp.UnixConnector(path=self._admin_path),
@@ -191,7 +193,7 @@ class WorkerLink:
                 # The supervisor's answer, written again by this worker's own writer.
                 headers = [(k, v) for k, v in answer.headers.items()
                            if k.lower() not in _NOT_RELAYED]
-                return answers.own(answer.status, body, headers)
+                return Answer(answer.status, tuple(headers), body)
 
         return dict.fromkeys(names, relay)
 

@@ -32,18 +32,16 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from gateproxy.aio import check
 from gateproxy.core.dependency import DependencyStatus
-from gateproxy.core.gate import Gate, Guard
-from gateproxy.core.model import DEFAULTS_SOURCE, Config, Dependency
-from gateproxy.core.runtime import ConfigVersion, Runtime
+from gateproxy.core.model import DEFAULTS_SOURCE, Config
+from gateproxy.core.runtime import Runtime
 from gateproxy.logs import log
-from gateproxy.monitor.loop import Monitor, first_required_down
-from gateproxy.monitor.probe import Prober, ProbeResult
+from gateproxy.monitor.loop import Monitor
+from gateproxy.monitor.probe import ProbeResult
+from gateproxy.serve import admin_port, listeners
 from gateproxy.serve.listeners import StartupError, listen, until_signalled
+from gateproxy.serve.node import Node
 from gateproxy.serve.reload import Reloader
-from gateproxy.views import admin
-from gateproxy.views.metrics import Metrics
 from gateproxy.workers import aggregate, control
 
 RESTART_PAUSE_S: Final = (0.5, 30.0)  # a worker that keeps dying waits longer each time
@@ -64,13 +62,9 @@ class Supervisor:
     """Probes, tells the workers, keeps them running; see the module's docstring."""
 
     def __init__(self, config: Config, workers: int) -> None:
-        self.fence = check.inspect(config.fast_path)
-        self.metrics = Metrics(self.statuses, lambda: 0)
-        self.prober = Prober()
-        guards = [self.make_guard(dep) for dep in config.dependencies]
-        self.runtime = Runtime(config, Gate.build(guards, config), ConfigVersion.of(config, 1))
-        self.draining = False
-        self.started_at = time.time()
+        self.fence = listeners.inspect(config.fast_path)
+        self.node = Node(config, self._watch)
+        self.node.on_reload.append(lambda: self._broadcast({"t": "reload"}))
         self._workers = [_Worker(i) for i in range(workers)]
         self._dir = tempfile.mkdtemp(prefix="gateproxy-")  # mode 0700: ours alone
         self.control_path = os.path.join(self._dir, "control.sock")
@@ -79,30 +73,36 @@ class Supervisor:
         self._tasks: list[asyncio.Task[None]] = []
         self.port = 0
 
-    # --- what a Reloadable and an admin View need ---------------------------------------
+    def _watch(self, node: Node, status: DependencyStatus) -> Monitor:
+        return Monitor(status, node.prober, on_result=self._on_result,
+                       on_maintenance=lambda s: self._broadcast(self._status_message(s)))
 
-    def make_guard(self, dep: Dependency) -> Guard:
-        status = DependencyStatus(dep)
-        monitor = Monitor(status, self.prober, on_result=self._on_result,
-                          on_maintenance=lambda s: self._broadcast(self._status_message(s)))
-        return Guard(status, monitor, b"")  # the supervisor answers no gated request
+    # --- what the admin endpoints read (gateproxy/views/admin.py View) ---------------------
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.node.runtime
+
+    @property
+    def draining(self) -> bool:
+        return self.node.draining
+
+    @property
+    def started_at(self) -> float:
+        return self.node.started_at
 
     def statuses(self) -> list[DependencyStatus]:
-        return [g.status for g in self.runtime.guards]
+        return self.node.statuses()
 
     @property
     def serving(self) -> bool:
         """A worker is connected, so listening: `ready` says 200 only from then on."""
         return any(w.writer is not None for w in self._workers)
 
-    def count_reload(self, applied: bool) -> None:
-        (self.metrics.reload_applied if applied else self.metrics.reload_rejected).inc()
-        if applied:
-            self._broadcast({"t": "reload"})
-
     def exposition(self) -> bytes:
+        """Its own metrics and the workers', added up."""
         return aggregate.merge_expositions(
-            self.metrics.exposition().decode(),
+            self.node.exposition().decode(),
             [w.stats["metrics"] for w in self._workers if w.stats])
 
     def recent(self) -> dict[str, Any]:
@@ -111,7 +111,7 @@ class Supervisor:
     # --- the control channel -------------------------------------------------------------
 
     def _on_result(self, status: DependencyStatus, result: ProbeResult) -> None:
-        self.metrics.observe_probe(status, result)
+        self.node.metrics.observe_probe(status, result)
         self._broadcast(self._status_message(status))
 
     def _status_message(self, status: DependencyStatus) -> control.Message:
@@ -197,7 +197,8 @@ class Supervisor:
 
     async def run(self) -> None:
         """Start, serve until SIGTERM or SIGINT, then stop as the module says."""
-        down = await first_required_down(g.monitor for g in self.runtime.guards)
+        node = self.node
+        down = await node.required_down()
         if down is not None:
             raise StartupError(down)
         cfg = self.runtime.config
@@ -205,15 +206,14 @@ class Supervisor:
         self.port = int(reserved.getsockname()[1])
         control_server = await asyncio.start_unix_server(
             self._on_connect, self.control_path, limit=1 << 24)
-        runners = [web.AppRunner(admin.application(self, denied=None))]
+        runners = [web.AppRunner(admin_port.application(self, denied=None))]
         await runners[0].setup()
         await web.UnixSite(runners[0], self.admin_path).start()
         if cfg.admin_port is not None:
-            admin_app = admin.application(self, denied=self.metrics.count_admin_denied)
+            admin_app = admin_port.application(self, denied=node.metrics.count_admin_denied)
             runners.append(await listen(admin_app, cfg.listen.host, cfg.admin_port,
                                         fence=self.fence, config=lambda: self.runtime.config))
-        for guard in self.runtime.guards:
-            guard.monitor.start()
+        node.start_watching()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._keep(w)) for w in self._workers]
         log.info("supervising", host=cfg.listen.host, port=self.port,
@@ -221,22 +221,20 @@ class Supervisor:
                  upstream=cfg.upstream.url,
                  dependencies=[s.dep.name for s in self.statuses()])
         try:
-            async with Reloader(self).running():
+            async with Reloader(node).running():
                 await until_signalled()
             await self._stop(reserved)
         finally:
             control_server.close()
             for runner in runners:
                 await runner.cleanup()
-            for guard in self.runtime.guards:
-                await guard.monitor.stop()
-            await self.prober.close()
+            await node.stop_watching()
             shutil.rmtree(self._dir, ignore_errors=True)
         log.info("stopped")
 
     async def _stop(self, reserved: socket.socket) -> None:
         cfg = self.runtime.config
-        self.draining = True
+        self.node.draining = True
         log.info("shutdown_requested", delayMs=cfg.shutdown_delay_ms)
         await asyncio.sleep(cfg.shutdown_delay_ms / 1000)
         self._stopping = True

@@ -30,8 +30,7 @@ import pytest
 import yaml
 
 from gateproxy.demo.standins import StandIn
-from tests.support.ports import free_port
-from tests.support.standins import Recorder
+from tests.conftest import Recorder, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -12,16 +12,17 @@ import orjson
 import pytest
 
 from gateproxy.demo.standins import StandIn
+from tests.conftest import (
+    MakeGateway,
+    Recorder,
+    StartStandIn,
+    env_for,
+    free_port,
+    log_lines,
+    url,
+    wait_for,
+)
 from tests.support import rawclient
-from tests.support.gateways import MakeGateway, env_for, url
-from tests.support.json_logs import log_lines
-from tests.support.ports import free_port
-from tests.support.standins import Recorder, StartStandIn
-from tests.support.waiting import wait_for
-
-# Every test here starts its gateways with make_gateway, which puts them on the mechanic
-# of `fast_path`: each runs on both.
-pytestmark = pytest.mark.usefixtures("fast_path")
 
 ADMIN_PATHS = ("live", "ready", "status", "status.json", "metrics")
 
@@ -35,7 +36,7 @@ async def test_ready_turns_503_first_while_everything_else_is_served(
     async with http.get(url(gateway, "/_gateproxy/ready")) as resp:
         assert resp.status == 200 and await resp.json() == {"status": "ready"}
     stopping = asyncio.get_running_loop().create_task(gateway.stop(delay_s=1.0))
-    await wait_for(lambda: gateway.draining)
+    await wait_for(lambda: gateway.node.draining)
     async with http.get(url(gateway, "/_gateproxy/ready")) as resp:
         assert resp.status == 503
         assert await resp.json() == {"status": "not_ready", "reason": "shutting_down"}
@@ -117,9 +118,9 @@ async def test_status_json_carries_what_the_page_shows(
     _, upstream = recorder
     runner = await start_standin(docker_runner())
     gateway = await make_gateway(env_for(upstream, runner.url))
-    await wait_for(lambda: gateway.guards[0].status.is_up)
+    await wait_for(lambda: gateway.node.guards[0].status.is_up)
     await runner.stop()
-    await wait_for(lambda: not gateway.guards[0].status.is_up)
+    await wait_for(lambda: not gateway.node.guards[0].status.is_up)
     async with http.get(url(gateway, "/_gateproxy/status.json")) as resp:
         assert resp.headers["Cache-Control"] == "no-store"
         state = await resp.json()
@@ -152,7 +153,7 @@ async def test_transitions_keep_the_last_50(
                                          DOCKER_RUNNER_CONNECT_PROBE_INTERVAL_MS="20",
                                          DOCKER_RUNNER_CONNECT_RETRY_BASE_DELAY_MS="1",
                                          DOCKER_RUNNER_CONNECT_RETRY_MAX_DELAY_MS="20"))
-    status = gateway.guards[0].status
+    status = gateway.node.guards[0].status
     for _ in range(27):
         await wait_for(lambda: status.is_up)
         await runner.stop()
@@ -176,7 +177,7 @@ async def test_no_secret_or_credential_is_shown(
     gateway = await make_gateway(env_for(
         upstream, f"http://operator:hunter2-password@127.0.0.1:{runner.port}",
         DOCKER_RUNNER_SHARED_SECRET=secret))
-    await wait_for(lambda: gateway.guards[0].status.total_checks > 0)
+    await wait_for(lambda: gateway.node.guards[0].status.total_checks > 0)
     for path, headers in [("/_gateproxy/status", {}), ("/_gateproxy/status.json", {}),
                           ("/_gateproxy/metrics", {}), ("/health", {}),
                           ("/health", {"Accept": "application/health+json"})]:

@@ -21,8 +21,9 @@ from multidict import CIMultiDict
 
 from gateproxy.aio import client as fastclient
 from gateproxy.aio.client import FastResponse, FastUpstream
-from gateproxy.upstream.client import UpstreamError
-from tests.support.ports import free_port
+from gateproxy.upstream.aiohttp_client import AiohttpUpstream
+from gateproxy.upstream.interface import UpstreamError, WebSocketUpstream
+from tests.conftest import free_port
 
 # --- servers ----------------------------------------------------------------------------
 
@@ -135,7 +136,9 @@ async def clients() -> AsyncIterator[Callable[..., FastUpstream]]:
 
     def make(url: str, connect_timeout_ms: int = 2000, read_timeout_ms: int = 5000
              ) -> FastUpstream:
-        client = FastUpstream(url, connect_timeout_ms, read_timeout_ms)
+        client = FastUpstream(url, connect_timeout_ms, read_timeout_ms,
+                              websockets=AiohttpUpstream(url, connect_timeout_ms,
+                                                         read_timeout_ms))
         made.append(client)
         return client
 
@@ -498,6 +501,33 @@ async def test_a_cancelled_request_does_not_leave_its_connection_in_the_pool(
             await client.send("GET", "/slow?delay=1", headers(), None)
     assert await body_of(await client.send("GET", "/small", headers(), None)) == b"hello"
     assert len(peers.ports) == 2
+
+
+class WebSockets:
+    """A stand-in for the client FastUpstream hands WebSocket handshakes to."""
+
+    def __init__(self) -> None:
+        self.websocket = object()
+        self.opened: list[tuple[Any, ...]] = []
+        self.closed = False
+
+    async def open_websocket(self, *args: Any) -> Any:
+        self.opened.append(args)
+        return self.websocket
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_websockets_go_to_the_client_given_for_them_and_close_with_this_one() -> None:
+    websockets = WebSockets()
+    client = FastUpstream("http://127.0.0.1:1", 2000, 5000, websockets=websockets)
+    assert isinstance(client, WebSocketUpstream)
+    answer = await client.open_websocket("/ws", headers(), ("chat",), True, 1024)
+    assert answer is websockets.websocket
+    assert websockets.opened == [("/ws", headers(), ("chat",), True, 1024)]
+    await client.close()
+    assert websockets.closed
 
 
 async def test_a_closed_client_refuses_new_requests(

@@ -16,36 +16,40 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateproxy.aio import fastpath
+from gateproxy.core.answers import Answer
 from gateproxy.core.dependency import State
-from gateproxy.core.gate import Forward, Gate, Guard
+from gateproxy.core.gate import Gate, Guard
 from gateproxy.demo.standins import StandIn
+from gateproxy.http_rules.actions import ForwardPlan
+from gateproxy.http_rules.headers import response_headers
+from gateproxy.http_rules.plan import Planner
 from gateproxy.serve.gateway import Gateway
+from tests.conftest import free_port, wait_for
 from tests.support import upstream_app
-from tests.support.ports import free_port
 from tests.support.rawclient import Exchange, exchange, read_exchange
-from tests.support.waiting import wait_for
 
 Verdicts = list[str]
 
 
 def spy(gateway: Gateway) -> Verdicts:
-    """Record what the fast path decides for each request it looks at."""
+    """Record what the fast path takes for each request it looks at: a forward, an own
+    answer (its status), or nothing (the usual path)."""
     fast = _fast(gateway)
-    decide = fast.decide
+    take = fast.take
     seen: Verdicts = []
 
-    def recording(message: Any) -> bytes | Forward | None:
-        verdict = decide(message)
-        seen.append("usual" if verdict is None else
-                    "forward" if isinstance(verdict, Forward) else "503")
-        return verdict
+    def recording(message: Any, peername: object, tls: bool) -> Answer | ForwardPlan | None:
+        action = take(message, peername, tls)
+        seen.append("usual" if action is None else
+                    "forward" if isinstance(action, ForwardPlan) else str(action.status))
+        return action
 
-    fast.decide = recording  # type: ignore[method-assign]
+    fast.take = recording  # type: ignore[method-assign]
     return seen
 
 
 def without_fast_path(gateway: Gateway) -> None:
-    _fast(gateway).decide = lambda message: None  # type: ignore[method-assign]
+    _fast(gateway).take = lambda *_: None  # type: ignore[method-assign]
 
 
 def _fast(gateway: Gateway) -> fastpath.FastPath:
@@ -59,7 +63,7 @@ async def gateways() -> AsyncIterator[Callable[..., Any]]:
     started: list[Gateway] = []
 
     async def start(upstream_url: str) -> Gateway:
-        gateway = await upstream_app.start_gateway(upstream_url, fast_path=True)
+        gateway = await upstream_app.start_gateway(upstream_url)
         started.append(gateway)
         return gateway
 
@@ -170,7 +174,7 @@ async def test_a_client_that_goes_away_cancels_its_upstream_request(
 
 
 async def test_shutdown_lets_a_fast_forward_finish(upstream: StandIn) -> None:
-    gateway = await upstream_app.start_gateway(upstream.url, fast_path=True)
+    gateway = await upstream_app.start_gateway(upstream.url)
     verdicts = spy(gateway)
     answer = asyncio.create_task(exchange(gateway.port, get("/slow?delay=0.5")))
     await asyncio.sleep(0.2)
@@ -219,7 +223,7 @@ async def test_a_download_that_stalls_is_cut_after_the_read_timeout(tmp_path: Pa
     await standin.start()
     path = tmp_path / "gateproxy.yaml"
     path.write_text("upstream: {read_timeout_ms: 300}\n")
-    gateway = await upstream_app.start_gateway(standin.url, str(path), fast_path=True)
+    gateway = await upstream_app.start_gateway(standin.url, str(path))
     verdicts = spy(gateway)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
@@ -281,18 +285,35 @@ async def test_the_cached_503_follows_its_headers_not_their_positions(
         upstream: StandIn, gateways: Callable[..., Any],
         monkeypatch: pytest.MonkeyPatch) -> None:
     gateway = await gateways(upstream.url)
-    (guard,) = gateway.guards  # docker-runner, unreachable
+    (guard,) = gateway.node.guards  # docker-runner, unreachable
     await wait_for(lambda: guard.status.state is State.DOWN)
-    gate = ReorderedGate(gateway.guards, frozenset())
-    fast = fastpath.FastPath(lambda: gate, gateway.upstream, lambda rule: None,
-                             lambda method, status, target: None, lambda seconds: None)
+    gate = ReorderedGate(gateway.node.guards, frozenset())
+
+    class Policy:
+        planner = Planner(lambda: gate, lambda rule: None)
+        plan = planner.plan
+        response_headers = staticmethod(response_headers)
+
+        def forwarded(self, method: str, status: int, target: str) -> None:
+            pass
+
+        def latency(self, seconds: float) -> None:
+            pass
+
+    fast = fastpath.FastPath(Policy(), gateway.upstream)
     # One Date for every answer: only the headers can tell them apart.
     monkeypatch.setattr(helpers, "rfc822_formatted_time", lambda: "Thu, 01 Jan 2026 00:00:00 GMT")
     message = parsed_get("/api/containers")
-    first = fast.decide(message)
-    assert isinstance(first, bytes) and b"\r\nRetry-After: 7\r\n" in first, first
-    assert fast.decide(message) is first, "the same headers and Date: the cached bytes"
+
+    def written() -> bytes:
+        answer = fast.take(message, None, False)
+        assert isinstance(answer, Answer)
+        return fast.rendered(answer)
+
+    first = written()
+    assert b"\r\nRetry-After: 7\r\n" in first, first
+    assert written() is first, "the same headers and Date: the cached bytes"
     gate.retry_after = "8"
-    again = fast.decide(message)
-    assert isinstance(again, bytes) and b"\r\nRetry-After: 8\r\n" in again, again
+    again = written()
+    assert b"\r\nRetry-After: 8\r\n" in again, again
     assert again.replace(b"Retry-After: 8", b"Retry-After: 7") == first

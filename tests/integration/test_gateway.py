@@ -16,27 +16,20 @@ import pytest
 from aiohttp import web
 
 from gateproxy.demo.standins import StandIn, docker_runner
+from tests.conftest import (
+    MakeGateway,
+    Recorder,
+    StartStandIn,
+    env_for,
+    free_port,
+    log_lines,
+    url,
+    wait_for,
+)
 from tests.support import rawclient
-from tests.support.corpora import GATED_SPELLINGS
-from tests.support.gateways import MakeGateway, env_for, url
-from tests.support.json_logs import log_lines
-from tests.support.own_answers import NOT_READY
-from tests.support.ports import free_port
-from tests.support.standins import Recorder, StartStandIn
-from tests.support.waiting import wait_for
+from tests.unit.test_routes import GATED_SPELLINGS
 
-# Every test here starts its gateways with make_gateway, which puts them on the mechanic
-# of `fast_path`: each runs on both.
-pytestmark = pytest.mark.usefixtures("fast_path")
-
-
-async def test_the_gateway_runs_on_the_mechanic_of_its_run(
-        fast_path: bool, recorder: tuple[Recorder, StandIn], make_gateway: MakeGateway) -> None:
-    """The `fast_path` fixture reaches the gateway: each run of this module is on the
-    mechanic its id names, not on the default twice."""
-    _, upstream = recorder
-    gateway = await make_gateway(env_for(upstream, f"http://127.0.0.1:{free_port()}"))
-    assert gateway.fence.fast_path is fast_path
+NOT_READY = b'{"error":{"code":"docker_runner_not_ready","message":"docker-runner not ready"}}'
 
 
 async def test_boots_without_docker_runner_and_health_shows_it_down(
@@ -46,7 +39,7 @@ async def test_boots_without_docker_runner_and_health_shows_it_down(
     gateway = await make_gateway(env_for(upstream, f"http://127.0.0.1:{free_port()}"))
     async with http.get(url(gateway, "/_gateproxy/live")) as resp:
         assert resp.status == 200
-    await wait_for(lambda: gateway.guards[0].status.total_checks > 0)
+    await wait_for(lambda: gateway.node.guards[0].status.total_checks > 0)
     async with http.get(url(gateway, "/health")) as resp:
         assert resp.status == 200, "an optional dependency down never makes /health an error"
         assert resp.headers["Cache-Control"] == "no-store"
@@ -97,7 +90,7 @@ async def test_recovery_without_restart_and_within_a_second_under_traffic(
         upstream, f"http://127.0.0.1:{port}",
         DOCKER_RUNNER_CONNECT_RETRY_BASE_DELAY_MS="20000",
         DOCKER_RUNNER_CONNECT_RETRY_MAX_DELAY_MS="20000"))
-    await wait_for(lambda: gateway.guards[0].status.total_checks > 0)
+    await wait_for(lambda: gateway.node.guards[0].status.total_checks > 0)
     async with http.get(url(gateway, "/api/containers")) as resp:
         assert resp.status == 503
     await start_standin(docker_runner(), port=port)
@@ -108,7 +101,7 @@ async def test_recovery_without_restart_and_within_a_second_under_traffic(
                 break
         assert time.monotonic() - started < 2.5, "recovery not seen within about a second"
         await asyncio.sleep(0.1)
-    assert gateway.guards[0].status.state.value == "up"
+    assert gateway.node.guards[0].status.state.value == "up"
 
 
 async def test_failure_logs_carry_retry_metadata_and_recovery_logs_once(
@@ -117,7 +110,7 @@ async def test_failure_logs_carry_retry_metadata_and_recovery_logs_once(
     _, upstream = recorder
     port = free_port()
     gateway = await make_gateway(env_for(upstream, f"http://127.0.0.1:{port}"))
-    await wait_for(lambda: gateway.guards[0].status.consecutive_failures >= 3)
+    await wait_for(lambda: gateway.node.guards[0].status.consecutive_failures >= 3)
     failures = [line for line in log_lines(captured_logs) if line["event"] == "probe_failed"]
     assert len(failures) >= 3
     for line in failures:
@@ -132,7 +125,7 @@ async def test_failure_logs_carry_retry_metadata_and_recovery_logs_once(
     assert [f["consecutiveFailures"] for f in failures[:3]] == [1, 2, 3]
     assert [f["retryInMs"] for f in failures[:3]] == [50, 100, 200]
     await start_standin(docker_runner(), port=port)
-    await wait_for(lambda: gateway.guards[0].status.is_up)
+    await wait_for(lambda: gateway.node.guards[0].status.is_up)
     recovered = [line for line in log_lines(captured_logs)
                  if line["event"] == "dependency_recovered"]
     assert len(recovered) == 1
@@ -154,7 +147,7 @@ async def test_first_gated_request_waits_for_the_first_probe_when_runner_is_up(
     app.router.add_get("/v1/ready", slow_ready)
     runner = await start_standin(app)
     gateway = await make_gateway(env_for(upstream, runner.url))
-    assert gateway.guards[0].status.state.value == "unknown"
+    assert gateway.node.guards[0].status.state.value == "unknown"
     async with http.get(url(gateway, "/api/containers")) as resp:
         assert resp.status == 200, "the very first gated request is forwarded, not refused"
     assert rec.seen == [("GET", "/api/containers")]
@@ -274,7 +267,7 @@ async def test_retries_exhausted_stop_probing_but_keep_serving(
     _, upstream = recorder
     gateway = await make_gateway(env_for(upstream, f"http://127.0.0.1:{free_port()}",
                                          DOCKER_RUNNER_CONNECT_MAX_RETRIES="3"))
-    status = gateway.guards[0].status
+    status = gateway.node.guards[0].status
     await wait_for(lambda: status.retries_exhausted)
     for _ in range(3):
         async with http.get(url(gateway, "/api/containers")) as resp:
@@ -296,7 +289,7 @@ async def test_upstream_down_gives_502_and_health_503(
     async with http.get(url(gateway, "/api/threads")) as resp:
         assert resp.status == 502
         assert (await resp.json())["error"]["code"] == "upstream_unavailable"
-    await wait_for(lambda: gateway.guards[0].status.is_up)
+    await wait_for(lambda: gateway.node.guards[0].status.is_up)
     async with http.get(url(gateway, "/health")) as resp:
         assert resp.status == 503
         body = await resp.json()
@@ -333,7 +326,7 @@ async def test_a_required_dependency_down_turns_health_and_ready_into_503(
     async with http.get(url(gateway, "/_gateproxy/ready")) as resp:
         assert resp.status == 200
     await runner.stop()
-    await wait_for(lambda: not gateway.guards[0].status.is_up)
+    await wait_for(lambda: not gateway.node.guards[0].status.is_up)
     async with http.get(url(gateway, "/_gateproxy/ready")) as resp:
         assert resp.status == 503
     async with http.get(url(gateway, "/health")) as resp:
@@ -379,6 +372,6 @@ async def test_probe_is_signed_when_a_shared_secret_is_set(
     _, upstream = recorder
     gateway = await make_gateway(env_for(upstream, runner.url,
                                          DOCKER_RUNNER_SHARED_SECRET="dev-shared-secret"))
-    await wait_for(lambda: gateway.guards[0].status.is_up)
+    await wait_for(lambda: gateway.node.guards[0].status.is_up)
     assert abs(int(seen[0]["x-dr-timestamp"]) - time.time() * 1000) < 60000
     assert len(seen[0]["x-dr-nonce"]) == 36

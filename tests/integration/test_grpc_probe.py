@@ -16,8 +16,8 @@ from gateproxy.demo.grpc_standin import GrpcRunner
 from gateproxy.monitor.grpc_probe import health_response, serving_status, string_message
 from gateproxy.monitor.probe import Prober
 from gateproxy.monitor.signing import sign
+from tests.conftest import free_port
 from tests.support.grpc_servers import ReferenceRunner
-from tests.support.ports import free_port
 
 SECRET = "grpc-test-secret"
 
@@ -166,7 +166,7 @@ async def test_a_refused_port_from_the_environment(prober: Prober) -> None:
 
 def test_an_http_only_configuration_never_imports_a_grpc_library() -> None:
     code = ("import sys, asyncio\n"
-            "from gateproxy import app, cli, config\n"
+            "from gateproxy import cli, config\nfrom gateproxy.serve import gateway\n"
             "from gateproxy.monitor.probe import Prober\n"
             "dep = config.load(None, {}).dependencies[0]\n"
             "asyncio.run(Prober().probe(dep))\n"

@@ -15,10 +15,7 @@ from aiohttp import web
 
 from gateproxy.demo.standins import StandIn, docker_runner
 from gateproxy.views.health import wants_health_json
-from tests.support.gateways import MakeGateway, env_for, url
-from tests.support.ports import free_port
-from tests.support.standins import Recorder, StartStandIn
-from tests.support.waiting import wait_for
+from tests.conftest import MakeGateway, Recorder, StartStandIn, env_for, free_port, url, wait_for
 
 HEALTH_JSON = {"Accept": "application/health+json"}
 ISO_MS_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -67,7 +64,7 @@ async def test_optional_dependency_down_is_warn_with_affected_endpoints(
     _, upstream = recorder
     gateway = await make_gateway(env_for(upstream, f"http://127.0.0.1:{free_port()}"),
                                  routes_file(tmp_path))
-    await wait_for(lambda: gateway.guards[0].status.total_checks > 0)
+    await wait_for(lambda: gateway.node.guards[0].status.total_checks > 0)
     code, headers, body = await get(http, url(gateway, "/health"), HEALTH_JSON)
     assert code == 200
     assert headers["Content-Type"] == "application/health+json"
@@ -97,7 +94,7 @@ async def test_everything_up_is_pass(runner: StandIn, recorder: tuple[Recorder, 
                                      http: aiohttp.ClientSession) -> None:
     _, upstream = recorder
     gateway = await make_gateway(env_for(upstream, runner.url))
-    await wait_for(lambda: gateway.guards[0].status.is_up)
+    await wait_for(lambda: gateway.node.guards[0].status.is_up)
     code, _, body = await get(http, url(gateway, "/health"), HEALTH_JSON)
     assert code == 200
     assert body["status"] == "pass"
@@ -114,7 +111,7 @@ async def test_required_dependency_down_is_fail_503(
     runner = await start_standin(docker_runner())
     gateway = await make_gateway(env_for(upstream, runner.url, DOCKER_RUNNER_OPTIONAL="false"))
     await runner.stop()
-    await wait_for(lambda: not gateway.guards[0].status.is_up)
+    await wait_for(lambda: not gateway.node.guards[0].status.is_up)
     code, headers, body = await get(http, url(gateway, "/health"), HEALTH_JSON)
     assert code == 503
     assert headers["Content-Type"] == "application/health+json"
@@ -126,7 +123,7 @@ async def test_upstream_down_is_fail_503(runner: StandIn, make_gateway: MakeGate
                                          http: aiohttp.ClientSession) -> None:
     dead = StandIn(web.Application(), port=free_port())
     gateway = await make_gateway(env_for(dead, runner.url))
-    await wait_for(lambda: gateway.guards[0].status.is_up)
+    await wait_for(lambda: gateway.node.guards[0].status.is_up)
     code, _, body = await get(http, url(gateway, "/health"), HEALTH_JSON)
     assert code == 503
     assert body["status"] == "fail"
@@ -171,7 +168,7 @@ async def test_health_has_the_platform_servers_error_while_refused_and_none_once
     upstream = await start_standin(platform_health())
     port = free_port()
     gateway = await make_gateway(env_for(upstream, f"http://127.0.0.1:{port}"))
-    status = gateway.guards[0].status
+    status = gateway.node.guards[0].status
     await wait_for(lambda: status.total_checks > 0)
     code, _, body = await get(http, url(gateway, "/health"))
     assert code == 200
@@ -207,7 +204,7 @@ async def test_a_rejected_signature_is_not_retryable(
     runner = await start_standin(runner_app)
     upstream = await start_standin(platform_health())
     gateway = await make_gateway(env_for(upstream, runner.url))
-    await wait_for(lambda: gateway.guards[0].status.total_checks > 0)
+    await wait_for(lambda: gateway.node.guards[0].status.total_checks > 0)
     _, _, body = await get(http, url(gateway, "/health"))
     assert body["dependencies"]["dockerRunner"]["error"] == {
         "name": "DependencyProbeError", "message": "bad signature", "statusCode": 401,

@@ -5,14 +5,29 @@ from __future__ import annotations
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateproxy.demo.standins import StandIn, docker_runner, platform_server
 from gateproxy.serve.gateway import Gateway
 from gateproxy.views.metrics import CONTENT_TYPE, METHOD_CLASSES, OTHER, STATUS_CLASSES, Metrics
-from tests.support.gateways import MakeGateway, env_for, url
-from tests.support.metric_samples import Samples, parse, total, value
-from tests.support.standins import StartStandIn
-from tests.support.waiting import wait_for
+from tests.conftest import MakeGateway, StartStandIn, env_for, url, wait_for
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum over every series of `name` that has these labels (and any others)."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
 
 
 async def scrape(http: aiohttp.ClientSession, gateway: Gateway) -> Samples:
@@ -29,7 +44,7 @@ async def test_metrics_after_known_traffic(
     runner = await start_standin(docker_runner())
     await runner.stop()  # down first, on a port that will come back
     gateway = await make_gateway(env_for(upstream, runner.url))
-    status = gateway.guards[0].status
+    status = gateway.node.guards[0].status
     await wait_for(lambda: status.total_failures >= 2)
 
     for _ in range(3):
@@ -79,7 +94,7 @@ async def test_metrics_after_known_traffic(
     assert value(samples, "process_cpu_seconds_total") > 0
 
     # The probe series agree with the status, read together without yielding to the loop.
-    samples = parse(gateway.metrics.exposition().decode())
+    samples = parse(gateway.node.metrics.exposition().decode())
     probes = "gateproxy_probes_total"
     assert value(samples, probes, dependency="docker-runner", result="failure",
                  error_code="connection_refused") == status.total_failures

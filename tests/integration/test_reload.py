@@ -23,14 +23,21 @@ from gateproxy.demo.standins import StandIn, docker_runner
 from gateproxy.monitor.signing import HEADERS, sign
 from gateproxy.serve.gateway import Gateway
 from gateproxy.serve.reload import Reloader
-from tests.support.gateways import MakeGateway, env_for, url
-from tests.support.json_logs import log_lines
-from tests.support.metric_samples import parse
-from tests.support.own_answers import NOT_READY
-from tests.support.ports import free_port
-from tests.support.processes import Proc, wait_live
-from tests.support.standins import Recorder, StartStandIn
-from tests.support.waiting import wait_for
+from tests.conftest import (
+    MakeGateway,
+    Recorder,
+    StartStandIn,
+    env_for,
+    free_port,
+    log_lines,
+    url,
+    wait_for,
+)
+from tests.integration.test_gateway import NOT_READY
+from tests.integration.test_metrics import parse
+from tests.process.test_process import Proc, procs, wait_live
+
+__all__ = ["procs"]  # a fixture used below
 
 ORIGIN = "https://app.example"
 
@@ -76,17 +83,17 @@ async def test_file_change_reloads_routes_cors_and_probe_settings(
                         "DOCKER_RUNNER_CONNECT_RETRY_BASE_DELAY_MS")}
     gateway = await make_gateway(env, str(path))
     before = await status_json(http, gateway)
-    async with Reloader(gateway, env).running():
+    async with Reloader(gateway.node, env).running():
         await asyncio.sleep(0.2)  # the watcher is up
         write(path, dead, ("/api/containers", "/api/threads"),
               top=f"cors: {{allow_origins: ['{ORIGIN}']}}",
               dep="    probe_interval_ms: 1234\n    retry: {base_delay_ms: 77}")
-        await wait_for(lambda: gateway.runtime.version.number == 2, timeout=10)
+        await wait_for(lambda: gateway.node.runtime.version.number == 2, timeout=10)
     async with http.get(url(gateway, "/api/threads"), headers={"Origin": ORIGIN}) as resp:
         assert resp.status == 503 and await resp.read() == NOT_READY
         assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
     assert rec.seen == []
-    dep = gateway.guards[0].status.dep
+    dep = gateway.node.guards[0].status.dep
     assert dep.probe_interval_ms == 1234 and dep.retry.base_delay_ms == 77
     after = await status_json(http, gateway)
     assert after["config"]["version"] == 2
@@ -119,10 +126,10 @@ async def test_a_bad_file_is_rejected_and_the_running_config_keeps_serving(
     write(path, dead)
     env = env_for(upstream, dead)
     gateway = await make_gateway(env, str(path))
-    running, version = gateway.config, gateway.runtime.version
+    running, version = gateway.node.config, gateway.node.runtime.version
     path.write_text(content)
-    assert await Reloader(gateway, env).reload("test") is False
-    assert gateway.config is running and gateway.runtime.version is version
+    assert await Reloader(gateway.node, env).reload("test") is False
+    assert gateway.node.config is running and gateway.node.runtime.version is version
     [rejected] = [line for line in log_lines(captured_logs)
                   if line["event"] == "config_reload_rejected"]
     assert rejected["level"] == "ERROR"
@@ -135,7 +142,7 @@ async def test_a_bad_file_is_rejected_and_the_running_config_keeps_serving(
     async with http.get(url(gateway, "/api/threads")) as resp:
         assert resp.status == 200
     assert rec.seen == [("GET", "/api/threads")]
-    metrics = gateway.metrics.exposition().decode()
+    metrics = gateway.node.metrics.exposition().decode()
     assert 'gateproxy_config_reloads_total{result="rejected"} 1.0' in metrics
     assert 'gateproxy_config_reloads_total{result="applied"} 0.0' in metrics
 
@@ -150,7 +157,7 @@ async def test_routes_and_dependencies_come_and_go_while_requests_flow(
     write(path, dead)
     env = env_for(upstream, dead)
     gateway = await make_gateway(env, str(path))
-    reloader = Reloader(gateway, env)
+    reloader = Reloader(gateway.node, env)
     seen: Counter[tuple[str, int]] = Counter()
     failures: list[str] = []
     stop = asyncio.Event()
@@ -190,8 +197,8 @@ async def test_routes_and_dependencies_come_and_go_while_requests_flow(
     assert seen.total() > 200, "requests flowed all along the reloads"
     assert seen["/api/threads", 200] > 0 and seen["/api/threads", 503] > 0, seen
     assert seen["/api/other", 200] > 0
-    assert gateway.runtime.version.number == 21
-    assert [g.status.dep.name for g in gateway.guards] == ["docker-runner"]
+    assert gateway.node.runtime.version.number == 21
+    assert [g.status.dep.name for g in gateway.node.guards] == ["docker-runner"]
 
 
 async def test_a_new_dependency_starts_its_loop_and_a_removed_one_stops(
@@ -204,10 +211,10 @@ async def test_a_new_dependency_starts_its_loop_and_a_removed_one_stops(
     write(path, dead)
     env = env_for(upstream, dead)
     gateway = await make_gateway(env, str(path))
-    reloader = Reloader(gateway, env)
+    reloader = Reloader(gateway.node, env)
     write(path, dead, other=other.url)
     assert await reloader.reload("test")
-    added = gateway.guards[1]
+    added = gateway.node.guards[1]
     assert added.status.dep.name == "other-runner"
     await wait_for(lambda: added.status.total_checks >= 3)
     assert added.status.is_up
@@ -215,7 +222,7 @@ async def test_a_new_dependency_starts_its_loop_and_a_removed_one_stops(
     assert [d["name"] for d in state["dependencies"]] == [
         "docker-runner", "other-runner"]
     assert 'gateproxy_dependency_up{dependency="other-runner"} 1.0' in (
-        gateway.metrics.exposition().decode())
+        gateway.node.metrics.exposition().decode())
 
     write(path, dead)
     assert await reloader.reload("test")
@@ -224,7 +231,7 @@ async def test_a_new_dependency_starts_its_loop_and_a_removed_one_stops(
     assert added.status.total_checks == checks, "its loop has stopped"
     state = await status_json(http, gateway)
     assert [d["name"] for d in state["dependencies"]] == ["docker-runner"]
-    samples = parse(gateway.metrics.exposition().decode())
+    samples = parse(gateway.node.metrics.exposition().decode())
     assert ("gateproxy_dependency_up", frozenset({("dependency", "other-runner")})) not in (
         samples), "no up series for it any more"
     async with http.get(url(gateway, "/api/other")) as resp:
@@ -246,10 +253,10 @@ async def test_settings_that_need_a_restart_are_logged_and_kept(
     write(path, dead, ("/api/containers", "/api/threads"),
           top=f"upstream: {{url: 'http://127.0.0.1:{free_port()}', health_timeout_ms: 900}}\n"
               f"admin_prefix: /_other")
-    assert await Reloader(gateway, env).reload("test")
-    assert gateway.config.upstream.url == upstream.url
-    assert gateway.config.upstream.health_timeout_ms == 900, "applied: read per request"
-    assert gateway.config.admin_prefix == settings.defaults()["admin_prefix"]
+    assert await Reloader(gateway.node, env).reload("test")
+    assert gateway.node.config.upstream.url == upstream.url
+    assert gateway.node.config.upstream.health_timeout_ms == 900, "applied: read per request"
+    assert gateway.node.config.admin_prefix == settings.defaults()["admin_prefix"]
     [restart] = [line for line in log_lines(captured_logs)
                  if line["event"] == "config_restart_required"]
     assert restart["level"] == "WARNING"
@@ -311,14 +318,14 @@ async def test_a_changed_shared_secret_waits_for_a_restart(
     env |= {"DOCKER_RUNNER_SHARED_SECRET": NEW_SECRET,
             "GATEPROXY_ADMIN_TOKEN": "new-token-c3e8"}
     write(path, runner_url, ("/api/containers", "/api/threads"))
-    assert await Reloader(gateway, env).reload("test")
+    assert await Reloader(gateway.node, env).reload("test")
     async with http.get(url(gateway, "/api/threads")) as resp:
         assert resp.status == 200, "the docker-runner entry's routes were applied"
-    assert gateway.config.dependencies[0].gated_routes[-1].prefix == "/api/threads"
+    assert gateway.node.config.dependencies[0].gated_routes[-1].prefix == "/api/threads"
     # The probe still signs with the running secret, the runner's until a restart.
     assert await runner.next_probes(3) == [RUNNING_SECRET] * 3
-    assert gateway.guards[0].status.is_up
-    assert gateway.runtime.version.pending_restart == ("admin_token", SECRET_KEY)
+    assert gateway.node.guards[0].status.is_up
+    assert gateway.node.runtime.version.pending_restart == ("admin_token", SECRET_KEY)
     state = await status_json(http, gateway)
     assert state["config"]["pendingRestart"] == ["admin_token", SECRET_KEY]
     [restart] = [line for line in log_lines(captured_logs)
@@ -342,10 +349,10 @@ async def test_a_new_dependency_takes_its_new_shared_secret(
     gateway = await make_gateway(env, str(path))
     env["DOCKER_RUNNER_SHARED_SECRET"] = NEW_SECRET
     write(path, runner_url)
-    assert await Reloader(gateway, env).reload("test")
+    assert await Reloader(gateway.node, env).reload("test")
     # Nothing ran with a secret for docker-runner: it starts with the new one.
     assert await runner.next_probes(2) == [NEW_SECRET] * 2
-    assert gateway.runtime.version.pending_restart == ()
+    assert gateway.node.runtime.version.pending_restart == ()
     assert not any(line["event"] == "config_restart_required"
                    for line in log_lines(captured_logs))
 
@@ -356,11 +363,11 @@ async def test_a_reload_restarts_exhausted_probing(
     env = env_for(upstream, f"http://127.0.0.1:{free_port()}",
                   DOCKER_RUNNER_CONNECT_MAX_RETRIES="2")
     gateway = await make_gateway(env)
-    status = gateway.guards[0].status
+    status = gateway.node.guards[0].status
     await wait_for(lambda: status.retries_exhausted)
-    assert await Reloader(gateway, env).reload("test")
+    assert await Reloader(gateway.node, env).reload("test")
     await wait_for(lambda: status.total_checks >= 3)
-    assert gateway.runtime.version.number == 1, "same configuration, same version"
+    assert gateway.node.runtime.version.number == 1, "same configuration, same version"
 
 
 async def test_sighup_reloads(recorder: tuple[Recorder, StandIn],
@@ -368,11 +375,11 @@ async def test_sighup_reloads(recorder: tuple[Recorder, StandIn],
     _, upstream = recorder
     env = env_for(upstream, f"http://127.0.0.1:{free_port()}")
     gateway = await make_gateway(env)
-    async with Reloader(gateway, env).running():
+    async with Reloader(gateway.node, env).running():
         env["DOCKER_RUNNER_CONNECT_PROBE_INTERVAL_MS"] = "4321"
         os.kill(os.getpid(), signal.SIGHUP)
-        await wait_for(lambda: gateway.runtime.version.number == 2)
-    assert gateway.guards[0].status.dep.probe_interval_ms == 4321
+        await wait_for(lambda: gateway.node.runtime.version.number == 2)
+    assert gateway.node.guards[0].status.dep.probe_interval_ms == 4321
 
 
 async def test_log_level_is_reloaded(tmp_path: Path, recorder: tuple[Recorder, StandIn],
@@ -386,7 +393,7 @@ async def test_log_level_is_reloaded(tmp_path: Path, recorder: tuple[Recorder, S
     gateway = await make_gateway(env, str(path))
     write(path, dead, top="log: {level: ERROR}")
     try:
-        assert await Reloader(gateway, env).reload("test")
+        assert await Reloader(gateway.node, env).reload("test")
         logs.log.warning("a_warning_after_the_reload")
         logs.log.error("an_error_after_the_reload")
         err = capsys.readouterr().err
@@ -451,7 +458,7 @@ async def test_the_access_log_is_switched_on_for_new_connections(
 
     await one_request()
     write(path, dead, top="log: {access: true}")
-    assert await Reloader(gateway, env).reload("test")
+    assert await Reloader(gateway.node, env).reload("test")
     await one_request()
     await wait_for(lambda: any(line["event"] == "access" for line in log_lines(captured_logs)))
     [access] = [line for line in log_lines(captured_logs) if line["event"] == "access"]

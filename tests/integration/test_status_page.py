@@ -27,11 +27,8 @@ import pytest
 from gateproxy import config
 from gateproxy.demo.standins import StandIn
 from gateproxy.serve.reload import apply
-from tests.support.gateways import MakeGateway, env_for, url
+from tests.conftest import MakeGateway, Recorder, StartStandIn, env_for, free_port, url, wait_for
 from tests.support.png import Png
-from tests.support.ports import free_port
-from tests.support.standins import Recorder, StartStandIn
-from tests.support.waiting import wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -72,7 +69,7 @@ async def test_status_json_carries_the_last_hour_and_request_counts(
     _, upstream = recorder
     runner = await start_standin(docker_runner())
     gateway = await make_gateway(env_for(upstream, runner.url))
-    status = gateway.guards[0].status
+    status = gateway.node.guards[0].status
     for _ in range(2):
         async with http.get(url(gateway, "/api/threads")) as resp:
             assert resp.status == 200
@@ -229,7 +226,7 @@ async def test_badge_follows_docker_runner_without_a_reload(
     runner = await start_standin(docker_runner())
     env = env_for(upstream, runner.url)
     gateway = await make_gateway(env)
-    status = gateway.guards[0].status
+    status = gateway.node.guards[0].status
     await wait_for(lambda: status.is_up)
     base = url(gateway, "")
     async with chromium(http) as browser:
@@ -326,10 +323,10 @@ dependencies:
     base_url: "{runner.url}"
     gated_routes: [/api/other]
 """)
-        await apply(gateway, config.load(str(two), env))
+        await apply(gateway.node, config.load(str(two), env))
         cards = "[...document.querySelectorAll('.dep')].map((c) => c.dataset.dep).join()"
         await browser.until(cards, "docker-runner,other-runner")
-        await apply(gateway, config.load(None, env))
+        await apply(gateway.node, config.load(None, env))
         await browser.until(cards, "docker-runner")
         assert await browser.eval("window.__sameDocument") == marker, "the page reloaded"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -10,10 +11,21 @@ import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from gateproxy import config
 from gateproxy.core.backoff import retry_delay_ms
 from gateproxy.core.dependency import ERROR_NAME, DependencyStatus, ProbeError, State, is_retryable
 from gateproxy.monitor.grpc_probe import status_error
-from tests.support.dependency_states import REFUSED, dep
+
+REFUSED = ProbeError("connection_refused", "refused")
+
+
+def dep(**changes: object) -> config.Dependency:
+    base = config.load(None, {}).dependencies[0]
+    retry = dataclasses.replace(base.retry, **{
+        k: v for k, v in changes.items() if k in ("base_delay_ms", "max_delay_ms",
+                                                 "jitter_ms", "max_retries")})
+    rest = {k: v for k, v in changes.items() if k not in dataclasses.asdict(base.retry)}
+    return dataclasses.replace(base, retry=retry, **rest)  # type: ignore[arg-type]
 
 
 def test_delay_sequence_without_jitter_doubles_up_to_the_cap() -> None:
@@ -24,16 +36,19 @@ def test_delay_sequence_without_jitter_doubles_up_to_the_cap() -> None:
 
 def test_jitter_is_uniform_in_the_closed_range_and_seeded() -> None:
     retry = dep(base_delay_ms=500, max_delay_ms=30000, jitter_ms=250).retry
-    draws = [retry_delay_ms(1, retry, random.Random(seed)) for seed in range(400)]
+    draws = [retry_delay_ms(1, retry.base_delay_ms, retry.max_delay_ms, retry.jitter_ms,
+                            random.Random(seed)) for seed in range(400)]
     assert min(draws) == 500 and max(draws) == 750
     assert len(set(draws)) > 100
-    again = [retry_delay_ms(1, retry, random.Random(seed)) for seed in range(400)]
+    again = [retry_delay_ms(1, retry.base_delay_ms, retry.max_delay_ms, retry.jitter_ms,
+                            random.Random(seed)) for seed in range(400)]
     assert draws == again
 
 
 def test_huge_failure_counts_do_not_overflow() -> None:
     retry = dep(base_delay_ms=500, max_delay_ms=30000, jitter_ms=0).retry
-    assert retry_delay_ms(10_000, retry, random.Random(1)) == 30000
+    assert retry_delay_ms(10_000, retry.base_delay_ms, retry.max_delay_ms, retry.jitter_ms,
+                          random.Random(1)) == 30000
 
 
 def test_unknown_then_first_result_decides() -> None:
