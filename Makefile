@@ -10,7 +10,7 @@ PIP    := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/pip
 RUNTIME_STAMP := $(VENV)/.runtime
 TEST_STAMP    := $(VENV)/.test
 
-.PHONY: setup demo test test-public lint check bench constraints docs clean
+.PHONY: setup demo test lint check bench constraints docs clean
 
 setup: $(TEST_STAMP)
 
@@ -30,18 +30,10 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# The proxy's behaviour (gate, forwarding, differential, hostile input), once more with the
-# fast path off: on aiohttp's public APIs only, as after a failed start-up check.
-PUBLIC_TESTS := tests/hostile tests/process/test_workers.py \
-	$(addprefix tests/integration/test_,gateway.py differential.py proxy_streams.py \
-	proxy_websocket.py proxy_curl.py faults.py admin.py)
-
+# One pytest run: the proxy-behaviour tests run on both mechanics (the fast path, and
+# aiohttp's public APIs only) through the `fast_path` fixture of tests/conftest.py.
 test: lint
 	$(BIN)/pytest -q
-	$(MAKE) --no-print-directory test-public
-
-test-public: setup
-	GATEPROXY_FAST_PATH=false $(BIN)/pytest -q $(PUBLIC_TESTS)
 
 check: test
 

@@ -29,8 +29,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateproxy.demo.standins import StandIn, docker_runner, platform_server
-from tests.conftest import free_port
 from tests.support.deploy import sync_rules
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "gateproxy-alerts.yaml"

@@ -30,7 +30,8 @@ import pytest
 import yaml
 
 from gateproxy.demo.standins import StandIn
-from tests.conftest import Recorder, free_port
+from tests.support.ports import free_port
+from tests.support.standins import Recorder
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -23,9 +23,10 @@ import pytest
 
 from gateproxy import config, logs
 from gateproxy.serve.gateway import Gateway
-from tests.conftest import free_port
-from tests.process.test_process import Proc, procs, wait_live  # noqa: F401 (procs: a fixture)
+from tests.support.gateways import fast_path_env
 from tests.support.hostile_support import Ambiguous, RawUpstream, WireRequest
+from tests.support.ports import free_port
+from tests.support.processes import Proc, wait_live
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: platform.test\r\n\r\n"
 
@@ -180,10 +181,10 @@ def quiet_logs() -> io.StringIO:
 
 
 @pytest.fixture
-async def gateway(raw_upstream: RawUpstream) -> AsyncIterator[Gateway]:
+async def gateway(raw_upstream: RawUpstream, fast_path: bool) -> AsyncIterator[Gateway]:
     env = {"GATEPROXY_HOST": "127.0.0.1", "GATEPROXY_PORT": "0",
            "PLATFORM_SERVER_URL": raw_upstream.url,
-           "DOCKER_RUNNER_BASE_URL": "http://127.0.0.1:9"}
+           "DOCKER_RUNNER_BASE_URL": "http://127.0.0.1:9", **fast_path_env(fast_path)}
     gw = Gateway(config.load(None, env))
     await gw.start()
     yield gw
@@ -386,7 +387,7 @@ async def test_malformed_requests_do_not_write_a_log_line_each(
 
 
 async def test_the_process_writes_only_json_lines_under_hostile_input(
-        tmp_path: Path, raw_upstream: RawUpstream, procs: list[Proc]) -> None:  # noqa: F811
+        tmp_path: Path, raw_upstream: RawUpstream, procs: list[Proc], fast_path: bool) -> None:
     """The real process (uvloop, the C parser): every malformed request above, and its
     stderr still holds one JSON object per line, a handful of them."""
     port = free_port()
@@ -395,7 +396,7 @@ async def test_the_process_writes_only_json_lines_under_hostile_input(
                     f"upstream: {{url: '{raw_upstream.url}'}}\n"
                     "shutdown_delay_ms: 0\n"
                     "dependencies: [{name: docker-runner, base_url: 'http://127.0.0.1:9'}]\n")
-    proc = Proc("serve", "--config", str(path))
+    proc = Proc("serve", "--config", str(path), env=fast_path_env(fast_path))
     procs.append(proc)
     await asyncio.wait_for(wait_live(port), 15)
     for _ in range(3):

@@ -1,7 +1,7 @@
 """Gate bypass attempts: no spelling of a gated path reaches the
 upstream while its dependency is down.
 
-Three layers: a hand-written corpus (on top of tests.test_routes.GATED_SPELLINGS),
+Three layers: a hand-written corpus (on top of tests/support/corpora.GATED_SPELLINGS),
 hypothesis generating spellings against the pure `routes` functions (many examples,
 fast), and the same generator against a real Gateway over raw sockets (fewer examples,
 end to end, the stand-in upstream recording whatever reaches it).
@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 
 from gateproxy.core import paths
 from gateproxy.core.paths import BadPath
+from tests.support.corpora import GATED_SPELLINGS
 from tests.support.hostile_support import Stack
+from tests.support.own_answers import NOT_READY
+from tests.support.path_verdicts import gated, judged
 from tests.support.rawclient import blocking_exchange
-from tests.unit.test_routes import GATED_SPELLINGS, gated, judged
-
-NOT_READY = b'{"error":{"code":"docker_runner_not_ready","message":"docker-runner not ready"}}'
 
 # Each is a spelling of /api/containers (or below it) that some router could take for
 # it; none of them is in GATED_SPELLINGS.
@@ -230,10 +230,11 @@ dependencies:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """docker-runner down (nothing listens on its port) for the whole module."""
+def stack(tmp_path_factory: pytest.TempPathFactory, fast_path: bool) -> Iterator[Stack]:
+    """docker-runner down (nothing listens on its port) for the whole module: one stack
+    per mechanic."""
     tmp = tmp_path_factory.mktemp("stack")
-    started = Stack(yaml=STACK_YAML).start(str(tmp))
+    started = Stack(fast_path=fast_path, yaml=STACK_YAML).start(str(tmp))
     yield started
     started.stop()
 

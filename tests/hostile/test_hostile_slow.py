@@ -27,9 +27,12 @@ from gateproxy import config
 from gateproxy.aio.server import LimitedSite
 from gateproxy.demo.standins import StandIn, platform_server
 from gateproxy.serve.gateway import Gateway
-from tests.conftest import StartStandIn, free_port, log_lines
-from tests.process.test_process import Proc, procs, wait_live  # noqa: F401 (procs: a fixture)
+from tests.support.gateways import fast_path_env
 from tests.support.hostile_support import RawUpstream
+from tests.support.json_logs import log_lines
+from tests.support.ports import free_port
+from tests.support.processes import Proc, wait_live
+from tests.support.standins import StartStandIn
 
 TIMEOUT_MS = 600
 
@@ -49,14 +52,15 @@ def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLo
     return asyncio.DefaultEventLoopPolicy()
 
 
-async def gateway_for(upstream_url: str, tmp_path: Path, max_connections: int = 10000,
-                      timeout_ms: int = TIMEOUT_MS) -> Gateway:
+async def gateway_for(upstream_url: str, tmp_path: Path, fast_path: bool,
+                      max_connections: int = 10000, timeout_ms: int = TIMEOUT_MS) -> Gateway:
     path = tmp_path / "limits.yaml"
     path.write_text(f"limits: {{max_connections: {max_connections}, "
                     f"header_timeout_ms: {timeout_ms}}}\n")
     env = {"GATEPROXY_HOST": "127.0.0.1", "GATEPROXY_PORT": "0",
            "PLATFORM_SERVER_URL": upstream_url,
-           "DOCKER_RUNNER_BASE_URL": f"http://127.0.0.1:{free_port()}"}
+           "DOCKER_RUNNER_BASE_URL": f"http://127.0.0.1:{free_port()}",
+           **fast_path_env(fast_path)}
     gateway = Gateway(config.load(str(path), env))
     await gateway.start()
     return gateway
@@ -74,8 +78,8 @@ async def standin(start_standin: StartStandIn) -> StandIn:
 
 
 @pytest.fixture
-async def gateway(standin: StandIn, tmp_path: Path) -> AsyncIterator[Gateway]:
-    gw = await gateway_for(standin.url, tmp_path)
+async def gateway(standin: StandIn, tmp_path: Path, fast_path: bool) -> AsyncIterator[Gateway]:
+    gw = await gateway_for(standin.url, tmp_path, fast_path)
     yield gw
     await gw.stop()
 
@@ -211,8 +215,8 @@ async def raw_upstream() -> AsyncIterator[RawUpstream]:
 
 
 async def test_a_body_that_stalls_is_cut_off_and_never_completes_upstream(
-        raw_upstream: RawUpstream, tmp_path: Path) -> None:
-    gateway = await gateway_for(raw_upstream.url, tmp_path)
+        raw_upstream: RawUpstream, tmp_path: Path, fast_path: bool) -> None:
+    gateway = await gateway_for(raw_upstream.url, tmp_path, fast_path)
     try:
         started = time.monotonic()
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
@@ -233,9 +237,9 @@ async def test_a_body_that_stalls_is_cut_off_and_never_completes_upstream(
 
 
 async def test_a_body_dripped_a_byte_at_a_time_is_cut_off(
-        raw_upstream: RawUpstream, tmp_path: Path) -> None:
+        raw_upstream: RawUpstream, tmp_path: Path, fast_path: bool) -> None:
     """Each byte resets a plain idle timer; the minimum rate is what stops this one."""
-    gateway = await gateway_for(raw_upstream.url, tmp_path)
+    gateway = await gateway_for(raw_upstream.url, tmp_path, fast_path)
     try:
         started = time.monotonic()
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
@@ -269,7 +273,7 @@ async def test_a_body_dripped_a_byte_at_a_time_is_cut_off(
 
 
 async def test_a_steady_slow_upload_is_not_cut_off(
-        start_standin: StartStandIn, tmp_path: Path) -> None:
+        start_standin: StartStandIn, tmp_path: Path, fast_path: bool) -> None:
     async def digest(request: web.Request) -> web.Response:
         hasher = hashlib.sha256()
         async for chunk in request.content.iter_any():
@@ -279,7 +283,7 @@ async def test_a_steady_slow_upload_is_not_cut_off(
     app = web.Application()
     app.router.add_post("/upload", digest)
     upstream = await start_standin(app)
-    gateway = await gateway_for(upstream.url, tmp_path)
+    gateway = await gateway_for(upstream.url, tmp_path, fast_path)
     try:
         # 2 s in all, a chunk every 200 ms: well above the minimum rate, never silent.
         chunks = [os.urandom(16384) for _ in range(10)]
@@ -298,7 +302,7 @@ async def test_a_steady_slow_upload_is_not_cut_off(
 
 
 async def test_time_the_proxy_holds_an_upload_back_is_not_the_clients(
-        start_standin: StartStandIn, tmp_path: Path) -> None:
+        start_standin: StartStandIn, tmp_path: Path, fast_path: bool) -> None:
     """The upstream takes its time to start reading a large body: the proxy stops
     reading from the client (backpressure) for longer than the body timeout, which must
     not count against the client."""
@@ -314,7 +318,7 @@ async def test_time_the_proxy_holds_an_upload_back_is_not_the_clients(
     app = web.Application(client_max_size=size * 2)
     app.router.add_post("/upload", slow_reader)
     upstream = await start_standin(app)
-    gateway = await gateway_for(upstream.url, tmp_path)
+    gateway = await gateway_for(upstream.url, tmp_path, fast_path)
     try:
         async with aiohttp.ClientSession() as http, http.post(
                 f"http://127.0.0.1:{gateway.port}/upload", data=b"z" * size) as resp:
@@ -328,8 +332,9 @@ async def test_time_the_proxy_holds_an_upload_back_is_not_the_clients(
 # --- the connection cap ----------------------------------------------------------------
 
 async def test_past_the_cap_connections_wait_and_are_served_once_room_is_made(
-        standin: StandIn, tmp_path: Path) -> None:
-    gateway = await gateway_for(standin.url, tmp_path, max_connections=20, timeout_ms=30000)
+        standin: StandIn, tmp_path: Path, fast_path: bool) -> None:
+    gateway = await gateway_for(standin.url, tmp_path, fast_path, max_connections=20,
+                                timeout_ms=30000)
     site = site_of(gateway)
     try:
         holders = [await asyncio.open_connection("127.0.0.1", gateway.port) for _ in range(20)]
@@ -359,8 +364,8 @@ async def test_past_the_cap_connections_wait_and_are_served_once_room_is_made(
 
 
 async def test_a_connection_accepted_in_the_same_burst_as_the_cap_waits_its_turn(
-        standin: StandIn, tmp_path: Path) -> None:
-    gateway = await gateway_for(standin.url, tmp_path, max_connections=5)
+        standin: StandIn, tmp_path: Path, fast_path: bool) -> None:
+    gateway = await gateway_for(standin.url, tmp_path, fast_path, max_connections=5)
     site = site_of(gateway)
     try:
         # As if five connections had just been accepted, before the listener paused.
@@ -381,8 +386,9 @@ async def test_a_connection_accepted_in_the_same_burst_as_the_cap_waits_its_turn
 
 
 async def test_past_a_full_queue_a_connection_gets_a_503_it_can_read(
-        standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    gateway = await gateway_for(standin.url, tmp_path, max_connections=5)
+        standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        fast_path: bool) -> None:
+    gateway = await gateway_for(standin.url, tmp_path, fast_path, max_connections=5)
     site = site_of(gateway)
     try:
         site.open = 5
@@ -414,7 +420,7 @@ def _rss_kib(pid: int) -> int:
 
 
 async def test_the_process_does_not_grow_with_connections_past_the_cap(
-        tmp_path: Path, standin: StandIn, procs: list[Proc]) -> None:  # noqa: F811
+        tmp_path: Path, standin: StandIn, procs: list[Proc], fast_path: bool) -> None:
     cap = 50
     port = free_port()
     path = tmp_path / "cap.yaml"
@@ -424,7 +430,7 @@ async def test_the_process_does_not_grow_with_connections_past_the_cap(
                     "shutdown_delay_ms: 0\n"
                     f"dependencies: [{{name: docker-runner, base_url: "
                     f"'http://127.0.0.1:{free_port()}'}}]\n")
-    proc = Proc("serve", "--config", str(path))
+    proc = Proc("serve", "--config", str(path), env=fast_path_env(fast_path))
     procs.append(proc)
     await asyncio.wait_for(wait_live(port), 15)
     pid = proc.popen.pid

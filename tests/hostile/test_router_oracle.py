@@ -74,32 +74,43 @@ _UNRESERVED = re.compile(r"[A-Za-z0-9._~-]")
 
 
 @pytest.fixture(scope="module")
-def tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
+def tally(request: pytest.FixtureRequest, fast_path: bool) -> Iterator[Tally]:
+    """The totals of one mechanic's run."""
     totals = Tally()
     yield totals
     # Past pytest's capture, so that the line shows on every run, passed or failed.
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled():
-        print(f"\n{totals.summary()}")
+        mechanic = "fast path" if fast_path else "public path"
+        print(f"\n{mechanic}: {totals.summary()}")
 
 
 @pytest.fixture(scope="module")
-def oracle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oracle]:
+def routers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Routers]:
+    """One Node process for both mechanics' proxies."""
     install_routers()
+    started = Routers(tmp_path_factory.mktemp("routers") / "routers.log")
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory: pytest.TempPathFactory, routers: Routers,
+           fast_path: bool) -> Iterator[Oracle]:
+    """A gateproxy per router, on one mechanic: the corpus and the generated spellings go
+    through each mechanic's gate."""
     workdir = tmp_path_factory.mktemp("oracle")
-    routers = Routers(workdir / "routers.log")
     proxies: dict[str, Proxy] = {}
     try:
         for name in ROUTER_NAMES:
             (workdir / name).mkdir()
-            proxies[name] = Proxy(workdir / name, routers.ports[name])
+            proxies[name] = Proxy(workdir / name, routers.ports[name], fast_path)
         for proxy in proxies.values():
             proxy.wait_until_down()
         yield Oracle(routers, proxies)
     finally:
         for proxy in proxies.values():
             proxy.stop()
-        routers.stop()
 
 
 def _bypass_report(outcomes: list[Outcome]) -> str:

@@ -12,17 +12,16 @@ import orjson
 import pytest
 
 from gateproxy.demo.standins import StandIn
-from tests.conftest import (
-    MakeGateway,
-    Recorder,
-    StartStandIn,
-    env_for,
-    free_port,
-    log_lines,
-    url,
-    wait_for,
-)
 from tests.support import rawclient
+from tests.support.gateways import MakeGateway, env_for, url
+from tests.support.json_logs import log_lines
+from tests.support.ports import free_port
+from tests.support.standins import Recorder, StartStandIn
+from tests.support.waiting import wait_for
+
+# Every test here starts its gateways with make_gateway, which puts them on the mechanic
+# of `fast_path`: each runs on both.
+pytestmark = pytest.mark.usefixtures("fast_path")
 
 ADMIN_PATHS = ("live", "ready", "status", "status.json", "metrics")
 

@@ -16,7 +16,6 @@ import re
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -407,15 +406,12 @@ def ws_corpus() -> list[tuple[str, dict[str, Any]]]:
 
 # --- the test -----------------------------------------------------------------------------
 
-@pytest.fixture(params=["true", "false"])
-async def pair(request: pytest.FixtureRequest,
-               tmp_path: Path) -> AsyncIterator[tuple[StandIn, Gateway]]:
-    """The upstream, and a gateway with the fast path on and off."""
+@pytest.fixture
+async def pair(fast_path: bool) -> AsyncIterator[tuple[StandIn, Gateway]]:
+    """The upstream, and a gateway on the test's mechanic."""
     upstream = StandIn(upstream_app.app())
     await upstream.start()
-    settings = tmp_path / "gateproxy.yaml"
-    settings.write_text(f"fast_path: {request.param}\n")
-    gateway = await upstream_app.start_gateway(upstream.url, str(settings))
+    gateway = await upstream_app.start_gateway(upstream.url, fast_path=fast_path)
     try:
         yield upstream, gateway
     finally:

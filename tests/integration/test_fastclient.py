@@ -23,7 +23,7 @@ from gateproxy.aio import client as fastclient
 from gateproxy.aio.client import FastResponse, FastUpstream
 from gateproxy.upstream.aiohttp_client import AiohttpUpstream
 from gateproxy.upstream.interface import UpstreamError, WebSocketUpstream
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 # --- servers ----------------------------------------------------------------------------
 

@@ -24,9 +24,10 @@ from gateproxy.http_rules.actions import ForwardPlan
 from gateproxy.http_rules.headers import response_headers
 from gateproxy.http_rules.plan import Planner
 from gateproxy.serve.gateway import Gateway
-from tests.conftest import free_port, wait_for
 from tests.support import upstream_app
+from tests.support.ports import free_port
 from tests.support.rawclient import Exchange, exchange, read_exchange
+from tests.support.waiting import wait_for
 
 Verdicts = list[str]
 
@@ -63,7 +64,7 @@ async def gateways() -> AsyncIterator[Callable[..., Any]]:
     started: list[Gateway] = []
 
     async def start(upstream_url: str) -> Gateway:
-        gateway = await upstream_app.start_gateway(upstream_url)
+        gateway = await upstream_app.start_gateway(upstream_url, fast_path=True)
         started.append(gateway)
         return gateway
 
@@ -174,7 +175,7 @@ async def test_a_client_that_goes_away_cancels_its_upstream_request(
 
 
 async def test_shutdown_lets_a_fast_forward_finish(upstream: StandIn) -> None:
-    gateway = await upstream_app.start_gateway(upstream.url)
+    gateway = await upstream_app.start_gateway(upstream.url, fast_path=True)
     verdicts = spy(gateway)
     answer = asyncio.create_task(exchange(gateway.port, get("/slow?delay=0.5")))
     await asyncio.sleep(0.2)
@@ -223,7 +224,7 @@ async def test_a_download_that_stalls_is_cut_after_the_read_timeout(tmp_path: Pa
     await standin.start()
     path = tmp_path / "gateproxy.yaml"
     path.write_text("upstream: {read_timeout_ms: 300}\n")
-    gateway = await upstream_app.start_gateway(standin.url, str(path))
+    gateway = await upstream_app.start_gateway(standin.url, str(path), fast_path=True)
     verdicts = spy(gateway)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)

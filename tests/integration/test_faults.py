@@ -34,13 +34,14 @@ import pytest
 from gateproxy import config
 from gateproxy.demo.standins import StandIn, docker_runner, platform_server
 from gateproxy.serve.gateway import Gateway
-from tests.conftest import free_port
+from tests.support.gateways import fast_path_env
+from tests.support.own_answers import NOT_READY
+from tests.support.ports import free_port
 
 FLAP_SECONDS = float(os.environ.get("GATEPROXY_FLAP_SECONDS", "3"))
 PROBE_TIMEOUT_MS = 300
 READ_TIMEOUT_MS = 600
 HEALTH_TIMEOUT_MS = 300
-NOT_READY = b'{"error":{"code":"docker_runner_not_ready","message":"docker-runner not ready"}}'
 
 Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -179,10 +180,9 @@ async def upstream(started: Started) -> StandIn:
 
 
 async def make_gateway(started: Started, tmp_path: Path, upstream_url: str, runner_url: str,
-                       client: str = "true") -> Gateway:
+                       fast_path: bool) -> Gateway:
     path = tmp_path / "faults.yaml"
     path.write_text(
-        f"fast_path: {client}\n"
         f"upstream: {{url: '{upstream_url}', connect_timeout_ms: 500,\n"
         f"           read_timeout_ms: {READ_TIMEOUT_MS}, health_timeout_ms: {HEALTH_TIMEOUT_MS}}}\n"
         "shutdown_delay_ms: 0\nshutdown_grace_ms: 1000\n"
@@ -193,7 +193,7 @@ async def make_gateway(started: Started, tmp_path: Path, upstream_url: str, runn
         f"    probe_timeout_ms: {PROBE_TIMEOUT_MS}\n"
         "    retry: {base_delay_ms: 50, max_delay_ms: 400, jitter_ms: 0}\n"
         "    gated_routes: [/api/containers]\n")
-    env = {"GATEPROXY_HOST": "127.0.0.1", "GATEPROXY_PORT": "0"}
+    env = {"GATEPROXY_HOST": "127.0.0.1", "GATEPROXY_PORT": "0", **fast_path_env(fast_path)}
     gateway = Gateway(config.load(str(path), env))
     started.append(gateway)
     await gateway.start()
@@ -331,10 +331,11 @@ async def assert_recovers(http: aiohttp.ClientSession, gateway: Gateway, log: Lo
 
 # --- docker-runner ----------------------------------------------------------------------
 
-async def test_runner_refusing(http: aiohttp.ClientSession, log: Logs, started: Started,
-                               upstream: StandIn, tmp_path: Path) -> None:
+async def test_runner_refusing(fast_path: bool, http: aiohttp.ClientSession, log: Logs,
+                               started: Started, upstream: StandIn, tmp_path: Path) -> None:
     port = free_port()
-    gateway = await make_gateway(started, tmp_path, upstream.url, f"http://127.0.0.1:{port}")
+    gateway = await make_gateway(started, tmp_path, upstream.url, f"http://127.0.0.1:{port}",
+                                 fast_path)
     await assert_runner_fault(http, gateway, log, "connection_refused")
     await assert_recovers(http, gateway, log, started, port)
 
@@ -347,12 +348,12 @@ async def test_runner_refusing(http: aiohttp.ClientSession, log: Logs, started: 
     (drip, "timeout"),
 ], ids=["hanging_after_accept", "headers_then_hanging", "garbage", "10MB_of_503",
         "dripping"])
-async def test_runner_misbehaving(behaviour: Behaviour, code: str,
+async def test_runner_misbehaving(behaviour: Behaviour, code: str, fast_path: bool,
                                   http: aiohttp.ClientSession, log: Logs, started: Started,
                                   upstream: StandIn, tmp_path: Path) -> None:
     fault = await FaultServer(behaviour).start()
     started.append(fault)
-    gateway = await make_gateway(started, tmp_path, upstream.url, fault.url)
+    gateway = await make_gateway(started, tmp_path, upstream.url, fault.url, fast_path)
     await assert_runner_fault(http, gateway, log, code)
     status = gateway.node.guards[0].status
     assert status.last_duration_ms is not None
@@ -362,12 +363,12 @@ async def test_runner_misbehaving(behaviour: Behaviour, code: str,
 
 
 async def test_runner_answering_10_mb_of_ok_is_up_without_reading_it_all(
-        http: aiohttp.ClientSession, log: Logs, started: Started, upstream: StandIn,
-        tmp_path: Path) -> None:
+        fast_path: bool, http: aiohttp.ClientSession, log: Logs, started: Started,
+        upstream: StandIn, tmp_path: Path) -> None:
     """A 2xx is a 2xx, however long: the probe reads a bounded prefix and lets go."""
     fault = await FaultServer(big_answer(200)).start()
     started.append(fault)
-    gateway = await make_gateway(started, tmp_path, upstream.url, fault.url)
+    gateway = await make_gateway(started, tmp_path, upstream.url, fault.url, fast_path)
     status = gateway.node.guards[0].status
     await wait_for(lambda: status.total_checks >= 3, 5, "three probes")
     assert status.is_up and status.total_failures == 0
@@ -377,23 +378,24 @@ async def test_runner_answering_10_mb_of_ok_is_up_without_reading_it_all(
     assert [line for line in log.lines() if line["level"] in ("ERROR", "WARNING")] == []
 
 
-async def test_runner_name_that_does_not_resolve(http: aiohttp.ClientSession, log: Logs,
-                                                 started: Started, upstream: StandIn,
-                                                 tmp_path: Path) -> None:
+async def test_runner_name_that_does_not_resolve(fast_path: bool, http: aiohttp.ClientSession,
+                                                 log: Logs, started: Started,
+                                                 upstream: StandIn, tmp_path: Path) -> None:
     """`.invalid` never resolves (RFC 2606). Nothing here can make it resolve later, so
     recovery is shown by the other cases; this one shows the truth and the bounds."""
     gateway = await make_gateway(started, tmp_path, upstream.url,
-                                 "http://docker-runner.invalid:7071")
+                                 "http://docker-runner.invalid:7071", fast_path)
     await assert_runner_fault(http, gateway, log, "dns_failure")
 
 
-async def test_runner_flapping_every_100_ms(http: aiohttp.ClientSession, log: Logs,
-                                            started: Started, upstream: StandIn,
+async def test_runner_flapping_every_100_ms(fast_path: bool, http: aiohttp.ClientSession,
+                                            log: Logs, started: Started, upstream: StandIn,
                                             tmp_path: Path) -> None:
     port = free_port()
     runner = StandIn(docker_runner(), port=port)
     started.append(runner)
-    gateway = await make_gateway(started, tmp_path, upstream.url, f"http://127.0.0.1:{port}")
+    gateway = await make_gateway(started, tmp_path, upstream.url, f"http://127.0.0.1:{port}",
+                                 fast_path)
     status = gateway.node.guards[0].status
     stop_flapping = asyncio.Event()
 
@@ -432,10 +434,6 @@ async def test_runner_flapping_every_100_ms(http: aiohttp.ClientSession, log: Lo
 
 # --- the platform-server ----------------------------------------------------------------
 
-# `client` is the fast_path setting: the lean client, or aiohttp's ClientSession.
-CLIENTS = pytest.mark.parametrize("client", ["true", "false"])
-
-
 @pytest.fixture
 async def runner(started: Started) -> StandIn:
     standin = StandIn(docker_runner())
@@ -444,13 +442,12 @@ async def runner(started: Started) -> StandIn:
     return standin
 
 
-@CLIENTS
-async def test_platform_server_refusing(client: str, http: aiohttp.ClientSession, log: Logs,
-                                        started: Started, runner: StandIn,
+async def test_platform_server_refusing(fast_path: bool, http: aiohttp.ClientSession,
+                                        log: Logs, started: Started, runner: StandIn,
                                         tmp_path: Path) -> None:
     port = free_port()
     gateway = await make_gateway(started, tmp_path, f"http://127.0.0.1:{port}", runner.url,
-                                 client)
+                                 fast_path)
     mark = log.mark()
     results = await traffic(http, gateway, 1.0, "/api/threads")
     assert {r[0] for r in results} == {502}
@@ -468,15 +465,14 @@ async def test_platform_server_refusing(client: str, http: aiohttp.ClientSession
     assert (await health(http, gateway))[0] == 200
 
 
-@CLIENTS
 async def test_platform_server_restarting_under_load(
-        client: str, http: aiohttp.ClientSession, log: Logs, started: Started,
+        fast_path: bool, http: aiohttp.ClientSession, log: Logs, started: Started,
         runner: StandIn, tmp_path: Path) -> None:
     port = free_port()
     standin = StandIn(platform_server(), port=port)
     await standin.start()
     started.append(standin)
-    gateway = await make_gateway(started, tmp_path, standin.url, runner.url, client)
+    gateway = await make_gateway(started, tmp_path, standin.url, runner.url, fast_path)
 
     async def restart() -> tuple[float, float]:
         await asyncio.sleep(0.7)
@@ -538,14 +534,13 @@ async def reset_mid_response(reader: asyncio.StreamReader, writer: asyncio.Strea
         return
 
 
-@CLIENTS
 @pytest.mark.parametrize("path", ["/length", "/chunked"])
 async def test_platform_server_resetting_mid_response(
-        client: str, path: str, http: aiohttp.ClientSession, log: Logs, started: Started,
+        fast_path: bool, path: str, http: aiohttp.ClientSession, log: Logs, started: Started,
         runner: StandIn, tmp_path: Path) -> None:
     fault = await FaultServer(reset_mid_response).start()
     started.append(fault)
-    gateway = await make_gateway(started, tmp_path, fault.url, runner.url, client)
+    gateway = await make_gateway(started, tmp_path, fault.url, runner.url, fast_path)
     for _ in range(5):
         got: list[bytes] = []
         with pytest.raises(aiohttp.ClientPayloadError):
@@ -558,13 +553,12 @@ async def test_platform_server_resetting_mid_response(
     assert [line for line in log.lines() if line["level"] == "ERROR"] == []
 
 
-@CLIENTS
-async def test_platform_server_hanging(client: str, http: aiohttp.ClientSession, log: Logs,
-                                       started: Started, runner: StandIn,
+async def test_platform_server_hanging(fast_path: bool, http: aiohttp.ClientSession,
+                                       log: Logs, started: Started, runner: StandIn,
                                        tmp_path: Path) -> None:
     fault = await FaultServer(hang_after_accept).start()
     started.append(fault)
-    gateway = await make_gateway(started, tmp_path, fault.url, runner.url, client)
+    gateway = await make_gateway(started, tmp_path, fault.url, runner.url, fast_path)
     results = await asyncio.gather(*(timed(http, f"http://127.0.0.1:{gateway.port}/api/x")
                                      for _ in range(20)))
     for status, body, elapsed in results:
@@ -583,13 +577,12 @@ async def test_platform_server_hanging(client: str, http: aiohttp.ClientSession,
         assert resp.status == 200
 
 
-@CLIENTS
 async def test_platform_server_hanging_after_the_headers(
-        client: str, http: aiohttp.ClientSession, started: Started, runner: StandIn,
+        fast_path: bool, http: aiohttp.ClientSession, started: Started, runner: StandIn,
         tmp_path: Path) -> None:
     fault = await FaultServer(headers_then_hang).start()
     started.append(fault)
-    gateway = await make_gateway(started, tmp_path, fault.url, runner.url, client)
+    gateway = await make_gateway(started, tmp_path, fault.url, runner.url, fast_path)
     begin = time.monotonic()
     got: list[bytes] = []
     with pytest.raises(aiohttp.ClientPayloadError):

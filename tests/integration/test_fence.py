@@ -21,8 +21,10 @@ from gateproxy.aio import check, client, fastpath, server, wire
 from gateproxy.aio.needs import Need, _assigned_in_init
 from gateproxy.demo.standins import StandIn
 from gateproxy.serve.gateway import Gateway
-from tests.conftest import Recorder, env_for, free_port
-from tests.process.test_process import wait_live
+from tests.support.gateways import env_for
+from tests.support.ports import free_port
+from tests.support.processes import wait_live
+from tests.support.standins import Recorder
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "gateproxy"

@@ -16,20 +16,27 @@ import pytest
 from aiohttp import web
 
 from gateproxy.demo.standins import StandIn, docker_runner
-from tests.conftest import (
-    MakeGateway,
-    Recorder,
-    StartStandIn,
-    env_for,
-    free_port,
-    log_lines,
-    url,
-    wait_for,
-)
 from tests.support import rawclient
-from tests.unit.test_routes import GATED_SPELLINGS
+from tests.support.corpora import GATED_SPELLINGS
+from tests.support.gateways import MakeGateway, env_for, url
+from tests.support.json_logs import log_lines
+from tests.support.own_answers import NOT_READY
+from tests.support.ports import free_port
+from tests.support.standins import Recorder, StartStandIn
+from tests.support.waiting import wait_for
 
-NOT_READY = b'{"error":{"code":"docker_runner_not_ready","message":"docker-runner not ready"}}'
+# Every test here starts its gateways with make_gateway, which puts them on the mechanic
+# of `fast_path`: each runs on both.
+pytestmark = pytest.mark.usefixtures("fast_path")
+
+
+async def test_the_gateway_runs_on_the_mechanic_of_its_run(
+        fast_path: bool, recorder: tuple[Recorder, StandIn], make_gateway: MakeGateway) -> None:
+    """The `fast_path` fixture reaches the gateway: each run of this module is on the
+    mechanic its id names, not on the default twice."""
+    _, upstream = recorder
+    gateway = await make_gateway(env_for(upstream, f"http://127.0.0.1:{free_port()}"))
+    assert gateway.fence.fast_path is fast_path
 
 
 async def test_boots_without_docker_runner_and_health_shows_it_down(

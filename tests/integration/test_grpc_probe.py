@@ -16,8 +16,8 @@ from gateproxy.demo.grpc_standin import GrpcRunner
 from gateproxy.monitor.grpc_probe import health_response, serving_status, string_message
 from gateproxy.monitor.probe import Prober
 from gateproxy.monitor.signing import sign
-from tests.conftest import free_port
 from tests.support.grpc_servers import ReferenceRunner
+from tests.support.ports import free_port
 
 SECRET = "grpc-test-secret"
 

@@ -15,7 +15,10 @@ from aiohttp import web
 
 from gateproxy.demo.standins import StandIn, docker_runner
 from gateproxy.views.health import wants_health_json
-from tests.conftest import MakeGateway, Recorder, StartStandIn, env_for, free_port, url, wait_for
+from tests.support.gateways import MakeGateway, env_for, url
+from tests.support.ports import free_port
+from tests.support.standins import Recorder, StartStandIn
+from tests.support.waiting import wait_for
 
 HEALTH_JSON = {"Accept": "application/health+json"}
 ISO_MS_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")

@@ -5,29 +5,14 @@ from __future__ import annotations
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateproxy.demo.standins import StandIn, docker_runner, platform_server
 from gateproxy.serve.gateway import Gateway
 from gateproxy.views.metrics import CONTENT_TYPE, METHOD_CLASSES, OTHER, STATUS_CLASSES, Metrics
-from tests.conftest import MakeGateway, StartStandIn, env_for, url, wait_for
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(text: str) -> Samples:
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    """The sum over every series of `name` that has these labels (and any others)."""
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+from tests.support.gateways import MakeGateway, env_for, url
+from tests.support.metric_samples import Samples, parse, total, value
+from tests.support.standins import StartStandIn
+from tests.support.waiting import wait_for
 
 
 async def scrape(http: aiohttp.ClientSession, gateway: Gateway) -> Samples:

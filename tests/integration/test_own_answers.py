@@ -19,9 +19,9 @@ from gateproxy import config
 from gateproxy.core import answers
 from gateproxy.demo.standins import StandIn
 from gateproxy.serve.gateway import Gateway
-from tests.conftest import free_port
 from tests.support import upstream_app
 from tests.support.own_answers import GATED_CODE, MARKER, check_own_answer
+from tests.support.ports import free_port
 from tests.support.rawclient import exchange
 
 TOKEN = "own-answers-token"
@@ -122,9 +122,8 @@ def request_bytes(case: Case, version: str) -> bytes:
 Proxies = dict[str, int]
 
 
-@pytest.fixture(params=[True, False], ids=["fast-path", "public-path"])
-async def proxies(request: pytest.FixtureRequest, tmp_path: Path
-                  ) -> AsyncIterator[Proxies]:
+@pytest.fixture
+async def proxies(fast_path: bool, tmp_path: Path) -> AsyncIterator[Proxies]:
     """Three proxies in front of the rich stand-in upstream, with the fast path on or off:
     admin endpoints on the proxy's port; on an admin port of their own with a token; and
     one whose upstream refuses connections."""
@@ -136,11 +135,10 @@ async def proxies(request: pytest.FixtureRequest, tmp_path: Path
     main_file, admin_file = tmp_path / "main.yaml", tmp_path / "admin.yaml"
     main_file.write_text(common)
     admin_file.write_text(common + f"admin_port: {free_port()}\n")
-    fast = str(request.param).lower()
 
     def load(file: Path, url: str, **extra: str) -> config.Config:
         return config.load(str(file), upstream_app.gateway_env(
-            url, GATEPROXY_FAST_PATH=fast,
+            url, fast_path=fast_path,
             DOCKER_RUNNER_BASE_URL=f"http://127.0.0.1:{free_port()}", **extra))
 
     main = Gateway(load(main_file, upstream.url))

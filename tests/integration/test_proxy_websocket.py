@@ -25,8 +25,8 @@ from tests.support.rawclient import read_exchange
 
 
 @pytest.fixture
-async def gateway(upstream: StandIn) -> AsyncIterator[Gateway]:
-    gw = await upstream_app.start_gateway(upstream.url)
+async def gateway(upstream: StandIn, fast_path: bool) -> AsyncIterator[Gateway]:
+    gw = await upstream_app.start_gateway(upstream.url, fast_path=fast_path)
     yield gw
     await gw.stop()
 
@@ -95,11 +95,11 @@ async def test_refusal_is_the_upstreams_status_not_a_101(gateway: Gateway) -> No
     assert refused.value.response.headers["X-Refused"] == "yes"
 
 
-async def test_unreachable_upstream_is_a_502_not_a_101() -> None:
+async def test_unreachable_upstream_is_a_502_not_a_101(fast_path: bool) -> None:
     with contextlib.closing(socket.socket()) as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    gw = await upstream_app.start_gateway(dead)
+    gw = await upstream_app.start_gateway(dead, fast_path=fast_path)
     try:
         with pytest.raises(websockets.InvalidStatus) as refused:
             async with connect(ws_url(gw)):
@@ -155,8 +155,9 @@ async def test_a_client_that_vanishes_closes_the_upstream_with_1011(gateway: Gat
     assert await ending() == (1011, "")
 
 
-async def test_shutdown_closes_open_websockets_with_1001(upstream: StandIn) -> None:
-    gw = await upstream_app.start_gateway(upstream.url)
+async def test_shutdown_closes_open_websockets_with_1001(upstream: StandIn,
+                                                         fast_path: bool) -> None:
+    gw = await upstream_app.start_gateway(upstream.url, fast_path=fast_path)
     ws = await connect(ws_url(gw))
     await ws.recv()
     assert gw.websockets.open_count == 1

@@ -23,21 +23,14 @@ from gateproxy.demo.standins import StandIn, docker_runner
 from gateproxy.monitor.signing import HEADERS, sign
 from gateproxy.serve.gateway import Gateway
 from gateproxy.serve.reload import Reloader
-from tests.conftest import (
-    MakeGateway,
-    Recorder,
-    StartStandIn,
-    env_for,
-    free_port,
-    log_lines,
-    url,
-    wait_for,
-)
-from tests.integration.test_gateway import NOT_READY
-from tests.integration.test_metrics import parse
-from tests.process.test_process import Proc, procs, wait_live
-
-__all__ = ["procs"]  # a fixture used below
+from tests.support.gateways import MakeGateway, env_for, url
+from tests.support.json_logs import log_lines
+from tests.support.metric_samples import parse
+from tests.support.own_answers import NOT_READY
+from tests.support.ports import free_port
+from tests.support.processes import Proc, wait_live
+from tests.support.standins import Recorder, StartStandIn
+from tests.support.waiting import wait_for
 
 ORIGIN = "https://app.example"
 

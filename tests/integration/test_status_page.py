@@ -27,8 +27,11 @@ import pytest
 from gateproxy import config
 from gateproxy.demo.standins import StandIn
 from gateproxy.serve.reload import apply
-from tests.conftest import MakeGateway, Recorder, StartStandIn, env_for, free_port, url, wait_for
+from tests.support.gateways import MakeGateway, env_for, url
 from tests.support.png import Png
+from tests.support.ports import free_port
+from tests.support.standins import Recorder, StartStandIn
+from tests.support.waiting import wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"

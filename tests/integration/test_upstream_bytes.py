@@ -12,7 +12,6 @@ happened on each mechanic (`pytest -rA` or `-s` shows it); OUTCOMES keeps the sa
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -23,12 +22,12 @@ import pytest
 
 from gateproxy.aio import fastpath
 from gateproxy.serve.gateway import Gateway
-from tests.conftest import free_port
 from tests.support import upstream_app
 from tests.support.byte_recorder import ByteRecorder, Mark, Request, Seen
+from tests.support.ports import free_port
 from tests.support.rawclient import Exchange, read_exchange
 
-MECHANICS = {"fast": "true", "public": "false"}  # GATEPROXY_FAST_PATH of each gateway
+MECHANICS = {"fast": True, "public": False}  # the fast_path setting of each gateway
 TIMEOUT = 3.0  # the bound of one conversation with a gateway
 PAUSE = 0.1  # how long a connection is watched for a close before it counts as open
 HOST = "platform.test"
@@ -57,20 +56,17 @@ def _fast_path_serves(gateway: Gateway) -> bool:
 async def rig() -> AsyncIterator[Rig]:
     """A recorder and a gateway per mechanic. docker-runner's port refuses connections, so
     that it is down and /api/containers gets the gate's 503 (never forwarded)."""
-    if os.environ.get("GATEPROXY_FAST_PATH") is not None:
-        # tests/conftest.py then imposes that one setting on every gateway.
-        pytest.skip("GATEPROXY_FAST_PATH is set: both gateways would run one mechanic")
     runner = f"http://127.0.0.1:{free_port()}"
     recorders: list[ByteRecorder] = []
     gateways: list[Gateway] = []
     sides: Rig = {}
     try:
-        for mechanic, flag in MECHANICS.items():
+        for mechanic, fast_path in MECHANICS.items():
             recorder = ByteRecorder()
             recorders.append(recorder)
             await recorder.start()
             gateway = await upstream_app.start_gateway(
-                recorder.url, DOCKER_RUNNER_BASE_URL=runner, GATEPROXY_FAST_PATH=flag)
+                recorder.url, DOCKER_RUNNER_BASE_URL=runner, fast_path=fast_path)
             gateways.append(gateway)
             sides[mechanic] = Side(gateway, recorder)
         # A comparison of one mechanic with itself would prove nothing.

@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 from gateproxy.aio.client import FastUpstream
 from gateproxy.upstream.aiohttp_client import AiohttpUpstream
 from gateproxy.upstream.interface import TIMEOUT, UNAVAILABLE, UpstreamClient, UpstreamError
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 TIMEOUT_MS = 300

@@ -23,7 +23,7 @@ import orjson
 import pytest
 
 from gateproxy.demo.standins import StandIn, docker_runner, platform_server
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 HOST_ADDRESS = "198.18.0.1"
 PEER_ADDRESS = "198.18.0.2"

@@ -15,11 +15,9 @@ import orjson
 import pytest
 
 from gateproxy.demo.standins import StandIn, docker_runner, platform_server
-from tests.conftest import Recorder, StartStandIn, free_port
-from tests.process import test_process
-from tests.process.test_process import Proc, wait_live
-
-procs = test_process.procs  # the fixture
+from tests.support.ports import free_port
+from tests.support.processes import Proc, wait_live
+from tests.support.standins import Recorder, StartStandIn
 
 GATED = "/api/containers"
 OWN_503 = {"error": {"code": "docker_runner_not_ready", "message": "docker-runner not ready"}}

@@ -12,11 +12,10 @@ import aiohttp
 import pytest
 
 from gateproxy.demo.standins import StandIn
-from tests.conftest import Recorder, free_port
-from tests.process.test_process import Proc, procs, wait_live
 from tests.support.grpc_servers import ReferenceRunner
-
-__all__ = ["procs"]  # the fixture, used by name
+from tests.support.ports import free_port
+from tests.support.processes import Proc, wait_live
+from tests.support.standins import Recorder
 
 SECRET = "grpc-process-secret-0123456789"
 

@@ -7,17 +7,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import orjson
-import pytest
 from aiohttp import web
 
 from gateproxy.demo.standins import StandIn
-from tests.conftest import Recorder, free_port
+from tests.support.ports import free_port
+from tests.support.processes import Proc, wait_live
+from tests.support.standins import Recorder
 
 SECRET = "process-test-secret-0123456789"
 
@@ -39,48 +38,6 @@ def config_file(tmp_path: Path, upstream: str, runner: str, port: int, **extra: 
     path = tmp_path / "gp.yaml"
     path.write_text("\n".join(lines) + "\n")
     return str(path)
-
-
-class Proc:
-    """A gateproxy subprocess whose stderr is collected line by line."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "gateproxy", *args], stderr=subprocess.PIPE,
-            stdout=subprocess.PIPE, env={**os.environ, **(env or {})})
-
-    def lines(self) -> list[dict[str, object]]:
-        assert self.popen.stderr is not None
-        out = self.popen.stderr.read().decode()
-        return [orjson.loads(line) for line in out.splitlines() if line.startswith("{")]
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(10)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        proc.stop()
-
-
-async def wait_live(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-        while True:
-            try:
-                async with http.get(f"http://127.0.0.1:{port}/_gateproxy/live") as resp:
-                    if resp.status == 200:
-                        return
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("gateproxy did not come up")
-            await asyncio.sleep(0.05)
 
 
 async def test_sigterm_drains_then_exits_0(tmp_path: Path, recorder: tuple[Recorder, StandIn],

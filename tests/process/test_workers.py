@@ -25,8 +25,9 @@ import pytest
 import websockets
 
 from gateproxy.demo.standins import StandIn, docker_runner, platform_server
-from tests.conftest import free_port
+from tests.support.gateways import fast_path_env
 from tests.support.own_answers import MARKER, check_own_answer
+from tests.support.ports import free_port
 from tests.support.rawclient import exchange
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,13 +108,13 @@ def admin_port() -> int | None:
 
 @pytest.fixture
 async def proxy(tmp_path: Path, upstream: StandIn, runner: StandIn,
-                admin_port: int | None) -> AsyncIterator[Proxy]:
+                admin_port: int | None, fast_path: bool) -> AsyncIterator[Proxy]:
     cfg = tmp_path / "gateproxy.yaml"
     write_config(cfg, free_port(), upstream.url, runner.url, admin_port=admin_port)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateproxy", "serve", "--config", str(cfg), cwd=ROOT,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "GATEPROXY_LOG_FORMAT": "json"})
+        env={**os.environ, "GATEPROXY_LOG_FORMAT": "json", **fast_path_env(fast_path)})
     started = Proxy(process, 0)
     started.reader = asyncio.get_running_loop().create_task(started.read())
     try:

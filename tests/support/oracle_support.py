@@ -24,7 +24,8 @@ from typing import Any
 
 import orjson
 
-from tests.conftest import free_port
+from tests.support.gateways import fast_path_env
+from tests.support.ports import free_port
 from tests.support.rawclient import read_exchange
 
 ROUTERS_DIR = Path(__file__).parent / "routers"
@@ -196,9 +197,10 @@ def install_routers() -> None:
 
 
 class Proxy:
-    """A `gateproxy serve` process in front of one router, its docker-runner down."""
+    """A `gateproxy serve` process in front of one router, its docker-runner down, on the
+    mechanic `fast_path` picks."""
 
-    def __init__(self, workdir: Path, upstream_port: int) -> None:
+    def __init__(self, workdir: Path, upstream_port: int, fast_path: bool) -> None:
         self.port = free_port()
         config = workdir / "gateproxy.yaml"
         config.write_text("\n".join([
@@ -223,7 +225,7 @@ class Proxy:
         self._log = (workdir / "gateproxy.log").open("wb")
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "gateproxy", "serve", "--config", str(config)],
-            stdout=self._log, stderr=self._log, env={**os.environ})
+            stdout=self._log, stderr=self._log, env={**os.environ, **fast_path_env(fast_path)})
 
     def wait_until_down(self, timeout: float = 20.0) -> None:
         """Until status.json reports docker-runner `down` (not `unknown`)."""

@@ -13,6 +13,8 @@ from tests.support.rawclient import Exchange
 
 MARKER = "qq7marker7qq"
 GATED_CODE = "docker_runner_not_ready"  # the gate's 503 code of the built-in dependency
+# The gate's whole 503 body for the built-in dependency, byte for byte.
+NOT_READY = b'{"error":{"code":"docker_runner_not_ready","message":"docker-runner not ready"}}'
 
 
 def check_own_answer(got: Exchange, status: int, code: str | None = None) -> None:

@@ -9,20 +9,9 @@ from pathlib import Path
 import pytest
 
 from gateproxy import config
+from tests.support.config_files import problems, write
 
 SECRET = "s3cr3t-value-never-printed"
-
-
-def write(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "gateproxy.yaml"
-    path.write_text(text)
-    return str(path)
-
-
-def problems(path: str | None, env: dict[str, str] | None = None) -> list[str]:
-    with pytest.raises(config.ConfigError) as err:
-        config.load(path, env or {})
-    return [str(p) for p in err.value.problems]
 
 
 def test_defaults_match_the_documented_ones() -> None:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from gateproxy import config
-from tests.unit.test_config import problems, write
+from tests.support.config_files import problems, write
 
 
 def test_grpc_keys_and_defaults(tmp_path: Path) -> None:

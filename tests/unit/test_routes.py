@@ -6,37 +6,8 @@ import pytest
 
 from gateproxy.core import paths
 from gateproxy.core.paths import BadPath, RouteTable, Rule
-
-TABLE: RouteTable[str] = RouteTable([
-    Rule("/api/containers", None, "runner"),
-    Rule("/test/workspaces", frozenset({"POST"}), "runner"),
-])
-
-
-def judged(target: str) -> tuple[str, ...]:
-    """The readings the gate judges `target` by (BadPath for a bad one)."""
-    return paths.readings(paths.normalise(paths.split_target(target)[0]))
-
-
-def gated(target: str, method: str = "GET") -> bool:
-    return any(TABLE.match(method, r) for r in judged(target))
-
-
-GATED_SPELLINGS = [
-    "/api/containers", "/api/containers/", "/api/containers/abc",
-    "/api/containers?x=1", "/api/containers#frag",
-    "/API/Containers", "/api/CONTAINERS/abc",
-    "//api/containers", "/api//containers", "/api/containers//abc",
-    "/./api/containers", "/api/./containers", "/x/../api/containers",
-    "/api/containers/abc/..", "/api/x/y/../../containers",
-    "/%2e/api/containers", "/x/%2E%2E/api/containers", "/x/%2e%2e/api/containers",
-    "/%61pi/containers", "/api/%63ontainers", "/api/c%6Fntainers", "/%41PI/%43ONTAINERS",
-    "/api%2Fcontainers", "/api%2fcontainers/abc", "/api\\containers", "/api%5Ccontainers",
-    "/api/containers;jsessionid=1", "/api;v=2/containers", "/api/containers;/abc",
-    "http://evil.example/api/containers", "HTTP://h:1/api//containers?q",
-    "/api/containers/11111111-2222-4333-8444-555555555555/terminal/ws?sessionId=x",
-    "/api/containers/%2e%2e/containers",
-]
+from tests.support.corpora import GATED_SPELLINGS
+from tests.support.path_verdicts import gated, judged
 
 
 @pytest.mark.parametrize("target", GATED_SPELLINGS)

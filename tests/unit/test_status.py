@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from typing import Any
 
@@ -11,21 +10,10 @@ import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from gateproxy import config
 from gateproxy.core.backoff import retry_delay_ms
 from gateproxy.core.dependency import ERROR_NAME, DependencyStatus, ProbeError, State, is_retryable
 from gateproxy.monitor.grpc_probe import status_error
-
-REFUSED = ProbeError("connection_refused", "refused")
-
-
-def dep(**changes: object) -> config.Dependency:
-    base = config.load(None, {}).dependencies[0]
-    retry = dataclasses.replace(base.retry, **{
-        k: v for k, v in changes.items() if k in ("base_delay_ms", "max_delay_ms",
-                                                 "jitter_ms", "max_retries")})
-    rest = {k: v for k, v in changes.items() if k not in dataclasses.asdict(base.retry)}
-    return dataclasses.replace(base, retry=retry, **rest)  # type: ignore[arg-type]
+from tests.support.dependency_states import REFUSED, dep
 
 
 def test_delay_sequence_without_jitter_doubles_up_to_the_cap() -> None:
