@@ -11,9 +11,8 @@ HTTP/1.1, and their bodies never echo request bytes.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Final
+from typing import Final, NamedTuple
 
 import orjson
 
@@ -45,11 +44,11 @@ STATUS: Final[dict[str, int]] = {
 _NO_STORE: Final = ("Cache-Control", "no-store")
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     """An answer of the proxy's own: its status, headers in the order written (`Server`,
     `Content-Length` and `Date` are the writer's), body, and whether the connection
-    ends after it."""
+    ends after it. (A named tuple, not a dataclass: one is made for every gated request,
+    and a tuple is made three times faster.)"""
 
     status: int
     headers: tuple[tuple[str, str], ...] = ()

@@ -14,11 +14,9 @@ and of the answers that the fence uses, so that the fence needs nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateproxy.core.answers import SERVER, Answer, error, error_bytes, render
 from gateproxy.upstream.interface import (
@@ -39,21 +37,19 @@ __all__ = ["FAILURES", "SERVER", "UNAVAILABLE", "Action", "Answer", "Endpoint", 
            "Waitable", "WebSocketUpstream", "error", "error_bytes", "failure", "render"]
 
 
-@dataclass(frozen=True, slots=True)
-class RequestHead:
+class RequestHead(NamedTuple):
     """A parsed request head, as both mechanics have it."""
 
     method: str
     target: str  # as received
     version: tuple[int, int]
-    headers: Mapping[str, str]  # case-insensitive
+    headers: CIMultiDictProxy[str]
     raw_headers: RawHeaders
     peername: object  # the connection's peer name, as its transport gives it
     tls: bool
 
 
-@dataclass(frozen=True, slots=True)
-class ForwardPlan:
+class ForwardPlan(NamedTuple):
     """Send the request upstream to `target` with `headers`; `close`: end the client
     connection after the answer."""
 
@@ -62,15 +58,13 @@ class ForwardPlan:
     close: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Gated:
+class Gated(NamedTuple):
     """The gate's 503: `answer` is written, never forwarded (and counted as gated)."""
 
     answer: Answer
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     """The proxy's own endpoint `name` answers (health, or an admin endpoint); `close`:
     end the client connection after the answer."""
 
@@ -86,8 +80,7 @@ class Waitable(Protocol):
     async def hold(self, timeout_s: float, limit: int) -> bool: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Hold:
+class Hold(NamedTuple):
     """Wait, then plan again with `waited=True`: for the next change of `watch` (a first
     probe), or with `hold`, for `dependency` to come back (at most `limit` waiting)."""
 
@@ -98,8 +91,7 @@ class Hold:
     dependency: str
 
 
-@dataclass(frozen=True, slots=True)
-class Upgrade:
+class Upgrade(NamedTuple):
     """Relay a WebSocket session with the upstream's `target`, its handshake sent with
     `headers` (aiohttp's client adds the handshake's own)."""
 
@@ -107,6 +99,8 @@ class Upgrade:
     headers: CIMultiDict[str]
 
 
+# Named tuples, not dataclasses: the fast path makes a head and an action for every
+# request, and a tuple is made three times faster than a frozen dataclass.
 Action = Answer | Gated | ForwardPlan | Endpoint | Hold | Upgrade
 
 

@@ -71,7 +71,8 @@ def client_address(peername: object) -> str:
 def forwarded_headers(raw_headers: RawHeaders, connection: str | None, peer: str, tls: bool,
                       extra_drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
     """The headers to send upstream, from the client's raw headers, its `Connection`
-    header, address and whether it came over TLS; BadField for a header that cannot go
+    header (every line of it, as one list), address and whether it came over TLS;
+    BadField for a header that cannot go
     byte for byte. Hop-by-hop ones go first, so that a client cannot remove our
     X-Forwarded-* by naming them in `Connection`."""
     drop = _dropped(connection)
@@ -102,10 +103,9 @@ def forwarded_headers(raw_headers: RawHeaders, connection: str | None, peer: str
 
 def response_headers(raw: RawHeaders,
                      extra_drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
-    connection = None
-    for name, value in raw:
-        if name.lower() == b"connection":
-            connection = value.decode("latin-1")
+    # Several Connection lines are one list (RFC 9110 section 5.3).
+    connection = ", ".join(value.decode("latin-1") for name, value in raw
+                           if name.lower() == b"connection") or None
     drop = _dropped(connection)
     if extra_drop:
         drop = drop | extra_drop

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from multidict import CIMultiDictProxy
+
 from gateproxy.core import answers
 from gateproxy.core.gate import (
     NOT_FOUND,
@@ -52,6 +54,17 @@ def is_upgrade(method: str, headers: Mapping[str, str]) -> bool:
     return "upgrade" in (t.strip().lower() for t in connection.split(","))
 
 
+_ends_connection = request_checks.ends_connection
+
+
+def _connection(headers: CIMultiDictProxy[str]) -> str | None:
+    """Every `Connection` line as one list (RFC 9110 section 5.3)."""
+    values = headers.getall("Connection", None)
+    if values is None:
+        return None
+    return values[0] if len(values) == 1 else ", ".join(values)
+
+
 class Planner:
     """Plans each request with the live gate; a gated request also counts and asks for a
     recheck (`on_reject`), once, when its 503 is planned."""
@@ -64,17 +77,18 @@ class Planner:
     def plan(self, head: RequestHead, waited: bool = False) -> Action:
         """What to do with `head`; `waited`: after a Hold, which is then not given again."""
         gate = self._gate()
-        verdict = gate.decide(head.method, head.target, head.headers, waited)
+        headers = head.headers
+        verdict = gate.decide(head.method, head.target, headers, waited)
         # A request whose body came with a Transfer-Encoding ends its connection
         # (request_checks.ends_connection), whatever the answer.
-        close = request_checks.ends_connection(head.headers)
+        close = _ends_connection(headers)
         if type(verdict) is Forward:
             return self._forward(head, verdict.target, close)
         if type(verdict) is Reject:
             self._on_reject(verdict.rule)
             guard = verdict.rule.target
-            headers = gate.rejection_headers(guard, head.headers.get("Origin"))
-            return Gated(answers.Answer(503, tuple(headers), guard.body, close))
+            written = gate.rejection_headers(guard, headers.get("Origin"))
+            return Gated(answers.Answer(503, tuple(written), guard.body, close))
         if type(verdict) is Wait:
             dep = verdict.guard.status.dep
             return Hold(verdict.guard.monitor, verdict.timeout_s, verdict.hold,
@@ -98,7 +112,7 @@ class Planner:
             return problem.closing() if close else problem
         upgrade = "Upgrade" in head.headers and is_upgrade(head.method, head.headers)
         try:
-            headers = forwarded_headers(head.raw_headers, head.headers.get("Connection"),
+            headers = forwarded_headers(head.raw_headers, _connection(head.headers),
                                         client_address(head.peername), head.tls,
                                         HANDSHAKE if upgrade else
                                         frozenset())

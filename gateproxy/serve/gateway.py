@@ -21,7 +21,7 @@ from gateproxy.core.gate import ADMIN_ENDPOINTS, HEALTH, Guard
 from gateproxy.core.model import Config
 from gateproxy.core.paths import Rule
 from gateproxy.core.watch import UPSTREAM_STATUS, Watch
-from gateproxy.http_rules.actions import Action, RawHeaders, RequestHead
+from gateproxy.http_rules.actions import RawHeaders
 from gateproxy.http_rules.headers import response_headers
 from gateproxy.http_rules.plan import Planner
 from gateproxy.logs import log
@@ -58,6 +58,9 @@ class Gateway:
         self.upstream = upstream or listeners.upstream_client(config, self.fence)
         self.websockets = WebSocketRelay(self.upstream)
         self.planner = Planner(lambda: self.node.runtime.gate, self.on_reject)
+        # The fast path's policy (http_rules/actions.py FastPolicy) asks the planner
+        # itself: one call less for every request it takes.
+        self.plan = self.planner.plan
         self._runners: list[web.AppRunner] = []
 
     @property
@@ -85,9 +88,6 @@ class Gateway:
         self.node.metrics.count_hold(dependency, outcome)
 
     # --- the fast path's policy (gateproxy/http_rules/actions.py FastPolicy) -----------
-
-    def plan(self, head: RequestHead) -> Action:
-        return self.planner.plan(head)
 
     def response_headers(self, raw: RawHeaders) -> CIMultiDict[str]:
         return response_headers(raw)

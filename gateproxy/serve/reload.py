@@ -145,8 +145,6 @@ class Reloader:
             if self.proxy.draining:
                 return False
             try:
-                # Looked up when called, as the start-up's load is: a wrapper of it
-                # (tests/conftest.py sets `fast_path` so) applies to a reload as well.
                 new = config.load(self.path, self._env)
             except Exception as exc:  # whatever the file holds, the running config stays
                 problems = ([str(p) for p in exc.problems] if isinstance(exc, ConfigError)

@@ -157,3 +157,13 @@ def test_requests_that_pass_the_checks(host: str | None, target: str) -> None:
 def test_only_a_request_with_a_transfer_encoding_ends_its_connection() -> None:
     assert request_checks.ends_connection({"Transfer-Encoding": "chunked"})
     assert not request_checks.ends_connection({"Content-Length": "3"})
+
+
+def test_headers_named_in_any_of_several_connection_lines_are_not_forwarded() -> None:
+    plan, _ = planner(make_gate("down"))
+    action = plan.plan(head("/api/threads", "GET", ("Connection", "X-One"),
+                            ("Connection", "X-Two"), ("X-One", "1"), ("X-Two", "2"),
+                            ("X-Kept", "3")))
+    assert isinstance(action, ForwardPlan)
+    assert "X-One" not in action.headers and "X-Two" not in action.headers
+    assert action.headers["X-Kept"] == "3"
