@@ -4,9 +4,11 @@ tests/support/; no test module imports this file."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import aiohttp
 import pytest
@@ -19,6 +21,7 @@ from gateproxy.serve.gateway import Gateway
 from tests.support import upstream_app
 from tests.support.gateways import MakeGateway, fast_path_env
 from tests.support.processes import Proc
+from tests.support.rawclient import RawHandler
 from tests.support.standins import Recorder, StartStandIn
 
 # In CI the property tests run a fixed sequence of examples, so that a landing does not
@@ -116,3 +119,21 @@ def procs() -> Iterator[list[Proc]]:
     yield started
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[Callable[[RawHandler], Awaitable[str]]]:
+    """A TCP server running `handler` per connection; yields a starter returning its URL."""
+    servers: list[asyncio.Server] = []
+
+    async def start(handler: RawHandler) -> str:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        servers.append(server)
+        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    yield start
+    for server in servers:
+        server.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1):
+                await server.wait_closed()

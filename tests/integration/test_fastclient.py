@@ -24,6 +24,7 @@ from gateproxy.aio.client import FastResponse, FastUpstream
 from gateproxy.upstream.aiohttp_client import AiohttpUpstream
 from gateproxy.upstream.interface import UpstreamError, WebSocketUpstream
 from tests.support.ports import free_port
+from tests.support.rawclient import RawHandler
 
 # --- servers ----------------------------------------------------------------------------
 
@@ -107,23 +108,6 @@ async def upstream() -> AsyncIterator[tuple[str, Peers]]:
     await runner.cleanup()
 
 
-RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@pytest.fixture
-async def raw_server() -> AsyncIterator[Callable[[RawHandler], Awaitable[str]]]:
-    """A TCP server running `handler` per connection; yields a starter returning its URL."""
-    servers: list[asyncio.Server] = []
-
-    async def start(handler: RawHandler) -> str:
-        server = await asyncio.start_server(handler, "127.0.0.1", 0)
-        servers.append(server)
-        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-
-    yield start
-    for server in servers:
-        server.close()
-        await server.wait_closed()
 
 
 async def read_head(reader: asyncio.StreamReader) -> bytes:

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from aiohttp import StreamReader
@@ -98,23 +98,6 @@ CASES = {
 }
 
 
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
-    servers: list[asyncio.Server] = []
-
-    async def start(handler: Handler) -> str:
-        server = await asyncio.start_server(handler, "127.0.0.1", 0)
-        servers.append(server)
-        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-
-    yield start
-    for server in servers:
-        server.close()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1):
-                await server.wait_closed()
-
-
 def _clients(url: str, connect_timeout_ms: int = 2000) -> list[UpstreamClient]:
     return [AiohttpUpstream(url, connect_timeout_ms, TIMEOUT_MS),
             FastUpstream(url, connect_timeout_ms, TIMEOUT_MS,
@@ -148,9 +131,9 @@ async def _failure(client: UpstreamClient, method: str = "GET",
 
 @pytest.mark.parametrize("case", list(CASES))
 async def test_both_clients_give_the_same_answer(
-        case: str, serve: Callable[[Handler], Awaitable[str]]) -> None:
+        case: str, raw_server: Callable[[Handler], Awaitable[str]]) -> None:
     handler, method, with_body, code, message, prefix = CASES[case]
-    url = await serve(handler)
+    url = await raw_server(handler)
     for client in _clients(url):
         got = await _failure(client, method, with_body)
         if message is not None:

@@ -13,9 +13,8 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import pytest
 
 from gateproxy.demo.standins import StandIn, docker_runner, platform_server
 from tests.support.ports import free_port
+from tests.support.processes import LoggedProcess
 
 HOST_ADDRESS = "198.18.0.1"
 PEER_ADDRESS = "198.18.0.2"
@@ -65,27 +65,21 @@ def namespace() -> Iterator[str]:
 
 @dataclass
 class Proxy:
-    process: asyncio.subprocess.Process
+    """A `gateproxy serve` with its admin port, and its log lines."""
+
+    logged: LoggedProcess
     admin_port: int
     proxy_port: int
-    lines: list[dict[str, Any]] = field(default_factory=list)
-
-    async def read(self) -> None:
-        assert self.process.stderr is not None
-        while line := await self.process.stderr.readline():
-            if line.startswith(b"{"):
-                self.lines.append(orjson.loads(line))
 
     def events(self, event: str) -> list[dict[str, Any]]:
-        return [line for line in self.lines if line["event"] == event]
+        return self.logged.events(event)
 
-    async def wait_for(self, event: str, timeout: float = 15.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while not self.events(event):
-            if time.monotonic() > deadline or self.process.returncode is not None:
-                raise AssertionError(f"no {event} line: {self.lines[-10:]}")
-            await asyncio.sleep(0.02)
-        return self.events(event)[-1]
+    @property
+    def lines(self) -> list[dict[str, Any]]:
+        return self.logged.lines
+
+    async def wait_for(self, event: str) -> dict[str, Any]:
+        return (await self.logged.wait_for(event))[-1]
 
 
 @contextlib.asynccontextmanager
@@ -111,8 +105,9 @@ async def serving(tmp_path: Path, token: str | None) -> AsyncIterator[Proxy]:
         sys.executable, "-m", "gateproxy", "serve", "--config", str(cfg),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         env={**env, "GATEPROXY_LOG_FORMAT": "json"})
-    proxy = Proxy(process, admin_port, proxy_port)
-    reader = asyncio.get_running_loop().create_task(proxy.read())
+    logged = LoggedProcess(process)
+    proxy = Proxy(logged, admin_port, proxy_port)
+    reader = asyncio.get_running_loop().create_task(logged.read())
     try:
         await proxy.wait_for("listening")
         yield proxy

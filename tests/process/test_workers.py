@@ -12,9 +12,7 @@ import contextlib
 import os
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,44 +26,14 @@ from gateproxy.demo.standins import StandIn, docker_runner, platform_server
 from tests.support.gateways import fast_path_env
 from tests.support.own_answers import MARKER, check_own_answer
 from tests.support.ports import free_port
+from tests.support.processes import LoggedProcess
 from tests.support.rawclient import exchange
 
 ROOT = Path(__file__).resolve().parents[2]
 AGREEMENT_S = 0.05  # every worker applies a state change within this of the first
 
 
-@dataclass
-class Proxy:
-    """A `gateproxy serve` with `workers: 2`, its stderr read line by line as it comes."""
-
-    process: asyncio.subprocess.Process
-    port: int
-    lines: list[dict[str, Any]] = field(default_factory=list)
-    reader: asyncio.Task[None] | None = None
-
-    async def read(self) -> None:
-        assert self.process.stderr is not None
-        while line := await self.process.stderr.readline():
-            if line.startswith(b"{"):
-                self.lines.append(orjson.loads(line))
-
-    def events(self, event: str) -> list[dict[str, Any]]:
-        return [line for line in self.lines if line["event"] == event]
-
-    async def wait_for(self, event: str, count: int = 1, timeout: float = 15.0,
-                       **fields: Any) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [ln for ln in self.events(event)
-                     if all(ln.get(k) == v for k, v in fields.items())]
-            if len(found) >= count:
-                return found
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {count} {event} {fields} lines: {self.lines[-20:]}")
-            await asyncio.sleep(0.02)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+Proxy = LoggedProcess
 
 
 def write_config(path: Path, port: int, upstream: str, runner: str, *,

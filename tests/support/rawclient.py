@@ -9,7 +9,11 @@ import asyncio
 import contextlib
 import re
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+# A raw TCP server's per-connection handler (the `raw_server` fixture, tests/conftest.py).
+RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @dataclass

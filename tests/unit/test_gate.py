@@ -6,12 +6,9 @@ it by what real Fastify, Express and WHATWG-parser routers make of the forwarded
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
-from gateproxy import config
-from gateproxy.core.dependency import DependencyStatus, Maintenance, ProbeError
+from gateproxy.core.dependency import Maintenance
 from gateproxy.core.gate import (
     HEALTH,
     NOT_FOUND,
@@ -19,33 +16,12 @@ from gateproxy.core.gate import (
     BadRequest,
     Forward,
     Gate,
-    Guard,
     Own,
     Reject,
     Verdict,
     Wait,
 )
-from gateproxy.monitor.loop import Monitor
-from gateproxy.monitor.probe import Prober
-
-REFUSED = ProbeError("connection_refused", "refused")
-
-
-def make_gate(state: str, admin_port: int | None = None, hold_ms: int = 0) -> Gate:
-    """A gate over the default configuration's docker-runner, in `state`."""
-    cfg = config.load(None, {})
-    cfg = dataclasses.replace(cfg, admin_port=admin_port)
-    dep = dataclasses.replace(cfg.dependencies[0], hold_ms=hold_ms, gated_routes=(
-        config.GatedRoute("/api/containers", None),
-        config.GatedRoute("/test/workspaces", frozenset({"POST"}))))
-    status = DependencyStatus(dep)
-    if state == "up":
-        status.record_success(1.0, 1)
-    elif state == "down":
-        status.record_failure(1.0, 1, REFUSED)
-    guard = Guard(status, Monitor(status, Prober()), b"{}")
-    return Gate.build([guard], cfg)
-
+from tests.support.gates import make_gate
 
 DOWN = make_gate("down")
 
