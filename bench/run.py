@@ -5,17 +5,18 @@ Starts on 127.0.0.1: nginx (the upstream: ~100-byte JSON on /api/ping, a 1 MiB f
 /api/containers while the runner is down), the naive calibration proxy
 (bench/naive_proxy.py: the cost of forwarding with public APIs and nothing else) and
 gateproxy (`python -m gateproxy serve`).
-Then `wrk --latency` rounds, interleaved (A B C A B C ...), for small GETs, the 503
-short-circuit with the runner stopped and 1 MiB downloads; gateproxy's peak RSS; startup
-time; the gate's cost with 1 and 1000 prefixes; WebSocket echo through gateproxy vs
-direct. Prints a table of medians and a last line `RESULT key=value ...` with the
+Then `wrk --latency` rounds, interleaved (A B C A B C ...), for small GETs, small GETs at
+one connection (the latency each proxy adds over nginx direct, and its CPU per request),
+the 503 short-circuit with the runner stopped and 1 MiB downloads; gateproxy's peak RSS;
+startup time; the gate's cost with 1 and 1000 prefixes; WebSocket echo through gateproxy
+vs direct. Prints a table of medians and a last line `RESULT key=value ...` with the
 ratios of those medians.
 
 Installs nothing: wrk, nginx and haproxy come from Debian
 (`apt-get install -y wrk nginx-light haproxy`). Everything it starts it stops by PID.
 
-    .venv/bin/python bench/run.py            # a few minutes
-    .venv/bin/python bench/run.py --quick    # about a minute
+    .venv/bin/python bench/run.py            # about 7 minutes
+    .venv/bin/python bench/run.py --quick    # about 2 minutes
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ BIG_SIZE = 1 << 20
 TOOLS = {"wrk": "wrk", "nginx": "nginx-light (or nginx)", "haproxy": "haproxy"}
 # Environment variables that would override the benchmark's gateproxy configuration.
 _CONFIG_ENV = re.compile(r"^(GATEPROXY_(?!UVLOOP)|DOCKER_RUNNER_|PLATFORM_SERVER_URL)")
+CLK_TCK = os.sysconf("SC_CLK_TCK")  # the unit of utime and stime in /proc/<pid>/stat
 
 RUNNER_SCRIPT = """
 import sys
@@ -187,6 +189,32 @@ def peak_rss_mib(pid: int) -> float:
     raise BenchError(f"no VmHWM for pid {pid}")
 
 
+def cpu_ticks(pid: int) -> dict[int, int]:
+    """utime + stime, in clock ticks, of `pid` and of each of its descendants (a
+    supervisor's workers), by PID."""
+    ticks = {}
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        # A process may exit while it is read: it has no more CPU time to count.
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            # Field 2, the command, is in parentheses and may hold anything: split after it.
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks[p] = int(fields[11]) + int(fields[12])  # fields 14 and 15
+            # A child is listed under the thread that started it.
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return ticks
+
+
+def cpu_seconds_since(before: dict[int, int], pid: int) -> float:
+    """CPU time of `pid` and its descendants since `before` (a cpu_ticks() of it). A
+    process gone since then is left out rather than counted negative; a new one counts
+    whole."""
+    after = cpu_ticks(pid)
+    return sum(t - before.get(p, 0) for p, t in after.items()) / CLK_TCK
+
+
 # --- wrk --------------------------------------------------------------------------------
 
 
@@ -197,6 +225,8 @@ class Run:
     p99_ms: float
     mib_s: float
     errors: int  # socket errors, and non-2xx answers where 2xx were expected
+    requests: int
+    cpu_s: float = float("nan")  # the target's processes' CPU time over the run, if measured
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
@@ -218,6 +248,7 @@ def parse_wrk(out: str, expect_2xx: bool) -> Run:
         return match
 
     rps = float(find(r"^Requests/sec:\s+([\d.]+)").group(1))
+    requests = int(find(r"^\s+(\d+) requests in ").group(1))
     transfer = find(r"^Transfer/sec:\s+([\d.]+)(B|KB|MB|GB|TB)")
     mib_s = float(transfer.group(1)) * _BYTES[transfer.group(2)] / (1 << 20)
     p50 = _duration_ms(find(r"^\s+50%\s+(\S+)").group(1))
@@ -229,7 +260,7 @@ def parse_wrk(out: str, expect_2xx: bool) -> Run:
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non2xx is not None and expect_2xx:
         errors += int(non2xx.group(1))
-    return Run(rps, p50, p99, mib_s, errors)
+    return Run(rps, p50, p99, mib_s, errors, requests)
 
 
 @dataclass
@@ -266,15 +297,22 @@ def wrk(url: str, seconds: int, connections: int, threads: int, expect_2xx: bool
 
 
 def interleaved(scenario: str, targets: dict[str, str], settings: Settings,
-                connections: int, expect_2xx: bool = True) -> list[Series]:
-    """A B C A B C ...: each target runs once per round, after a short warm-up each."""
+                connections: int, expect_2xx: bool = True,
+                cpu_of: dict[str, int] | None = None) -> list[Series]:
+    """A B C A B C ...: each target runs once per round, after a short warm-up each.
+    `cpu_of`: the PIDs of targets whose CPU time (with their descendants') each run
+    records."""
     series = [Series(scenario, name) for name in targets]
     for url in targets.values():
         wrk(url, 1, connections, settings.threads, expect_2xx)
     for _ in range(settings.rounds):
         for s, url in zip(series, targets.values(), strict=True):
-            s.runs.append(wrk(url, settings.duration, connections, settings.threads,
-                              expect_2xx))
+            pid = (cpu_of or {}).get(s.target)
+            before = cpu_ticks(pid) if pid is not None else {}
+            run = wrk(url, settings.duration, connections, settings.threads, expect_2xx)
+            if pid is not None:
+                run.cpu_s = cpu_seconds_since(before, pid)
+            s.runs.append(run)
     return series
 
 
@@ -423,12 +461,12 @@ class Bench:
 
     # gateproxy
 
-    def start_naive(self) -> int:
+    def start_naive(self) -> tuple[Proc, int]:
         port = free_port()
         proc = self.procs.start("naive", [self.python, str(HERE / "naive_proxy.py"),
                                           str(port), str(self.nginx_port)], env=self.env)
         wait_for("the naive proxy", status_is(port, "/api/ping", 200), proc=proc)
-        return port
+        return proc, port
 
     def gateproxy_config(self, name: str, port: int, prefixes: int = 1,
                          upstream_port: int | None = None) -> Path:
@@ -509,6 +547,36 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
+@dataclass
+class Added:
+    """What a proxy costs at one connection, medians over the rounds."""
+
+    p50_us: float  # latency added over nginx direct
+    p99_us: float
+    cpu_us_per_req: float  # the proxy's processes
+
+
+def added(direct: Series, proxy: Series) -> Added:
+    """The differences are taken round by round: the runs of a round are seconds apart, so
+    what else the machine does weighs on both."""
+    rounds = list(zip(direct.runs, proxy.runs, strict=True))
+    return Added(
+        statistics.median((p.p50_ms - d.p50_ms) * 1000 for d, p in rounds),
+        statistics.median((p.p99_ms - d.p99_ms) * 1000 for d, p in rounds),
+        statistics.median(ratio(p.cpu_s * 1e6, p.requests) for p in proxy.runs))
+
+
+def one_connection_table(direct: Series, costs: dict[str, Added]) -> str:
+    lines = [f"one connection (wrk -t1 -c1, /api/ping), medians of {len(direct.runs)} rounds;"
+             f" nginx direct: p50 {direct.median('p50_ms') * 1000:.0f} us,"
+             f" p99 {direct.median('p99_ms') * 1000:.0f} us",
+             f"{'proxy':<16}{'added p50 us':>14}{'added p99 us':>14}{'CPU us/req':>12}"]
+    for name, cost in costs.items():
+        lines.append(f"{name:<16}{cost.p50_us:>14.0f}{cost.p99_us:>14.0f}"
+                     f"{cost.cpu_us_per_req:>12.1f}")
+    return "\n".join(lines)
+
+
 # --- main -------------------------------------------------------------------------------
 
 
@@ -516,7 +584,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="2 rounds of 2 s (about a minute) instead of 4 of 5 s")
+                        help="2 rounds of 2 s (about 2 minutes) instead of 4 of 5 s")
     parser.add_argument("--rounds", type=int, help="rounds per scenario")
     parser.add_argument("--duration", type=int, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=64,
@@ -564,8 +632,8 @@ def run(bench: Bench, settings: Settings, args: argparse.Namespace, started: flo
           f"{os.cpu_count()} CPUs, loopback", flush=True)
     bench.start_nginx()
     bench.start_runner()
-    bench.start_haproxy()
-    naive_port = bench.start_naive()
+    haproxy = bench.start_haproxy()
+    naive, naive_port = bench.start_naive()
     gp, gp_port = bench.gateproxy("gateproxy")
     url = {
         "direct": f"http://{HOST}:{bench.nginx_port}",
@@ -581,6 +649,15 @@ def run(bench: Bench, settings: Settings, args: argparse.Namespace, started: flo
     print("bench: small GETs", flush=True)
     series += interleaved("small GET", {n: u + "/api/ping" for n, u in url.items()},
                           settings, settings.connections)
+
+    print("bench: small GETs at one connection", flush=True)
+    # wrk wants at least one connection per thread.
+    c1 = interleaved("1-conn GET", {n: u + "/api/ping" for n, u in url.items()},
+                     replace(settings, threads=1), 1,
+                     cpu_of={"haproxy": haproxy.pid, "naive": naive.pid, "gateproxy": gp.pid})
+    series += c1
+    c1_direct, *c1_proxies = c1  # in the order of `url`: direct first
+    c1_costs = {s.target: added(c1_direct, s) for s in c1_proxies}
 
     print("bench: 1 MiB downloads", flush=True)
     series += interleaved("1 MiB GET", {n: u + "/big" for n, u in url.items()},
@@ -627,6 +704,8 @@ def run(bench: Bench, settings: Settings, args: argparse.Namespace, started: flo
     by = {(s.scenario, s.target): s for s in series}
     print()
     print(table(series, ws))
+    print()
+    print(one_connection_table(c1_direct, c1_costs))
     print(f"\nstartup (process start to first proxied 200), median of {len(startups)}: "
           f"{statistics.median(startups) * 1000:.0f} ms "
           f"(min {min(startups) * 1000:.0f}, max {max(startups) * 1000:.0f})")
@@ -660,6 +739,12 @@ def run(bench: Bench, settings: Settings, args: argparse.Namespace, started: flo
         "judge_us_1": judge_us["1 prefix"][0],
         "judge_us_1000": judge_us["1000 prefixes"][0],
     }
+    for name, cost in c1_costs.items():
+        result[f"c1_added_p50_us_{name}"] = cost.p50_us
+        result[f"c1_added_p99_us_{name}"] = cost.p99_us
+        result[f"c1_cpu_us_per_req_{name}"] = cost.cpu_us_per_req
+    result["c1_added_p50_vs_haproxy"] = ratio(c1_costs["gateproxy"].p50_us,
+                                              c1_costs["haproxy"].p50_us)
     if ws:
         def ws_median(name: str, attr: str) -> float:
             return float(statistics.median(getattr(run, attr) for run in ws[name]))
