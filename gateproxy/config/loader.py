@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from gateproxy.config import readers as r
-from gateproxy.config import settings
+import gateproxy.config.readers as r
+import gateproxy.config.settings as settings
 from gateproxy.config.readers import ConfigError, Path, camel_case
 from gateproxy.config.settings import ENV_DEPENDENCY, GRPC_READY_METHOD, LOG_LEVELS, Setting
 from gateproxy.core.model import (

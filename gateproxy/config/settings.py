@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from gateproxy.config import readers as r
+import gateproxy.config.readers as r
 from gateproxy.core.model import GatedRoute, redact_url
 
 DEP: Final = "dependencies[]."  # the key prefix of a setting of each dependency
