@@ -14,6 +14,9 @@ replaces the rest with:
   body has already arrived (the usual small JSON request), so one send per request;
 - one retry on a fresh connection when a pooled connection turns out to be closed
   before any answer, only for requests that are safe to repeat (idempotent, no body);
+- `begin`, a bodiless GET written on an idle pooled connection without a task: its
+  answer is awaited by callbacks (`Sent`), and when it is not a whole small one the
+  task path takes the half-done exchange over (`Sent.finish`);
 - `whole_body` for a small answer that came in one piece with its head, and `pipe_body`,
   which hands the rest of a Content-Length body from the upstream socket straight to
   the client's transport (the fast path in gateproxy/aio/fastpath.py uses both).
@@ -28,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 import aiohttp
@@ -67,6 +70,8 @@ REQUIRES: Final = (
     Need(ResponseHandler, "should_close"),
     Need(ResponseHandler, "set_exception", call=True),
     Need(aiohttp.StreamReader, "total_bytes"),
+    # The parsed answers' queue, read without a task by `Sent.poll`.
+    Need(ResponseHandler, "_buffer"),
 )
 
 # RFC 9110 section 9.2.2: a request with one of these methods may be repeated.
@@ -98,6 +103,9 @@ class _Protocol(ResponseHandler):
         # (CPython 3.11 checks for a fork), which the profile showed twice per request.
         self.loop = loop
         self.pipe: _Pipe | None = None
+        # Called on every event of an exchange awaited without a task (`Sent`): bytes
+        # parsed, the connection lost, the read timeout.
+        self.listener: Callable[[], None] | None = None
         # The response parser can take the next answer on this connection: whether it
         # skips bodies (HEAD), or None when the next request needs a new parser.
         self.parser_skips: bool | None = None
@@ -131,6 +139,7 @@ class _Protocol(ResponseHandler):
         pipe = self.pipe
         if pipe is None or not data:
             super().data_received(data)
+            self._notify()
             return
         self._reschedule_timeout()
         pipe.feed(data)
@@ -142,6 +151,7 @@ class _Protocol(ResponseHandler):
         if self.pipe is not None:
             self.pipe.finish(False)
         super().connection_lost(exc)
+        self._notify()
 
     def _on_read_timeout(self) -> None:
         if self.pipe is not None:
@@ -149,6 +159,14 @@ class _Protocol(ResponseHandler):
             self.abort()
             return
         super()._on_read_timeout()
+        self._notify()
+
+    def _notify(self) -> None:
+        # Last, once aiohttp's protocol has done its own bookkeeping: the listener may
+        # release this connection and send the next request on it.
+        listener = self.listener
+        if listener is not None:
+            listener()
 
 
 class _Pipe:
@@ -266,15 +284,18 @@ class FastResponse:
             raise failure(exc, self._client._read_timeout_ms, mid_body=True) from exc
         self.release()
 
+    @property
+    def arrived(self) -> bool:
+        """Whether the whole body, delimited by a Content-Length, has arrived and none
+        of it has been read (a small answer usually comes in one piece with its head)."""
+        return self.pipeable and self._payload.is_eof()
+
     def whole_body(self) -> bytes | None:
-        """The whole body, when it is delimited by a Content-Length and has already
-        arrived (a small answer usually comes in one piece with its head); the
-        connection then goes back to the pool. None otherwise: iterate instead."""
-        payload = self._payload
-        if self._done or self._length is None or not payload.is_eof() \
-                or payload.exception() is not None or self._body_task is not None:
+        """The whole body, when it has `arrived`; the connection then goes back to the
+        pool. None otherwise: iterate instead."""
+        if not self.arrived:
             return None
-        body = payload.read_nowait(-1)
+        body = self._payload.read_nowait(-1)
         self.release()
         return body
 
@@ -352,6 +373,54 @@ class FastResponse:
         self._proto.abort()
 
 
+class Sent:
+    """A bodiless GET written on a pooled connection, its answer awaited without a task:
+    the connection's protocol calls the listener (`listen`) on each event until `poll`
+    says the exchange has moved on. A whole small answer is then answered from that
+    callback; anything else is finished on the task path (`finish`), with the existing
+    code: the read of the head, the error map, the retry of a stale connection."""
+
+    __slots__ = ("_client", "_head", "_proto", "response")
+
+    def __init__(self, client: FastUpstream, proto: _Protocol, head: bytes) -> None:
+        self._client = client
+        self._proto = proto
+        self._head = head
+        self.response: FastResponse | None = None
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        self._proto.listener = listener
+
+    def poll(self) -> bool:
+        """Whether the exchange has moved on: the final answer's head has arrived (taken
+        off the connection's queue as `response`), or it failed (`finish` says how).
+        From then on the connection no longer calls the listener."""
+        proto = self._proto
+        queue = proto._buffer
+        while queue:
+            (message, payload), _ = queue.popleft()
+            if _final(message):
+                self.response = FastResponse(self._client, proto, message, payload, None)
+                break
+        else:
+            if proto.exception() is None:
+                return False
+        proto.listener = None
+        return True
+
+    async def finish(self) -> FastResponse:
+        """The answer's head on the task path, as `FastUpstream.send` gives it."""
+        self._proto.listener = None
+        if self.response is not None:
+            return self.response
+        return await self._client._finish(self._proto, self._head)
+
+    def abort(self) -> None:
+        """The client went away: the exchange is unfinished, the connection dropped."""
+        self._proto.listener = None
+        self._proto.abort()
+
+
 class FastUpstream:
     """Keep-alive HTTP/1.1 to one upstream origin; adds no headers of its own except a
     `Host` when the client sent none, never decompresses, never follows redirects."""
@@ -388,11 +457,40 @@ class FastUpstream:
         except _Stale as stale:
             if not (reused and method in IDEMPOTENT):
                 raise failure(stale.cause, self._read_timeout_ms) from stale.cause
+        return await self._retry(method, head, body, chunked)
+
+    async def _retry(self, method: str, head: bytes, body: aiohttp.StreamReader | None,
+                     chunked: bool) -> FastResponse:
+        """The one retry on a fresh connection, after a pooled one closed unanswered."""
         proto = await self._connect()
         try:
             return await self._exchange(proto, method, head, body, chunked)
         except _Stale as stale:
             raise failure(stale.cause, self._read_timeout_ms) from stale.cause
+
+    def begin(self, target: str, headers: CIMultiDict[str]) -> Sent | None:
+        """Write a bodiless GET on an idle pooled connection and return at once: its
+        answer is awaited by callbacks (`Sent`). None when there is no idle connection
+        (a connect is needed) or the head is refused: `send` then does all of it, and
+        meets the same refusal."""
+        if self._closed:
+            return None
+        try:
+            head = self._head("GET", target, headers, False, False)
+        except UpstreamError:
+            return None
+        proto = self._pooled()
+        if proto is None:
+            return None
+        self._write(proto, "GET", head, None, False)
+        return Sent(self, proto, head)
+
+    async def _finish(self, proto: _Protocol, head: bytes) -> FastResponse:
+        """The rest of `send` for a GET `begin` wrote on a pooled connection."""
+        try:
+            return await self._reply(proto, True, None)
+        except _Stale:
+            return await self._retry("GET", head, None, False)
 
     def _head(self, method: str, target: str, headers: CIMultiDict[str],
               body: bool, chunked: bool) -> bytes:
@@ -423,6 +521,13 @@ class FastUpstream:
 
     async def _exchange(self, proto: _Protocol, method: str, head: bytes,
                         body: aiohttp.StreamReader | None, chunked: bool) -> FastResponse:
+        body_task = self._write(proto, method, head, body, chunked)
+        return await self._reply(proto, body is None, body_task)
+
+    def _write(self, proto: _Protocol, method: str, head: bytes,
+               body: aiohttp.StreamReader | None, chunked: bool) -> asyncio.Task[bool] | None:
+        """Send the request (the head and a body already here in one write); the task
+        that streams a body still arriving."""
         skip = method == "HEAD"
         if proto.parser_skips is not skip:
             # A parser that has read a whole answer is ready for the next one (aiohttp's
@@ -434,33 +539,35 @@ class FastUpstream:
         transport = proto.transport
         if transport is None:
             raise _Stale(aiohttp.ServerDisconnectedError())
-        body_task: asyncio.Task[bool] | None = None
-        try:
-            if body is None:
-                transport.write(head)
-                proto.start_timeout()
-            elif body.is_eof() and body.exception() is None:
-                # The whole body is already here: head and body in one write.
-                data = body.read_nowait(-1)
-                if chunked:
-                    framed = [head, b"%x\r\n" % len(data), data, b"\r\n0\r\n\r\n"] if data \
-                        else [head, b"0\r\n\r\n"]
-                    transport.writelines(framed)
-                else:
-                    transport.writelines([head, data])
-                proto.start_timeout()
+        if body is None:
+            transport.write(head)
+        elif body.is_eof() and body.exception() is None:
+            # The whole body is already here: head and body in one write.
+            data = body.read_nowait(-1)
+            if chunked:
+                framed = [head, b"%x\r\n" % len(data), data, b"\r\n0\r\n\r\n"] if data \
+                    else [head, b"0\r\n\r\n"]
+                transport.writelines(framed)
             else:
-                transport.write(head)
-                body_task = proto.loop.create_task(
-                    _send_body(proto, body, chunked))
+                transport.writelines([head, data])
+        else:
+            transport.write(head)
+            return proto.loop.create_task(_send_body(proto, body, chunked))
+        proto.start_timeout()
+        return None
+
+    async def _reply(self, proto: _Protocol, bodiless: bool,
+                     body_task: asyncio.Task[bool] | None) -> FastResponse:
+        """The final answer's head to a request written on `proto`."""
+        try:
             message, payload = await _read_head(proto)
         except BaseException as exc:
             # Failed or cancelled (the client went away, a caller's timeout): the exchange
             # is unfinished, so the connection cannot be reused.
             _cancel(body_task)
             proto.abort()
-            if body is None and isinstance(exc, aiohttp.ServerDisconnectedError
-                                           | aiohttp.ClientOSError):
+            if bodiless and isinstance(exc, aiohttp.ServerDisconnectedError
+                                       | aiohttp.ClientOSError):
                 raise _Stale(exc) from exc
             if isinstance(exc, _FAILURES):
                 raise failure(exc, self._read_timeout_ms) from exc
@@ -470,6 +577,14 @@ class FastUpstream:
     # --- the pool ---------------------------------------------------------------------
 
     async def _acquire(self) -> tuple[_Protocol, bool]:
+        proto = self._pooled()
+        if proto is not None:
+            return proto, True
+        return await self._connect(), False
+
+    def _pooled(self) -> _Protocol | None:
+        """The most recently used idle connection still fit for a request; the unfit
+        ones met on the way are closed."""
         idle = self._idle
         if idle:
             now = idle[-1][0].loop.time()
@@ -477,9 +592,9 @@ class FastUpstream:
                 proto, since = idle.pop()
                 if now - since < POOL_IDLE_S and proto.is_connected() \
                         and not proto.should_close:
-                    return proto, True
+                    return proto
                 proto.close()
-        return await self._connect(), False
+        return None
 
     def _release(self, proto: _Protocol) -> None:
         if self._closed or proto.should_close or not proto.is_connected() \
@@ -528,8 +643,12 @@ async def _read_head(proto: _Protocol) -> tuple[RawResponseMessage, StreamReader
     """The final response's head; informational (1xx) answers are skipped."""
     while True:
         message, payload = await proto.read()
-        if not 100 <= message.code < 200:
+        if _final(message):
             return message, payload
+
+
+def _final(message: RawResponseMessage) -> bool:
+    return not 100 <= message.code < 200
 
 
 async def _send_body(proto: _Protocol, body: aiohttp.StreamReader, chunked: bool) -> bool:
