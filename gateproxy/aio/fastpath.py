@@ -10,12 +10,18 @@ kinds of action:
 
 - an answer of the proxy's own (the gate's 503, a 400 for a bad path...): its bytes,
   written at once, as the usual path writes them;
-- a forward: to the plan's target with the plan's headers. An answer delimited by a
-  Content-Length goes back in one write when the whole body came with the head (small
-  answers), else piped from the upstream connection to the client's as it arrives
-  (large downloads: no parsing, queueing or task switch per piece). Any other answer
-  (chunked, close-delimited, empty by its status) goes through `relay`, on a real
-  aiohttp Request.
+- a forward: to the plan's target with the plan's headers. On an idle pooled upstream
+  connection it is carried by the two protocols' callbacks, without a task: the head
+  goes upstream in one write, and when the upstream protocol has parsed an answer
+  delimited by a Content-Length whose whole body has arrived (small answers), its
+  `data_received` writes it to the client in one write and takes the next request
+  (`_Callbacks`). Everything else is finished by a task (`FastPath.forward`): the
+  connect when no pooled connection is idle, the retry of a stale one, errors and
+  timeouts, and the answers that are not whole yet, whose body is piped from the
+  upstream connection to the client's as it arrives (large downloads: no parsing,
+  queueing or task switch per piece), or, when not delimited by a Content-Length
+  (chunked, close-delimited, empty by its status), relayed by `relay` on a real aiohttp
+  Request.
 
 Everything else goes the usual way, where it is planned again: requests with a body,
 other methods, HTTP/1.0, `Connection: close`, upgrades, `Expect`, the other actions (a
@@ -38,7 +44,7 @@ from aiohttp import helpers, http_parser, http_writer, web
 from aiohttp.http import HttpVersion11, RawRequestMessage, StreamWriter
 from aiohttp.streams import EMPTY_PAYLOAD
 
-from gateproxy.aio.client import FastResponse, PipeSlot
+from gateproxy.aio.client import FastResponse, FastUpstream, PipeSlot, Sent
 from gateproxy.aio.needs import Need
 from gateproxy.aio.server import LimitedHandler, LimitedSite
 from gateproxy.aio.wire import relay
@@ -105,6 +111,8 @@ class FastPath:
     def __init__(self, policy: FastPolicy, client: UpstreamClient) -> None:
         self._policy = policy
         self._client = client
+        # Forwards carried by callbacks need the lean client's pooled connections.
+        self._lean = client if isinstance(client, FastUpstream) else None
         # The bytes of recent own answers, with the Date they were made with: a 503's
         # bytes change with its Retry-After (a header of the answer) and the Date only.
         self._rendered: dict[Answer, tuple[str, bytes]] = {}
@@ -139,15 +147,50 @@ class FastPath:
 
     # --- forwarding -------------------------------------------------------------------
 
-    async def forward(self, handler: FastPathHandler, message: RawRequestMessage,
-                      plan: ForwardPlan) -> bool:
-        """Forward a bodiless GET as `plan` says; True when the client connection may
-        take its next request. The aiohttp Request the usual path works on is made only
-        when an answer needs one."""
-        policy = self._policy
+    def begin(self, handler: FastPathHandler, message: RawRequestMessage,
+              plan: ForwardPlan) -> _Callbacks | None:
+        """Send a bodiless GET upstream on an idle pooled connection, its answer awaited
+        by callbacks; None when there is none (`forward` does it all then)."""
         started = time.perf_counter()
+        lean = self._lean
+        sent = None if lean is None else lean.begin(plan.target, plan.headers)
+        if sent is None:
+            return None
+        callbacks = _Callbacks(handler, message, plan, sent, started)
+        sent.listen(callbacks)
+        return callbacks
+
+    def answer_whole(self, handler: FastPathHandler, upstream: UpstreamResponse,
+                     plan: ForwardPlan, started: float) -> bool | None:
+        """Write an answer whose whole body, delimited by a Content-Length, has arrived:
+        head and body in one write (from the upstream protocol's callback, or the task's).
+        True or False as `forward`; None when it is not such an answer."""
+        if not isinstance(upstream, FastResponse) or not upstream.arrived:
+            return None
+        head = self._framed_head(upstream)
+        if head is None:
+            return None
+        policy = self._policy
+        policy.latency(time.perf_counter() - started)
+        transport = handler.transport
+        body = None if transport is None else upstream.whole_body()
+        if transport is None or body is None:  # the client's connection is gone
+            upstream.close()
+            return False
+        policy.forwarded("GET", upstream.status, plan.target)
+        transport.writelines([head, body])
+        return True
+
+    async def forward(self, handler: FastPathHandler, message: RawRequestMessage,
+                      plan: ForwardPlan, begun: _Callbacks | None) -> bool:
+        """Forward a bodiless GET as `plan` says, or finish the forward `begin` began;
+        True when the client connection may take its next request. The aiohttp Request
+        the usual path works on is made only when an answer needs one."""
+        policy = self._policy
+        started = time.perf_counter() if begun is None else begun.started
         try:
-            upstream = await self._client.send("GET", plan.target, plan.headers, None)
+            upstream = await (self._client.send("GET", plan.target, plan.headers, None)
+                              if begun is None else begun.sent.finish())
         except UpstreamError as exc:
             answer = error(exc.code, exc.message)
             policy.forwarded("GET", answer.status, plan.target)
@@ -156,8 +199,11 @@ class FastPath:
                 return False
             transport.write(self.rendered(answer))
             return True
-        policy.latency(time.perf_counter() - started)
         try:
+            keep = self.answer_whole(handler, upstream, plan, started)
+            if keep is not None:
+                return keep
+            policy.latency(time.perf_counter() - started)
             head = self._framed_head(upstream)
             if head is None:
                 request = handler.make_request(message)
@@ -174,10 +220,6 @@ class FastPath:
             if transport is None:
                 return False
             policy.forwarded("GET", upstream.status, plan.target)
-            body = upstream.whole_body()
-            if body is not None:
-                transport.writelines([head, body])
-                return True
             transport.write(head)
             if await upstream.pipe_body(transport, handler.pipes):
                 return True
@@ -201,6 +243,47 @@ class FastPath:
             f"HTTP/1.1 {upstream.status} {upstream.reason}", headers)
 
 
+class _Callbacks:
+    """A forward carried by the two protocols' callbacks, without a task: the upstream
+    connection calls it on each event until its answer's head has arrived or the
+    exchange failed. A whole small answer is then written at once; anything else is
+    handed, half done, to a task that finishes it (`FastPath.forward`)."""
+
+    __slots__ = ("handler", "message", "plan", "sent", "started")
+
+    def __init__(self, handler: FastPathHandler, message: RawRequestMessage, plan: ForwardPlan,
+                 sent: Sent, started: float) -> None:
+        self.handler = handler
+        self.message = message
+        self.plan = plan
+        self.sent = sent
+        self.started = started
+
+    def __call__(self) -> None:
+        sent = self.sent
+        if not sent.poll():
+            return  # a head still in pieces
+        handler = self.handler
+        upstream = sent.response
+        try:
+            keep = None if upstream is None else handler._fast.answer_whole(
+                handler, upstream, self.plan, self.started)
+        except Exception as exc:
+            log.error("fast_path_failed", message=repr(exc))
+            keep = False
+        if keep is None:
+            handler._forwarding = handler._loop.create_task(
+                handler._forward(self.message, self.plan, self))
+            return
+        handler._settled()
+        handler._next(keep)
+
+    def cancel(self) -> None:
+        """The client went away: so does its upstream request."""
+        self.sent.abort()
+        self.handler._settled()
+
+
 class FastPathHandler(LimitedHandler):
     """A LimitedHandler that gives the fast path the first look at each request."""
 
@@ -209,7 +292,8 @@ class FastPathHandler(LimitedHandler):
     def __init__(self, manager: web.Server, *, fast: FastPath, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._fast = fast
-        self._forwarding: asyncio.Task[None] | None = None
+        # The forward in flight: carried by callbacks, or by a task.
+        self._forwarding: _Callbacks | asyncio.Task[None] | None = None
         # A body piped from upstream pauses with this connection's writing.
         self.pipes = PipeSlot()
 
@@ -269,7 +353,8 @@ class FastPathHandler(LimitedHandler):
                 self._manager.requests_count += 1
             if type(action) is ForwardPlan:
                 self._request_in_progress = True  # aiohttp's graceful shutdown waits
-                self._forwarding = self._loop.create_task(self._forward(message, action))
+                self._forwarding = fast.begin(self, message, action) or \
+                    self._loop.create_task(self._forward(message, action, None))
                 if self._buffer_paused and len(messages) <= self._msg_queue_resume_size:
                     self._resume_reading_if_drained()
                 return
@@ -290,19 +375,28 @@ class FastPathHandler(LimitedHandler):
         if self._buffer_paused and len(messages) <= self._msg_queue_resume_size:
             self._resume_reading_if_drained()
 
-    async def _forward(self, message: RawRequestMessage, plan: ForwardPlan) -> None:
+    async def _forward(self, message: RawRequestMessage, plan: ForwardPlan,
+                       begun: _Callbacks | None) -> None:
         keep = False
         try:
-            keep = await self._fast.forward(self, message, plan)
+            keep = await self._fast.forward(self, message, plan, begun)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.error("fast_path_failed", message=repr(exc))
         finally:
-            self._forwarding = None
-            self._request_in_progress = False
-            if self._handler_waiter is not None and not self._handler_waiter.done():
-                self._handler_waiter.set_result(None)
+            self._settled()
+        self._next(keep)
+
+    def _settled(self) -> None:
+        """The forward in flight is over: aiohttp's graceful shutdown may go on."""
+        self._forwarding = None
+        self._request_in_progress = False
+        if self._handler_waiter is not None and not self._handler_waiter.done():
+            self._handler_waiter.set_result(None)
+
+    def _next(self, keep: bool) -> None:
+        """After a forward's answer: the next request (`keep`), or the connection's end."""
         if not keep:
             self.force_close()
             return
