@@ -391,6 +391,13 @@ class Sent:
     def listen(self, listener: Callable[[], None]) -> None:
         self._proto.listener = listener
 
+    def write(self) -> None:
+        """Send the request, unless its connection has ended meanwhile (the client went
+        away, or the upstream closed it: `poll` then says so)."""
+        proto = self._proto
+        if proto.transport is not None:
+            self._client._write(proto, "GET", self._head, None, False)
+
     def poll(self) -> bool:
         """Whether the exchange has moved on: the final answer's head has arrived (taken
         off the connection's queue as `response`), or it failed (`finish` says how).
@@ -482,8 +489,13 @@ class FastUpstream:
         proto = self._pooled()
         if proto is None:
             return None
-        self._write(proto, "GET", head, None, False)
-        return Sent(self, proto, head)
+        sent = Sent(self, proto, head)
+        # Written from the loop's ready queue, after this turn's other callbacks: a burst
+        # of requests then reaches the upstream together, and wakes it once rather than
+        # once each (written at once, measured: about 10 us more CPU per request at 64
+        # connections, in wake-ups charged to the writes).
+        proto.loop.call_soon(sent.write)
+        return sent
 
     async def _finish(self, proto: _Protocol, head: bytes) -> FastResponse:
         """The rest of `send` for a GET `begin` wrote on a pooled connection."""
