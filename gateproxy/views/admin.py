@@ -22,7 +22,6 @@ import aiohttp_jinja2
 import jinja2
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateproxy import __version__
 from gateproxy.core import access, answers
@@ -32,6 +31,8 @@ from gateproxy.core.gate import ADMIN_ENDPOINTS
 from gateproxy.core.runtime import Runtime
 from gateproxy.core.watch import Maintainable
 from gateproxy.logs import log
+from gateproxy.views import exposition
+from gateproxy.views.counts import Family
 
 
 class View(Protocol):
@@ -52,8 +53,8 @@ class View(Protocol):
 
     def statuses(self) -> list[DependencyStatus]: ...
 
-    def exposition(self) -> bytes:
-        """The Prometheus text exposition of the proxy's metrics."""
+    def families(self) -> list[Family]:
+        """The proxy's metrics as numbers (a supervisor's: its workers' added up)."""
 
     def recent(self) -> dict[str, Any]:
         """Request counts of the last 5 and 60 minutes: `forwarded`, `gated` and `held`
@@ -69,7 +70,7 @@ _PAGE = (
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),
 )
-_METRICS = (("Content-Type", CONTENT_TYPE_LATEST), ("Cache-Control", "no-store"))
+_METRICS = (("Content-Type", exposition.CONTENT_TYPE), ("Cache-Control", "no-store"))
 
 
 def readiness(view: View) -> tuple[int, dict[str, Any]]:
@@ -150,7 +151,7 @@ def endpoints(app: web.Application, view: View) -> dict[str, Handler]:
         return Answer(200, _PAGE, page.encode())
 
     async def metrics(_: web.Request) -> Answer:
-        return Answer(200, _METRICS, view.exposition())
+        return Answer(200, _METRICS, exposition.render(view.families()))
 
     handlers: dict[str, Handler] = {"live": live, "ready": ready, "status": status_page,
                                     "status.json": status_json, "metrics": metrics}
