@@ -202,13 +202,13 @@ def test_metrics_scrape_as_prometheus_client_metrics_would() -> None:
         "(forbidden: not on the loopback and no admin_token set; unauthorized: no "
         "valid token)", ["code"], registry=reference)
 
-    for status, result in [(runner, ProbeResult(12, None)), (runner, ProbeResult(1200, REFUSED)),
-                           (other, ProbeResult(3, None)), (runner, ProbeResult(7, None))]:
-        metrics.observe_probe(status, result)
-        error = result.error
+    for status, probe in [(runner, ProbeResult(12, None)), (runner, ProbeResult(1200, REFUSED)),
+                          (other, ProbeResult(3, None)), (runner, ProbeResult(7, None))]:
+        metrics.observe_probe(status, probe)
+        error = probe.error
         probes.labels(status.dep.name, "success" if error is None else "failure",
                       "" if error is None else error.code).inc()
-        probe_seconds.labels(status.dep.name).observe(result.duration_ms / 1000)
+        probe_seconds.labels(status.dep.name).observe(probe.duration_ms / 1000)
     for dependency, route in [("runner", "/api/a"), ("runner", "/api/b"), ("db", "/x"),
                               ("runner", "/api/a")]:
         metrics.count_gated(dependency, route)
