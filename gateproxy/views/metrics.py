@@ -103,7 +103,7 @@ class Metrics:
             ["dependency"], summed=False))
         self._gated = registry.add(Counter("gateproxy_gated_requests",
                                            "Requests answered 503 by the gate",
-                                           ["dependency", "route"])).series
+                                           ["dependency", "route"]))
         forwarded = registry.add(_Forwarded())
         self._forwarded = forwarded.table
         self._forwarded_other = forwarded.table[OTHER]
@@ -146,9 +146,9 @@ class Metrics:
 
     def count_gated(self, dependency: str, prefix: str) -> None:
         key = (dependency, prefix)
-        count = self._gated.get(key)
+        count = self._gated.series.get(key)
         if count is None:
-            count = self._gated[key] = [0, time.time()]
+            count = self._gated.child(dependency, prefix)
             recent = self.gated_recent.setdefault(dependency, MinuteBuckets())
             self._gated_recent[key] = recent.add
         count[0] += 1
