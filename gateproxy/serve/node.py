@@ -23,6 +23,7 @@ from gateproxy.core.runtime import Runtime
 from gateproxy.core.watch import Watch
 from gateproxy.monitor.loop import Monitor, first_required_down
 from gateproxy.monitor.probe import Prober
+from gateproxy.views.counts import Family
 from gateproxy.views.metrics import Metrics
 
 WatchFactory = Callable[["Node", DependencyStatus], Watch]
@@ -57,7 +58,7 @@ class Node:
                      answers.error_body(dep.not_ready.code, dep.not_ready.message))
 
     def count_reload(self, applied: bool) -> None:
-        (self.metrics.reload_applied if applied else self.metrics.reload_rejected).inc()
+        self.metrics.count_reload(applied)
         if applied:
             for hook in self.on_reload:
                 hook()
@@ -79,13 +80,14 @@ class Node:
     def statuses(self) -> list[DependencyStatus]:
         return [g.status for g in self.runtime.guards]
 
-    def exposition(self) -> bytes:
-        """The Prometheus text exposition of this process's metrics."""
-        return self.metrics.exposition()
+    def families(self) -> list[Family]:
+        """This process's metrics as numbers."""
+        return self.metrics.snapshot()
 
     def stats(self) -> dict[str, Any]:
-        """What a worker reports to its supervisor every second."""
-        return {"metrics": self.exposition().decode(), "recent": self.recent()}
+        """What a worker reports to its supervisor every second: numbers, which the
+        supervisor adds up and writes as its exposition."""
+        return {"metrics": self.families(), "recent": self.recent()}
 
     def recent(self) -> dict[str, Any]:
         """Request counts of the last 5 and 60 minutes, and the held requests."""

@@ -14,15 +14,13 @@ for the admin port).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import aiohttp_jinja2
-import jinja2
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateproxy import __version__
 from gateproxy.core import access, answers
@@ -32,6 +30,11 @@ from gateproxy.core.gate import ADMIN_ENDPOINTS
 from gateproxy.core.runtime import Runtime
 from gateproxy.core.watch import Maintainable
 from gateproxy.logs import log
+from gateproxy.views import exposition
+from gateproxy.views.counts import Family
+
+if TYPE_CHECKING:
+    import jinja2
 
 
 class View(Protocol):
@@ -52,8 +55,8 @@ class View(Protocol):
 
     def statuses(self) -> list[DependencyStatus]: ...
 
-    def exposition(self) -> bytes:
-        """The Prometheus text exposition of the proxy's metrics."""
+    def families(self) -> list[Family]:
+        """The proxy's metrics as numbers (a supervisor's: its workers' added up)."""
 
     def recent(self) -> dict[str, Any]:
         """Request counts of the last 5 and 60 minutes: `forwarded`, `gated` and `held`
@@ -69,7 +72,7 @@ _PAGE = (
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),
 )
-_METRICS = (("Content-Type", CONTENT_TYPE_LATEST), ("Cache-Control", "no-store"))
+_METRICS = (("Content-Type", exposition.CONTENT_TYPE), ("Cache-Control", "no-store"))
 
 
 def readiness(view: View) -> tuple[int, dict[str, Any]]:
@@ -126,12 +129,20 @@ def status_data(view: View) -> dict[str, Any]:
 Handler = Callable[[web.Request], Awaitable[Answer]]
 
 
-def endpoints(app: web.Application, view: View) -> dict[str, Handler]:
-    """The admin endpoints by name (the path below the admin prefix), with the page
-    templates set up on `app`."""
+@functools.cache
+def _page() -> jinja2.Template:
+    """The status page's template, loaded when the page is first asked for: a process
+    whose page nobody opens never loads jinja2 (about 2 MiB)."""
+    import jinja2
+
+    templates = jinja2.Environment(loader=jinja2.PackageLoader("gateproxy", "templates"),
+                                   autoescape=True)
+    return templates.get_template("status.html")
+
+
+def endpoints(view: View) -> dict[str, Handler]:
+    """The admin endpoints by name (the path below the admin prefix)."""
     prefix = view.runtime.config.admin_prefix
-    aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("gateproxy", "templates"),
-                         autoescape=True, default_helpers=False)
 
     async def live(_: web.Request) -> Answer:
         return answers.json(200, {"status": "live"})
@@ -142,15 +153,13 @@ def endpoints(app: web.Application, view: View) -> dict[str, Handler]:
     async def status_json(_: web.Request) -> Answer:
         return answers.json(200, status_data(view))
 
-    async def status_page(request: web.Request) -> Answer:
-        page = aiohttp_jinja2.render_string(
-            "status.html", request,
-            {"state": status_data(view), "json_url": f"{prefix}/status.json",
-             "metrics_url": f"{prefix}/metrics"})
+    async def status_page(_: web.Request) -> Answer:
+        page = _page().render(state=status_data(view), json_url=f"{prefix}/status.json",
+                              metrics_url=f"{prefix}/metrics")
         return Answer(200, _PAGE, page.encode())
 
     async def metrics(_: web.Request) -> Answer:
-        return Answer(200, _METRICS, view.exposition())
+        return Answer(200, _METRICS, exposition.render(view.families()))
 
     handlers: dict[str, Handler] = {"live": live, "ready": ready, "status": status_page,
                                     "status.json": status_json, "metrics": metrics}

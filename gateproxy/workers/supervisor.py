@@ -42,6 +42,7 @@ from gateproxy.serve import admin_port, listeners
 from gateproxy.serve.listeners import StartupError, listen, until_signalled
 from gateproxy.serve.node import Node
 from gateproxy.serve.reload import Reloader
+from gateproxy.views.counts import Family
 from gateproxy.workers import aggregate, control
 
 RESTART_PAUSE_S: Final = (0.5, 30.0)  # a worker that keeps dying waits longer each time
@@ -99,11 +100,10 @@ class Supervisor:
         """A worker is connected, so listening: `ready` says 200 only from then on."""
         return any(w.writer is not None for w in self._workers)
 
-    def exposition(self) -> bytes:
+    def families(self) -> list[Family]:
         """Its own metrics and the workers', added up."""
-        return aggregate.merge_expositions(
-            self.node.exposition().decode(),
-            [w.stats["metrics"] for w in self._workers if w.stats])
+        return aggregate.merge(self.node.families(),
+                               [w.stats["metrics"] for w in self._workers if w.stats])
 
     def recent(self) -> dict[str, Any]:
         return aggregate.sum_recent(w.stats["recent"] for w in self._workers if w.stats)
