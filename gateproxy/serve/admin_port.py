@@ -41,7 +41,7 @@ def application(view: admin.View, denied: Callable[[str], None] | None) -> web.A
     `denied` (what counts a refused caller) is given."""
     app = web.Application(middlewares=[own_refusals])
     prefix = view.runtime.config.admin_prefix
-    for name, handler in admin.endpoints(view).items():
+    for name, handler in admin.endpoints(app, view).items():
         app.router.add_get(f"{prefix}/{name}", _written(handler))
     if denied is not None:
         control = _written(admin.maintenance_endpoint(view, denied))

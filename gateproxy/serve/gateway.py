@@ -99,7 +99,7 @@ class Gateway:
                                             "keepalive_timeout": 75.0})
         endpoints: dict[str, EndpointHandler] = {HEALTH: self._health}
         if self._worker is None:
-            endpoints.update(_admin_endpoints(self.node))
+            endpoints.update(_admin_endpoints(app, self.node))
         else:
             endpoints.update(self._worker.admin_handlers(ADMIN_ENDPOINTS))
         handler = RequestHandler(self.planner, self.node.metrics.timed(self.upstream),
@@ -177,11 +177,11 @@ class Gateway:
 
 
 # The admin endpoints' modules are loaded when first needed: a worker of several relays
-# them to its supervisor, and so never loads the metrics' exposition (prometheus-client).
-def _admin_endpoints(node: Node) -> dict[str, EndpointHandler]:
+# them to its supervisor, and so never loads the page templates' libraries (jinja2).
+def _admin_endpoints(app: web.Application, node: Node) -> dict[str, EndpointHandler]:
     from gateproxy.views import admin
 
-    return admin.endpoints(node)
+    return admin.endpoints(app, node)
 
 
 def _admin_application(node: Node) -> web.Application:

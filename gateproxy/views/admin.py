@@ -14,11 +14,12 @@ for the admin port).
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+import aiohttp_jinja2
+import jinja2
 import orjson
 from aiohttp import web
 
@@ -32,9 +33,6 @@ from gateproxy.core.watch import Maintainable
 from gateproxy.logs import log
 from gateproxy.views import exposition
 from gateproxy.views.counts import Family
-
-if TYPE_CHECKING:
-    import jinja2
 
 
 class View(Protocol):
@@ -129,20 +127,12 @@ def status_data(view: View) -> dict[str, Any]:
 Handler = Callable[[web.Request], Awaitable[Answer]]
 
 
-@functools.cache
-def _page() -> jinja2.Template:
-    """The status page's template, loaded when the page is first asked for: a process
-    whose page nobody opens never loads jinja2 (about 2 MiB)."""
-    import jinja2
-
-    templates = jinja2.Environment(loader=jinja2.PackageLoader("gateproxy", "templates"),
-                                   autoescape=True)
-    return templates.get_template("status.html")
-
-
-def endpoints(view: View) -> dict[str, Handler]:
-    """The admin endpoints by name (the path below the admin prefix)."""
+def endpoints(app: web.Application, view: View) -> dict[str, Handler]:
+    """The admin endpoints by name (the path below the admin prefix), with the page
+    templates set up on `app`."""
     prefix = view.runtime.config.admin_prefix
+    aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("gateproxy", "templates"),
+                         autoescape=True, default_helpers=False)
 
     async def live(_: web.Request) -> Answer:
         return answers.json(200, {"status": "live"})
@@ -153,9 +143,11 @@ def endpoints(view: View) -> dict[str, Handler]:
     async def status_json(_: web.Request) -> Answer:
         return answers.json(200, status_data(view))
 
-    async def status_page(_: web.Request) -> Answer:
-        page = _page().render(state=status_data(view), json_url=f"{prefix}/status.json",
-                              metrics_url=f"{prefix}/metrics")
+    async def status_page(request: web.Request) -> Answer:
+        page = aiohttp_jinja2.render_string(
+            "status.html", request,
+            {"state": status_data(view), "json_url": f"{prefix}/status.json",
+             "metrics_url": f"{prefix}/metrics"})
         return Answer(200, _PAGE, page.encode())
 
     async def metrics(_: web.Request) -> Answer:
