@@ -23,6 +23,7 @@ from gateproxy.core.runtime import Runtime
 from gateproxy.core.watch import Watch
 from gateproxy.monitor.loop import Monitor, first_required_down
 from gateproxy.monitor.probe import Prober
+from gateproxy.upstream.reconnect import Reconnector
 from gateproxy.views.metrics import Metrics
 
 WatchFactory = Callable[["Node", DependencyStatus], Watch]
@@ -39,6 +40,10 @@ class Node:
     def __init__(self, config: Config, watch: WatchFactory = probing,
                  open_websockets: Callable[[], int] = lambda: 0) -> None:
         self._watch = watch
+        # The upstream as this process's connections find it (a supervisor's never
+        # connects: its workers' are summed).
+        self.reconnector = Reconnector(config.upstream.retry_connect_ms,
+                                       config.upstream.retry_max_requests)
         self.metrics = Metrics(self.statuses, open_websockets)
         self.prober = Prober()
         guards = [self.make_guard(dep) for dep in config.dependencies]

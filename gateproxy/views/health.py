@@ -20,6 +20,7 @@ from multidict import CIMultiDict
 from gateproxy.core.answers import Answer
 from gateproxy.core.dependency import DependencyStatus, State, iso
 from gateproxy.upstream.interface import UpstreamClient, UpstreamError
+from gateproxy.upstream.reconnect import NO_WAIT
 
 _BODY_LIMIT = 1024 * 1024
 HEALTH_JSON = "application/health+json"
@@ -46,6 +47,8 @@ async def ask_upstream(client: UpstreamClient, path: str, host: str | None,
     headers: CIMultiDict[str] = CIMultiDict({"Accept": "application/json"})
     if host:
         headers["Host"] = host
+    # The upstream's health now, not after riding out its restart (upstream/reconnect.py).
+    no_wait = NO_WAIT.set(True)
     try:
         async with asyncio.timeout(timeout_ms / 1000):
             resp = await client.send("GET", path, headers, None)
@@ -64,6 +67,8 @@ async def ask_upstream(client: UpstreamClient, path: str, host: str | None,
             "code": "upstream_timeout", "message": f"no answer within {timeout_ms} ms"})
     except UpstreamError as exc:
         return UpstreamHealth(None, None, {"code": exc.code, "message": exc.message})
+    finally:
+        NO_WAIT.reset(no_wait)
     try:
         body = orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError:
