@@ -24,6 +24,7 @@ from gateproxy.core.watch import Watch
 from gateproxy.monitor.loop import Monitor, first_required_down
 from gateproxy.monitor.probe import Prober
 from gateproxy.upstream.reconnect import Reconnector
+from gateproxy.views.health import readiness
 from gateproxy.views.metrics import Metrics
 
 WatchFactory = Callable[["Node", DependencyStatus], Watch]
@@ -44,7 +45,10 @@ class Node:
         # connects: its workers' are summed).
         self.reconnector = Reconnector(config.upstream.retry_connect_ms,
                                        config.upstream.retry_max_requests)
-        self.metrics = Metrics(self.statuses, open_websockets)
+        self.metrics = Metrics(
+            self.statuses, open_websockets, lambda: self.reconnector.state.up,
+            self.reconnector.outcomes,
+            lambda: readiness(self.draining, self.serving, self.statuses())[0] == 200)
         self.prober = Prober()
         guards = [self.make_guard(dep) for dep in config.dependencies]
         self.runtime = Runtime(config, Gate.build(guards, config), version_of(config, 1))

@@ -11,6 +11,7 @@ The fence (gateproxy/aio/) may import this module: it imports nothing of gatepro
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import Final, Literal, Protocol, TypeVar, runtime_checkable
 
 import aiohttp
@@ -67,6 +68,11 @@ class UpstreamClient(Protocol):
                    body: aiohttp.StreamReader | None) -> UpstreamResponse: ...
 
     async def close(self) -> None: ...
+
+
+# True in a task whose upstream requests report the upstream's state instead of riding
+# out its restart (`health_path`): the connect step makes one attempt and never waits.
+NO_WAIT: Final = ContextVar("upstream_no_wait", default=False)
 
 
 class ConnectStep(Protocol):

@@ -15,13 +15,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from typing import Final, TypeVar
 
 from gateproxy.core.upstream_state import Patience, UpstreamState
 from gateproxy.logs import log
 from gateproxy.monitor.probe import classify
-from gateproxy.upstream.interface import UNAVAILABLE, UpstreamError, failure
+from gateproxy.upstream.interface import NO_WAIT, UNAVAILABLE, UpstreamError, failure
 
 T = TypeVar("T")
 
@@ -32,9 +31,6 @@ RETRYABLE: Final = frozenset({"connection_refused", "connection_reset"})
 # (`gateproxy_upstream_retries_total{outcome}`).
 FORWARDED, TIMED_OUT, CANCELLED, REJECTED = "forwarded", "timed_out", "cancelled", "rejected"
 OUTCOMES: Final = (FORWARDED, TIMED_OUT, CANCELLED, REJECTED)
-# True in a task whose upstream requests report the upstream's state instead of riding
-# out its restart (`health_path`): they make one attempt and never wait.
-NO_WAIT: Final = ContextVar("upstream_no_wait", default=False)
 
 
 class Reconnector:

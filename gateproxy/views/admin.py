@@ -32,6 +32,7 @@ from gateproxy.core.gate import ADMIN_ENDPOINTS
 from gateproxy.core.runtime import Runtime
 from gateproxy.core.watch import Maintainable
 from gateproxy.logs import log
+from gateproxy.views.health import readiness
 
 
 class View(Protocol):
@@ -72,17 +73,6 @@ _PAGE = (
 _METRICS = (("Content-Type", CONTENT_TYPE_LATEST), ("Cache-Control", "no-store"))
 
 
-def readiness(view: View) -> tuple[int, dict[str, Any]]:
-    if view.draining:
-        return 503, {"status": "not_ready", "reason": "shutting_down"}
-    if not view.serving:
-        return 503, {"status": "not_ready", "reason": "starting"}
-    down = [s.dep.name for s in view.statuses() if not s.dep.optional and not s.is_up]
-    if down:
-        return 503, {"status": "not_ready", "reason": "dependency_down", "dependencies": down}
-    return 200, {"status": "ready"}
-
-
 _NONE = {"last5m": 0, "last60m": 0}
 
 
@@ -105,7 +95,7 @@ def _dependency(status: DependencyStatus, recent: dict[str, Any],
 
 def status_data(view: View) -> dict[str, Any]:
     """What the status page shows, and status.json serves."""
-    code, ready = readiness(view)
+    code, ready = readiness(view.draining, view.serving, view.statuses())
     now = time.time()
     recent = view.recent()
     return {
@@ -137,7 +127,7 @@ def endpoints(app: web.Application, view: View) -> dict[str, Handler]:
         return answers.json(200, {"status": "live"})
 
     async def ready(_: web.Request) -> Answer:
-        return answers.json(*readiness(view))
+        return answers.json(*readiness(view.draining, view.serving, view.statuses()))
 
     async def status_json(_: web.Request) -> Answer:
         return answers.json(200, status_data(view))

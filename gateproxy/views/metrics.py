@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -81,6 +81,31 @@ class _DependencyUp(Collector):
         yield from (up, info, maintenance, held)
 
 
+class _Upstream(Collector):
+    """`gateproxy_upstream_up` and `gateproxy_upstream_retries`, read at scrape time from
+    the upstream's reconnector (gateproxy/upstream/reconnect.py), which counts in plain
+    ints, as requests do."""
+
+    def __init__(self, up: Callable[[], bool], retries: Mapping[str, int]) -> None:
+        self._up = up
+        self._retries = retries
+        self.created = time.time()
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "gateproxy_upstream_up",
+            "1 while the platform-server accepts connections (as this process's last "
+            "connection found it), 0 while it refuses them")
+        up.add_metric([], float(self._up()))
+        retries = CounterMetricFamily(
+            "gateproxy_upstream_retries",
+            "Requests that met the platform-server down (upstream.retry_connect_ms), by "
+            "how their wait ended", labels=["outcome"])
+        for outcome, count in self._retries.items():
+            retries.add_metric([outcome], float(count), self.created if _CREATED else None)
+        yield from (up, retries)
+
+
 class _RequestCounts(Collector):
     """`gateproxy_gated_requests`, `gateproxy_forwarded_requests` and
     `gateproxy_upstream_latency_seconds`: counted in plain ints on the event loop, and
@@ -137,11 +162,17 @@ class _RequestCounts(Collector):
 
 class Metrics:
     def __init__(self, statuses: Callable[[], Iterable[DependencyStatus]],
-                 open_websockets: Callable[[], int]) -> None:
+                 open_websockets: Callable[[], int], upstream_up: Callable[[], bool],
+                 upstream_retries: Mapping[str, int], ready: Callable[[], bool]) -> None:
+        """`upstream_up`, `upstream_retries`: the upstream's state and its requests' waits
+        by outcome; `ready`: whether `ready` answers 200."""
         self.registry = CollectorRegistry()
         registry = self.registry
         ProcessCollector(registry=registry)
         registry.register(_DependencyUp(statuses))
+        registry.register(_Upstream(upstream_up, upstream_retries))
+        Gauge("gateproxy_ready", "1 while ready answers 200, else 0",
+              registry=registry).set_function(lambda: float(ready()))
         self._probes = Counter(
             "gateproxy_probes", "Readiness probes by result and errorCode",
             ["dependency", "result", "error_code"], registry=registry)

@@ -8,6 +8,7 @@ from prometheus_client.metrics_core import Metric
 
 from gateproxy.demo.standins import StandIn, docker_runner, platform_server
 from gateproxy.serve.gateway import Gateway
+from gateproxy.upstream.reconnect import Reconnector
 from gateproxy.views.metrics import CONTENT_TYPE, METHOD_CLASSES, OTHER, STATUS_CLASSES, Metrics
 from tests.support.gateways import MakeGateway, env_for, url
 from tests.support.metric_samples import Samples, parse, total, value
@@ -140,8 +141,17 @@ def _families(metrics: list[Metric], names: set[str]) -> list[tuple[object, ...]
 def test_request_counts_scrape_as_prometheus_client_metrics_would() -> None:
     """The per-request metrics are plain ints: fed the same events as prometheus-client's
     own Counter and Histogram, they scrape to the same families, series and values."""
-    metrics = Metrics(lambda: [], lambda: 0)
+    reconnector = Reconnector(3000, 100)
+    metrics = Metrics(lambda: [], lambda: 0, lambda: True, reconnector.outcomes, lambda: True)
     reference = CollectorRegistry()
+    retries = Counter(
+        "gateproxy_upstream_retries",
+        "Requests that met the platform-server down (upstream.retry_connect_ms), by "
+        "how their wait ended", ["outcome"], registry=reference)
+    for outcome, times in [("forwarded", 3), ("timed_out", 1), ("cancelled", 0),
+                           ("rejected", 2)]:
+        reconnector.outcomes[outcome] += times
+        retries.labels(outcome).inc(times)
     gated = Counter("gateproxy_gated_requests", "Requests answered 503 by the gate",
                     ["dependency", "route"], registry=reference)
     forwarded = Counter(
@@ -171,8 +181,8 @@ def test_request_counts_scrape_as_prometheus_client_metrics_would() -> None:
         metrics.observe_upstream(seconds)
         latency.observe(seconds)
 
-    names = ["gateproxy_gated_requests", "gateproxy_forwarded_requests",
-             "gateproxy_upstream_latency_seconds"]
+    names = ["gateproxy_upstream_retries", "gateproxy_gated_requests",
+             "gateproxy_forwarded_requests", "gateproxy_upstream_latency_seconds"]
     ours = _families(list(metrics.registry.collect()), set(names))
     assert [family[0] for family in ours] == names, "in the order they always came"
     assert ours == _families(list(reference.collect()), set(names))
