@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from gateproxy.core.backoff import retry_delay_ms
 
@@ -74,6 +74,13 @@ class UpstreamState:
         self.failures = 0
         self.next_attempt_at = 0.0
         return Recovery(now - self._down_at)
+
+    def snapshot(self, wall: float) -> dict[str, Any]:
+        """The status page's row (`since`: wall-clock seconds)."""
+        error = self.last_error
+        return {"status": self.state, "since": self.since,
+                "lastError": None if error is None else {"code": error[0], "message": error[1]},
+                "restartsLastHour": self.restarts(wall)}
 
     def restarts(self, wall: float) -> int:
         """How many times it went down in the last hour."""

@@ -97,9 +97,13 @@ class Node:
         return {"metrics": self.exposition().decode(), "recent": self.recent()}
 
     def recent(self) -> dict[str, Any]:
-        """Request counts of the last 5 and 60 minutes, and the held requests."""
+        """Request counts of the last 5 and 60 minutes, the held requests, and the
+        upstream's row (its state and the requests waiting for it)."""
+        reconnector = self.reconnector
         return {**self.metrics.recent(),
-                "held": {s.dep.name: s.held for s in self.statuses()}}
+                "held": {s.dep.name: s.held for s in self.statuses()},
+                "upstream": {**reconnector.state.snapshot(time.time()),
+                             "waiting": reconnector.waiting}}
 
     # --- start and stop -------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from gateproxy.core import access, answers
 from gateproxy.core.answers import Answer
 from gateproxy.core.dependency import DependencyStatus, iso
 from gateproxy.core.gate import ADMIN_ENDPOINTS
+from gateproxy.core.model import redact_url
 from gateproxy.core.runtime import Runtime
 from gateproxy.core.watch import Maintainable
 from gateproxy.logs import log
@@ -58,7 +59,8 @@ class View(Protocol):
 
     def recent(self) -> dict[str, Any]:
         """Request counts of the last 5 and 60 minutes: `forwarded`, `gated` and `held`
-        (the last two by dependency), as `Metrics.recent` gives them, `held` added."""
+        (the last two by dependency), as `Metrics.recent` gives them, `held` added; and
+        `upstream`, the platform-server's row (`UpstreamState.snapshot`, `waiting`)."""
 
 # The page loads nothing from anywhere and talks only to its own origin.
 _PAGE = (
@@ -109,8 +111,15 @@ def status_data(view: View) -> dict[str, Any]:
         "config": view.runtime.version.as_dict(),
         # Forwarded requests belong to no dependency: they are counted for the proxy.
         "forwardedRequests": recent["forwarded"],
+        "upstream": _upstream(view, recent["upstream"]),
         "dependencies": [_dependency(s, recent, now) for s in view.statuses()],
     }
+
+
+def _upstream(view: View, row: dict[str, Any]) -> dict[str, Any]:
+    """The platform-server's row: as the proxy's connections find it (not probed)."""
+    return {"name": "platform-server", "url": redact_url(view.runtime.config.upstream.url),
+            **row, "since": iso(row["since"])}
 
 
 Handler = Callable[[web.Request], Awaitable[Answer]]
