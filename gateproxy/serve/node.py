@@ -43,8 +43,9 @@ class Node:
         self._watch = watch
         # The upstream as this process's connections find it (a supervisor's never
         # connects: its workers' are summed).
-        self.reconnector = Reconnector(config.upstream.retry_connect_ms,
-                                       config.upstream.retry_max_requests)
+        upstream = config.upstream
+        self.reconnector = Reconnector(upstream.url, upstream.connect_timeout_ms,
+                                       upstream.retry_connect_ms, upstream.retry_max_requests)
         self.metrics = Metrics(
             self.statuses, open_websockets, lambda: self.reconnector.state.up,
             self.reconnector.outcomes,

@@ -8,6 +8,8 @@ between them they make one connection attempt at a time, on the state's backoff,
 first that succeeds wakes them all. Nothing of a request has been sent before its
 connection exists, so trying again is safe for every method. A request that gives up gets
 the usual 502 `upstream_unavailable`; so do the waiting ones when the proxy shuts down.
+While it is down and no request waits, a bare TCP connection is tried about once a second,
+so that its return is seen without traffic too (its state, metric and alert).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
+
+from yarl import URL
 
 from gateproxy.core.upstream_state import Patience, UpstreamState
 from gateproxy.logs import log
@@ -31,13 +35,20 @@ RETRYABLE: Final = frozenset({"connection_refused", "connection_reset"})
 # (`gateproxy_upstream_retries_total{outcome}`).
 FORWARDED, TIMED_OUT, CANCELLED, REJECTED = "forwarded", "timed_out", "cancelled", "rejected"
 OUTCOMES: Final = (FORWARDED, TIMED_OUT, CANCELLED, REJECTED)
+IDLE_CHECK_S: Final = 1.0  # between bare connection attempts while down and idle
 
 
 class Reconnector:
     """The upstream's state, and the waits of the requests that met it down."""
 
-    def __init__(self, retry_connect_ms: int, retry_max_requests: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, url: str, connect_timeout_ms: int, retry_connect_ms: int,
+                 retry_max_requests: int, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        """`url`, `connect_timeout_ms`: the upstream's, for the checks while idle."""
+        address = URL(url)
+        self._address = (address.raw_host or "127.0.0.1",
+                         address.port or (443 if address.scheme == "https" else 80))
+        self._connect_timeout_s = connect_timeout_ms / 1000
         self._budget_s = retry_connect_ms / 1000
         self._max_waiting = retry_max_requests
         self._clock = clock
@@ -48,6 +59,7 @@ class Reconnector:
         self._closing = False
         self._last_refusal: Exception | None = None
         self._changed = asyncio.Event()
+        self._idle_checks: asyncio.Task[None] | None = None
 
     async def connect(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """`attempt()`'s connection; while the upstream is down, tried again as above.
@@ -138,6 +150,28 @@ class Reconnector:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    # --- while down and idle ----------------------------------------------------------------
+
+    async def _check_while_idle(self) -> None:
+        state = self.state
+        while not state.up and not self._closing:
+            await self._next_change(IDLE_CHECK_S)
+            if state.up or self._closing or self.waiting or self._attempting \
+                    or self._clock() < state.next_attempt_at:
+                continue  # back, or the waiting requests' attempts tell
+            self._attempting = True
+            try:
+                async with asyncio.timeout(self._connect_timeout_s):
+                    _, writer = await asyncio.open_connection(*self._address)
+                writer.close()
+            except (OSError, TimeoutError) as exc:
+                self._failed(exc, down=True)
+            else:
+                self._succeeded()
+            finally:
+                self._attempting = False
+                self._changed_now()
+
     # --- the state -------------------------------------------------------------------------
 
     def _failed(self, exc: BaseException, down: bool = False) -> bool:
@@ -154,6 +188,9 @@ class Reconnector:
             log.warning("upstream_down", errorCode=error.code, message=error.message,
                         retryConnectMs=round(self._budget_s * 1000))
             self._changed_now()
+            if self._idle_checks is None or self._idle_checks.done():
+                self._idle_checks = asyncio.get_running_loop().create_task(
+                    self._check_while_idle(), name="upstream:idle-checks")
         return True
 
     def _succeeded(self) -> None:

@@ -124,7 +124,7 @@ async def clients() -> AsyncIterator[Callable[..., FastUpstream]]:
         client = FastUpstream(url, connect_timeout_ms, read_timeout_ms,
                               websockets=AiohttpUpstream(url, connect_timeout_ms,
                                                          read_timeout_ms),
-                              connects=Reconnector(0, 1))
+                              connects=Reconnector(url, connect_timeout_ms, 0, 1))
         made.append(client)
         return client
 
@@ -508,7 +508,7 @@ class WebSockets:
 async def test_websockets_go_to_the_client_given_for_them_and_close_with_this_one() -> None:
     websockets = WebSockets()
     client = FastUpstream("http://127.0.0.1:1", 2000, 5000, websockets=websockets,
-                          connects=Reconnector(0, 1))
+                          connects=Reconnector("http://127.0.0.1:1", 2000, 0, 1))
     assert isinstance(client, WebSocketUpstream)
     answer = await client.open_websocket("/ws", headers(), ("chat",), True, 1024)
     assert answer is websockets.websocket

@@ -141,7 +141,7 @@ def _families(metrics: list[Metric], names: set[str]) -> list[tuple[object, ...]
 def test_request_counts_scrape_as_prometheus_client_metrics_would() -> None:
     """The per-request metrics are plain ints: fed the same events as prometheus-client's
     own Counter and Histogram, they scrape to the same families, series and values."""
-    reconnector = Reconnector(3000, 100)
+    reconnector = Reconnector("http://127.0.0.1:1", 2000, 3000, 100)
     metrics = Metrics(lambda: [], lambda: 0, lambda: True, reconnector.outcomes, lambda: True)
     reference = CollectorRegistry()
     retries = Counter(

@@ -103,7 +103,7 @@ def _clients(url: str, connect_timeout_ms: int = 2000) -> list[UpstreamClient]:
     return [AiohttpUpstream(url, connect_timeout_ms, TIMEOUT_MS),
             FastUpstream(url, connect_timeout_ms, TIMEOUT_MS,
                          websockets=AiohttpUpstream(url, connect_timeout_ms, TIMEOUT_MS),
-                         connects=Reconnector(0, 1))]
+                         connects=Reconnector(url, connect_timeout_ms, 0, 1))]
 
 
 async def _failure(client: UpstreamClient, method: str = "GET",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import os
 import time
 from pathlib import Path
@@ -118,3 +119,24 @@ async def test_health_reports_a_stopped_upstream_at_once_instead_of_waiting(
         assert time.monotonic() - started < 0.5
         assert body["upstream"]["error"]["code"] == "upstream_unavailable"
         assert not gateway.node.reconnector.state.up
+
+
+async def test_its_return_is_seen_without_traffic(
+        make_gateway: MakeGateway, http: aiohttp.ClientSession, tmp_path: Path,
+        captured_logs: io.StringIO) -> None:
+    upstream = StandIn(BodyRecorder().app, port=free_port())
+    gateway = await make_gateway(_env(upstream), _retry_config(tmp_path, 100))
+    reconnector = gateway.node.reconnector
+    try:
+        async with http.get(url(gateway, "/api/threads")) as response:
+            assert response.status == 502
+        assert not reconnector.state.up
+        await asyncio.sleep(1.5)  # idle checks find it still down
+        assert not reconnector.state.up
+        await upstream.start()
+        await wait_for(lambda: reconnector.state.up, timeout=3)
+    finally:
+        await upstream.stop()
+    [recovered] = [line for line in map(orjson.loads, captured_logs.getvalue().splitlines())
+                   if line["event"] == "upstream_recovered"]
+    assert recovered["held"] == 0 and recovered["downForMs"] >= 1500
