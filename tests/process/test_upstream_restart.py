@@ -285,3 +285,35 @@ async def test_with_50_waiting_at_most_one_connection_attempt_is_in_flight(
         await upstream.stop()
     [recovered] = events(await sigterm(proc), "upstream_recovered")
     assert recovered["held"] == 50
+
+
+async def test_with_two_workers_each_holds_its_own_and_the_admin_endpoints_add_them_up(
+        tmp_path: Path, procs: list[Proc]) -> None:
+    upstream = StandIn(BodyRecorder().app, port=free_port())
+    proc, port = serve(tmp_path, upstream.port, {"GATEPROXY_WORKERS": "2"},
+                       retry_connect_ms=15000)
+    procs.append(proc)
+    await wait_live(port)
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            requests = [asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/x/{i}"))
+                        for i in range(20)]
+            await until_waiting(http, port, 20)  # reported by the workers every second
+            row = await upstream_row(http, port)
+            assert row["status"] == "down" and row["restartsLastHour"] == 1
+            await upstream.start()
+            for response in await asyncio.wait_for(asyncio.gather(*requests), 10):
+                assert response.status == 200
+                response.release()
+            deadline = time.monotonic() + 5
+            while await metric(http, port, "gateproxy_upstream_retries_total",
+                               outcome="forwarded") != 20:
+                assert time.monotonic() < deadline, "the workers' counts do not add up"
+                await asyncio.sleep(0.1)
+            assert await metric(http, port, "gateproxy_ready") == 1  # the supervisor's
+            while (await upstream_row(http, port))["status"] != "up":
+                assert time.monotonic() < deadline, "the workers never found it up"
+                await asyncio.sleep(0.1)
+    finally:
+        await upstream.stop()
+    await sigterm(proc)
