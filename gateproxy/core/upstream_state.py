@@ -3,9 +3,10 @@ that met it down may try to connect again (pure: the time comes in as arguments)
 
 A refused (or reset) connection turns the upstream `down`; the first connection that
 succeeds turns it `up` again. While it is down, connection attempts follow one schedule
-for the whole process, 25 ms doubling to 400 ms, so that the requests waiting for it make
-one attempt at a time between them; each request waits no longer than its own deadline
-(`upstream.retry_connect_ms`). gateproxy/upstream/reconnect.py does the waiting.
+for the whole process, 25 ms doubling to 400 ms (`retry_cap_ms`), so that the requests
+waiting for it make one attempt at a time between them; each request waits no longer than
+its own deadline (`upstream.retry_connect_ms`). gateproxy/upstream/reconnect.py does the
+waiting.
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ RESTARTS_WINDOW_S: Final = 3600.0
 _NO_JITTER: Final = random.Random(0)
 
 
+def retry_cap_ms(retry_connect_ms: int) -> int:
+    """The backoff's cap for requests that wait `retry_connect_ms`: 400 ms, or half their
+    time when that is shorter, so that every waiting request sees at least one attempt
+    (a request gives up when the next attempt would come after its deadline)."""
+    return min(MAX_RETRY_MS, retry_connect_ms // 2)
+
+
 class Recovery(NamedTuple):
     """The upstream is up again after `down_for_s`."""
 
@@ -37,7 +45,9 @@ class UpstreamState:
     went down in the last hour (its restarts, as seen from here), and while down the
     moment the next connection attempt may start (monotonic time)."""
 
-    def __init__(self, wall: float) -> None:
+    def __init__(self, wall: float, max_retry_ms: int = MAX_RETRY_MS) -> None:
+        """`max_retry_ms`: the backoff's cap (`retry_cap_ms`)."""
+        self._max_retry_ms = max_retry_ms
         self.state = UP
         self.since = wall
         self.last_error: tuple[str, str] | None = None  # (code, message)
@@ -56,7 +66,7 @@ class UpstreamState:
         self.last_error = (code, message)
         self.failures += 1
         self.next_attempt_at = now + retry_delay_ms(
-            self.failures, FIRST_RETRY_MS, MAX_RETRY_MS, 0, _NO_JITTER) / 1000
+            self.failures, FIRST_RETRY_MS, self._max_retry_ms, 0, _NO_JITTER) / 1000
         if self.state == DOWN:
             return False
         self.state = DOWN

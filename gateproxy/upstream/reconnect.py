@@ -21,7 +21,7 @@ from typing import Final, TypeVar
 
 from yarl import URL
 
-from gateproxy.core.upstream_state import Patience, UpstreamState
+from gateproxy.core.upstream_state import Patience, UpstreamState, retry_cap_ms
 from gateproxy.logs import log
 from gateproxy.monitor.probe import classify
 from gateproxy.upstream.interface import NO_WAIT, UNAVAILABLE, UpstreamError, failure
@@ -52,7 +52,7 @@ class Reconnector:
         self._budget_s = retry_connect_ms / 1000
         self._max_waiting = retry_max_requests
         self._clock = clock
-        self.state = UpstreamState(time.time())
+        self.state = UpstreamState(time.time(), retry_cap_ms(retry_connect_ms))
         self.waiting = 0
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self._attempting = False

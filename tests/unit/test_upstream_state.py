@@ -3,7 +3,14 @@ sleeps (gateproxy/core/upstream_state.py)."""
 
 from __future__ import annotations
 
-from gateproxy.core.upstream_state import DOWN, UP, Patience, Recovery, UpstreamState
+from gateproxy.core.upstream_state import (
+    DOWN,
+    UP,
+    Patience,
+    Recovery,
+    UpstreamState,
+    retry_cap_ms,
+)
 
 
 def test_a_refusal_turns_it_down_once_and_the_first_success_up_with_how_long() -> None:
@@ -51,3 +58,16 @@ def test_a_request_waits_for_the_next_attempt_within_its_deadline_then_gives_up(
     assert patience.wait_s(12.8, next_attempt_at=13.2) is None
     assert patience.wait_s(13.0, next_attempt_at=0.0) is None
     assert patience.left_s(14.0) == 0.0
+
+
+def test_a_short_retry_connect_ms_caps_the_backoff_at_half_of_it() -> None:
+    """So that a request that waits 200 ms still sees an attempt: with 400 ms between
+    attempts, one arriving just after a failure would give up without any."""
+    assert retry_cap_ms(3000) == 400
+    assert retry_cap_ms(200) == 100
+    state = UpstreamState(wall=0.0, max_retry_ms=retry_cap_ms(200))
+    for _ in range(5):
+        state.failed(10.0, 0.0, "connection_refused", "refused")
+    assert round((state.next_attempt_at - 10.0) * 1000) == 100
+    # Arriving just after that failure, the request waits for the next attempt.
+    assert Patience(started=10.0, budget_s=0.2).wait_s(10.0, state.next_attempt_at) is not None
