@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 
 from gateproxy.demo.standins import StandIn
+from tests.support import upstream_app
 from tests.support.gateways import MakeGateway, env_for, url
 from tests.support.ports import free_port
 from tests.support.standins import BodyRecorder
@@ -140,3 +141,18 @@ async def test_its_return_is_seen_without_traffic(
     [recovered] = [line for line in map(orjson.loads, captured_logs.getvalue().splitlines())
                    if line["event"] == "upstream_recovered"]
     assert recovered["held"] == 0 and recovered["downForMs"] >= 1500
+
+
+async def test_a_websocket_handshake_waits_for_it_too(
+        fast_path: bool, make_gateway: MakeGateway, http: aiohttp.ClientSession) -> None:
+    upstream = StandIn(upstream_app.app(), port=free_port())
+    gateway = await make_gateway(_env(upstream))
+    try:
+        opening = asyncio.ensure_future(http.ws_connect(url(gateway, "/ws?x=1")))
+        await wait_for(lambda: gateway.node.reconnector.waiting == 1)
+        await upstream.start()
+        socket = await asyncio.wait_for(opening, 5)
+        assert orjson.loads(await socket.receive_str())["hello"] == "x=1"
+        await socket.close()
+    finally:
+        await upstream.stop()
