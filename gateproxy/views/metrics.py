@@ -13,7 +13,7 @@ for the last 5 and 60 minutes): one more add, as cheap.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -73,9 +73,31 @@ class _Forwarded:
         return family(self, COUNTER, series)
 
 
+class _Retries:
+    """`gateproxy_upstream_retries`: read from the upstream's reconnector
+    (gateproxy/upstream/reconnect.py), which counts in plain ints, as requests do."""
+
+    name = "gateproxy_upstream_retries"
+    help = ("Requests that met the platform-server down (upstream.retry_connect_ms), by "
+            "how their wait ended")
+    labels: Sequence[str] = ("outcome",)
+    summed = True
+
+    def __init__(self, counts: Mapping[str, int]) -> None:
+        self._counts = counts
+        self.created = time.time()
+
+    def snapshot(self) -> Family:
+        return family(self, COUNTER, [((outcome,), count, self.created)
+                                      for outcome, count in self._counts.items()])
+
+
 class Metrics:
     def __init__(self, statuses: Callable[[], Iterable[DependencyStatus]],
-                 open_websockets: Callable[[], int]) -> None:
+                 open_websockets: Callable[[], int], upstream_up: Callable[[], bool],
+                 upstream_retries: Mapping[str, int], ready: Callable[[], bool]) -> None:
+        """`upstream_up`, `upstream_retries`: the upstream's state and its requests' waits
+        by outcome; `ready`: whether `ready` answers 200."""
         registry = self.registry = Registry()
         registry.add(Gauge("gateproxy_dependency_up",
                            "1 while the dependency is up, 0 while down or unknown",
@@ -95,6 +117,15 @@ class Metrics:
         registry.add(Gauge("gateproxy_held_requests",
                            "Gated requests waiting for the dependency (hold_ms)",
                            ["dependency"], _by_dependency(statuses, lambda s: float(s.held))))
+        # Summed over the workers: how many of them see the platform-server up.
+        registry.add(Gauge(
+            "gateproxy_upstream_up",
+            "1 while the platform-server accepts connections (as this process's last "
+            "connection found it), 0 while it refuses them; with workers, how many see it up",
+            [], lambda: [((), float(upstream_up()))]))
+        registry.add(_Retries(upstream_retries))
+        registry.add(Gauge("gateproxy_ready", "1 while ready answers 200, else 0", [],
+                           lambda: [((), float(ready()))], summed=False))
         self._probes = registry.add(Counter(
             "gateproxy_probes", "Readiness probes by result and errorCode",
             ["dependency", "result", "error_code"], summed=False))

@@ -64,11 +64,12 @@ def merge(supervisor: Sequence[Family], workers: Iterable[Sequence[Family]]) -> 
 
 
 def sum_recent(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """The status page's recent counts (`Metrics.recent`, plus `held`) of every worker,
-    added up."""
+    """The status page's recent counts (`Metrics.recent`, plus `held` and the upstream's
+    row) of every worker, added up."""
     forwarded = {"last5m": 0, "last60m": 0}
     gated: dict[str, dict[str, int]] = {}
     held: dict[str, int] = {}
+    upstream: list[Mapping[str, Any]] = []
     for report in reports:
         for window, count in report["forwarded"].items():
             forwarded[window] += count
@@ -78,4 +79,23 @@ def sum_recent(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                 into[window] += count
         for name, count in report["held"].items():
             held[name] = held.get(name, 0) + count
-    return {"forwarded": forwarded, "gated": gated, "held": held}
+        upstream.append(report["upstream"])
+    return {"forwarded": forwarded, "gated": gated, "held": held,
+            "upstream": merge_upstream(upstream)}
+
+
+def merge_upstream(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The platform-server's row of several workers (`UpstreamState.snapshot` and
+    `waiting` each): down while any worker finds it down, since the latest change to
+    that state, the latest error, the restarts the most watchful worker saw (each worker
+    sees the same restarts), and every worker's waiting requests."""
+    if not rows:
+        return {"status": "up", "since": None, "lastError": None, "restartsLastHour": 0,
+                "waiting": 0}
+    status = "down" if any(r["status"] == "down" for r in rows) else "up"
+    latest = max((r for r in rows if r["status"] == status), key=lambda r: r["since"])
+    errors = [r for r in rows if r["lastError"] is not None]
+    return {"status": status, "since": latest["since"],
+            "lastError": max(errors, key=lambda r: r["since"])["lastError"] if errors else None,
+            "restartsLastHour": max(r["restartsLastHour"] for r in rows),
+            "waiting": sum(r["waiting"] for r in rows)}

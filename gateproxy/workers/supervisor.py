@@ -97,8 +97,12 @@ class Supervisor:
 
     @property
     def serving(self) -> bool:
-        """A worker is connected, so listening: `ready` says 200 only from then on."""
-        return any(w.writer is not None for w in self._workers)
+        """A worker is connected, so listening: `ready` says 200 only from then on (kept
+        in the node, whose `gateproxy_ready` reads it too)."""
+        return self.node.serving
+
+    def _connected_changed(self) -> None:
+        self.node.serving = any(w.writer is not None for w in self._workers)
 
     def families(self) -> list[Family]:
         """Its own metrics and the workers', added up."""
@@ -131,6 +135,7 @@ class Supervisor:
             return
         worker = self._workers[int(hello["index"])]
         worker.writer = writer
+        self._connected_changed()
         self._sync(worker)
         while (message := await control.read(reader)) is not None:
             kind = message.get("t")
@@ -146,6 +151,7 @@ class Supervisor:
         if worker.writer is writer:
             worker.writer = None
             worker.stats = {}
+            self._connected_changed()
 
     def _sync(self, worker: _Worker) -> None:
         if worker.writer is not None:

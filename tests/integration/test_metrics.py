@@ -10,6 +10,7 @@ from gateproxy.core.dependency import DependencyStatus
 from gateproxy.demo.standins import StandIn, docker_runner, platform_server
 from gateproxy.monitor.probe import ProbeResult
 from gateproxy.serve.gateway import Gateway
+from gateproxy.upstream.reconnect import Reconnector
 from gateproxy.views.exposition import CONTENT_TYPE
 from gateproxy.views.metrics import METHOD_CLASSES, OTHER, STATUS_CLASSES, Metrics
 from tests.support.dependency_states import REFUSED, dep
@@ -148,7 +149,9 @@ def test_metrics_scrape_as_prometheus_client_metrics_would() -> None:
     in the same order."""
     runner, other = DependencyStatus(dep(jitter_ms=0)), DependencyStatus(dep(name="other"))
     other.held = 2
-    metrics = Metrics(lambda: [runner, other], lambda: 3)
+    reconnector = Reconnector("http://127.0.0.1:1", 2000, 3000, 100)
+    metrics = Metrics(lambda: [runner, other], lambda: 3, lambda: False, reconnector.outcomes,
+                      lambda: True)
     reference = CollectorRegistry()
     up = Gauge("gateproxy_dependency_up",
                "1 while the dependency is up, 0 while down or unknown", ["dependency"],
@@ -168,6 +171,19 @@ def test_metrics_scrape_as_prometheus_client_metrics_would() -> None:
         info.labels(name, status.dep.probe, status.base_url).set(1)
         maintenance.labels(name).set(0)
         held.labels(name).set(status.held)
+    Gauge("gateproxy_upstream_up",
+          "1 while the platform-server accepts connections (as this process's last "
+          "connection found it), 0 while it refuses them; with workers, how many see it up",
+          registry=reference).set(0)
+    retries = Counter(
+        "gateproxy_upstream_retries",
+        "Requests that met the platform-server down (upstream.retry_connect_ms), by "
+        "how their wait ended", ["outcome"], registry=reference)
+    for outcome, times in [("forwarded", 3), ("timed_out", 1), ("cancelled", 0),
+                           ("rejected", 2)]:
+        reconnector.outcomes[outcome] += times
+        retries.labels(outcome).inc(times)
+    Gauge("gateproxy_ready", "1 while ready answers 200, else 0", registry=reference).set(1)
     probes = Counter("gateproxy_probes", "Readiness probes by result and errorCode",
                      ["dependency", "result", "error_code"], registry=reference)
     probe_seconds = Histogram("gateproxy_probe_duration_seconds",
@@ -234,5 +250,5 @@ def test_metrics_scrape_as_prometheus_client_metrics_would() -> None:
 
     ours = _families(exposition(metrics))
     # (the text parser reads `_created` samples as families of their own)
-    assert len({f[0] for f in ours if not str(f[0]).endswith("_created")}) == 13
+    assert len({f[0] for f in ours if not str(f[0]).endswith("_created")}) == 16
     assert ours == _families(generate_latest(reference).decode())

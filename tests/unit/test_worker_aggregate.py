@@ -160,11 +160,14 @@ def test_the_merged_text_has_help_type_and_the_supervisors_process() -> None:
 
 # --- the status page's recent counts ------------------------------------------------------
 
+UP = {"status": "up", "since": 100.0, "lastError": None, "restartsLastHour": 0, "waiting": 0}
+
+
 def report(forwarded: tuple[int, int], gated: dict[str, tuple[int, int]],
-           held: dict[str, int]) -> dict[str, Any]:
+           held: dict[str, int], upstream: dict[str, Any] = UP) -> dict[str, Any]:
     return {"forwarded": {"last5m": forwarded[0], "last60m": forwarded[1]},
             "gated": {name: {"last5m": a, "last60m": b} for name, (a, b) in gated.items()},
-            "held": held}
+            "held": held, "upstream": upstream}
 
 
 def test_recent_counts_add_up_per_window_and_dependency() -> None:
@@ -175,9 +178,27 @@ def test_recent_counts_add_up_per_window_and_dependency() -> None:
     assert got == {"forwarded": {"last5m": 7, "last60m": 70},
                    "gated": {"docker-runner": {"last5m": 3, "last60m": 30},
                              "other": {"last5m": 0, "last60m": 5}},
-                   "held": {"docker-runner": 2, "other": 1}}
+                   "held": {"docker-runner": 2, "other": 1}, "upstream": UP}
 
 
 def test_no_reports_are_zero_counts() -> None:
     assert sum_recent([]) == {"forwarded": {"last5m": 0, "last60m": 0}, "gated": {},
-                              "held": {}}
+                              "held": {}, "upstream": {**UP, "since": None}}
+
+
+def test_the_upstream_is_down_while_one_worker_finds_it_down_and_waiting_adds_up() -> None:
+    refused = {"code": "connection_refused", "message": "refused"}
+    older = {"code": "connection_reset", "message": "reset"}
+    rows = [{"status": "up", "since": 50.0, "lastError": older, "restartsLastHour": 1,
+             "waiting": 0},
+            {"status": "down", "since": 120.0, "lastError": refused, "restartsLastHour": 2,
+             "waiting": 7},
+            {"status": "down", "since": 110.0, "lastError": refused, "restartsLastHour": 2,
+             "waiting": 3}]
+    got = sum_recent([report((0, 0), {}, {}, row) for row in rows])["upstream"]
+    # The same restart is seen by every worker: the most any one saw, not the sum.
+    assert got == {"status": "down", "since": 120.0, "lastError": refused,
+                   "restartsLastHour": 2, "waiting": 10}
+    rows = [{**row, "status": "up"} for row in rows]
+    got = sum_recent([report((0, 0), {}, {}, row) for row in rows])["upstream"]
+    assert got["status"] == "up" and got["since"] == 120.0
