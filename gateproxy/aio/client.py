@@ -45,6 +45,7 @@ from gateproxy.aio.needs import Need
 from gateproxy.http_rules.actions import (
     FAILURES,
     UNAVAILABLE,
+    ConnectStep,
     UpstreamError,
     UpstreamWebSocket,
     WebSocketUpstream,
@@ -433,8 +434,9 @@ class FastUpstream:
     `Host` when the client sent none, never decompresses, never follows redirects."""
 
     def __init__(self, base_url: str, connect_timeout_ms: int, read_timeout_ms: int, *,
-                 websockets: WebSocketUpstream) -> None:
-        """`websockets`: the client WebSocket handshakes go to (closed with this one)."""
+                 websockets: WebSocketUpstream, connects: ConnectStep) -> None:
+        """`websockets`: the client WebSocket handshakes go to (closed with this one);
+        `connects`: the connect step every new connection goes through."""
         url = URL(base_url)
         self._host = url.raw_host or "127.0.0.1"
         self._port = url.port or (443 if url.scheme == "https" else 80)
@@ -449,6 +451,7 @@ class FastUpstream:
         self._idle: deque[tuple[_Protocol, float]] = deque()
         self._closed = False
         self._websockets = websockets
+        self._connects = connects
 
     # --- requests ---------------------------------------------------------------------
 
@@ -622,11 +625,8 @@ class FastUpstream:
             idle.popleft()[0].close()
 
     async def _connect(self) -> _Protocol:
-        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self._connect_timeout_ms / 1000):
-                _, proto = await loop.create_connection(
-                    lambda: _Protocol(loop), self._host, self._port, ssl=self._ssl)
+            return await self._connects.connect(self._open)
         except TimeoutError as exc:
             # What aiohttp's client raises when its connect timeout runs out: the map
             # tells it from a read timeout.
@@ -634,6 +634,13 @@ class FastUpstream:
             raise failure(timeout, self._read_timeout_ms) from exc
         except OSError as exc:
             raise failure(exc, self._read_timeout_ms) from exc
+
+    async def _open(self) -> _Protocol:
+        """One connection attempt; nothing is sent on it yet."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._connect_timeout_ms / 1000):
+            _, proto = await loop.create_connection(
+                lambda: _Protocol(loop), self._host, self._port, ssl=self._ssl)
         return proto
 
     # --- WebSockets and closing -------------------------------------------------------

@@ -85,6 +85,15 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("upstream.read_timeout_ms", _MS, 300000, "integer ≥ 0",
             "Longest silence from the upstream, before or within a response (0: none); "
             "no headers in time gives 504 `upstream_timeout`.", live=False),
+    Setting("upstream.retry_connect_ms", _MS, 3000, "integer ≥ 0",
+            "A request whose upstream connection is refused (or reset before any of it "
+            "was sent) is tried again on a new connection, 25 ms doubling to 400 ms apart "
+            "(at most half of this), for up to this long, then gets 502 "
+            "`upstream_unavailable`. While the upstream is down the waiting requests make "
+            "one attempt at a time. 0: off, the 502 at once.", live=False),
+    Setting("upstream.retry_max_requests", r.integer(1), 100, "integer ≥ 1",
+            "Requests waiting for the upstream at once (`retry_connect_ms`); past it the "
+            "502 comes at once.", live=False),
     Setting("upstream.health_timeout_ms", _POSITIVE_MS, 2000, "integer ≥ 1",
             "How long `health_path` waits for the platform-server's own `/health`."),
     Setting("fast_path", r.boolean, True, "boolean",

@@ -32,6 +32,8 @@ class Upstream:
     url: str
     connect_timeout_ms: int
     read_timeout_ms: int
+    retry_connect_ms: int
+    retry_max_requests: int
     health_timeout_ms: int
 
 

@@ -22,6 +22,7 @@ from gateproxy.core.answers import SERVER, Answer, error, error_bytes, render
 from gateproxy.upstream.interface import (
     FAILURES,
     UNAVAILABLE,
+    ConnectStep,
     RawHeaders,
     UpstreamClient,
     UpstreamError,
@@ -31,7 +32,8 @@ from gateproxy.upstream.interface import (
     failure,
 )
 
-__all__ = ["FAILURES", "SERVER", "UNAVAILABLE", "Action", "Answer", "Endpoint", "FastPolicy",
+__all__ = ["FAILURES", "SERVER", "UNAVAILABLE", "Action", "Answer", "ConnectStep", "Endpoint",
+           "FastPolicy",
            "ForwardPlan", "Gated", "Hold", "RawHeaders", "RequestHead", "Upgrade",
            "UpstreamClient", "UpstreamError", "UpstreamResponse", "UpstreamWebSocket",
            "Waitable", "WebSocketUpstream", "error", "error_bytes", "failure", "render"]

@@ -144,6 +144,8 @@ def classify(exc: BaseException) -> ProbeError:
     if isinstance(exc, aiohttp.ClientConnectorError):
         if exc.os_error.errno == errno.ECONNREFUSED:
             return ProbeError("connection_refused", text)
+        if exc.os_error.errno == errno.ECONNRESET:
+            return ProbeError("connection_reset", text)
         return ProbeError("connect_error", text)
     if isinstance(exc, ConnectionRefusedError):  # a bare one: from the gRPC channel
         return ProbeError("connection_refused", text)

@@ -53,7 +53,8 @@ class Gateway:
         self.fence = listeners.inspect(config.fast_path)
         watch: WatchFactory = worker.watch if worker is not None else probing
         self.node = Node(config, watch, lambda: self.websockets.open_count)
-        self.upstream = upstream or listeners.upstream_client(config, self.fence)
+        self.upstream = upstream or listeners.upstream_client(config, self.fence,
+                                                              self.node.reconnector)
         self.websockets = WebSocketRelay(self.upstream)
         self.planner = Planner(lambda: self.node.runtime.gate, self.on_reject)
         # The fast path's policy (http_rules/actions.py FastPolicy): the planner, the
@@ -156,6 +157,8 @@ class Gateway:
         """Drain: ready says 503 for `delay_s`, then close listeners, finish in-flight
         requests within the grace time, stop watching."""
         self.node.draining = True
+        # Nothing waits for the upstream past the drain: those waiting get the 502 now.
+        self.node.reconnector.close()
         if delay_s > 0:
             log.info("draining", delayMs=round(delay_s * 1000))
             await asyncio.sleep(delay_s)

@@ -19,12 +19,14 @@ from aiohttp import web
 from gateproxy.aio import check, fastpath, server
 from gateproxy.aio.check import Fence
 from gateproxy.aio.client import FastUpstream
+from gateproxy.aio.connector import StepConnector
 from gateproxy.core import answers
 from gateproxy.core.model import Config
 from gateproxy.http_rules.actions import FastPolicy
 from gateproxy.serve import public
 from gateproxy.upstream.aiohttp_client import AiohttpUpstream
 from gateproxy.upstream.interface import UpstreamClient
+from gateproxy.upstream.reconnect import Reconnector
 from gateproxy.views import accesslog
 
 inspect = check.inspect
@@ -32,14 +34,17 @@ parser_problem = check.parser_problem
 FastPath = fastpath.FastPath
 
 
-def upstream_client(config: Config, fence: Fence) -> UpstreamClient:
+def upstream_client(config: Config, fence: Fence, connects: Reconnector) -> UpstreamClient:
     """The client that forwards to the upstream: the fence's lean one when the fast
-    path is on, aiohttp's ClientSession otherwise (both relay WebSockets through it)."""
+    path is on, aiohttp's ClientSession otherwise (both relay WebSockets through it).
+    Both make their connections through `connects`."""
     upstream = config.upstream
     settings = (upstream.url, upstream.connect_timeout_ms, upstream.read_timeout_ms)
+    aiohttp_client = AiohttpUpstream(
+        *settings, connector=functools.partial(StepConnector, connects))
     if fence.fast_path:
-        return FastUpstream(*settings, websockets=AiohttpUpstream(*settings))
-    return AiohttpUpstream(*settings)
+        return FastUpstream(*settings, websockets=aiohttp_client, connects=connects)
+    return aiohttp_client
 
 
 def fast_path(policy: FastPolicy, client: UpstreamClient) -> fastpath.FastPath:

@@ -23,6 +23,9 @@ from gateproxy.core.runtime import Runtime
 from gateproxy.core.watch import Watch
 from gateproxy.monitor.loop import Monitor, first_required_down
 from gateproxy.monitor.probe import Prober
+from gateproxy.upstream.reconnect import Reconnector
+from gateproxy.views.counts import Family
+from gateproxy.views.health import readiness
 from gateproxy.views.metrics import Metrics
 
 WatchFactory = Callable[["Node", DependencyStatus], Watch]
@@ -39,7 +42,15 @@ class Node:
     def __init__(self, config: Config, watch: WatchFactory = probing,
                  open_websockets: Callable[[], int] = lambda: 0) -> None:
         self._watch = watch
-        self.metrics = Metrics(self.statuses, open_websockets)
+        # The upstream as this process's connections find it (a supervisor's never
+        # connects: its workers' are summed).
+        upstream = config.upstream
+        self.reconnector = Reconnector(upstream.url, upstream.connect_timeout_ms,
+                                       upstream.retry_connect_ms, upstream.retry_max_requests)
+        self.metrics = Metrics(
+            self.statuses, open_websockets, lambda: self.reconnector.state.up,
+            self.reconnector.outcomes,
+            lambda: readiness(self.draining, self.serving, self.statuses())[0] == 200)
         self.prober = Prober()
         guards = [self.make_guard(dep) for dep in config.dependencies]
         self.runtime = Runtime(config, Gate.build(guards, config), version_of(config, 1))
@@ -57,7 +68,7 @@ class Node:
                      answers.error_body(dep.not_ready.code, dep.not_ready.message))
 
     def count_reload(self, applied: bool) -> None:
-        (self.metrics.reload_applied if applied else self.metrics.reload_rejected).inc()
+        self.metrics.count_reload(applied)
         if applied:
             for hook in self.on_reload:
                 hook()
@@ -79,18 +90,23 @@ class Node:
     def statuses(self) -> list[DependencyStatus]:
         return [g.status for g in self.runtime.guards]
 
-    def exposition(self) -> bytes:
-        """The Prometheus text exposition of this process's metrics."""
-        return self.metrics.exposition()
+    def families(self) -> list[Family]:
+        """This process's metrics as numbers."""
+        return self.metrics.snapshot()
 
     def stats(self) -> dict[str, Any]:
-        """What a worker reports to its supervisor every second."""
-        return {"metrics": self.exposition().decode(), "recent": self.recent()}
+        """What a worker reports to its supervisor every second: numbers, which the
+        supervisor adds up and writes as its exposition."""
+        return {"metrics": self.families(), "recent": self.recent()}
 
     def recent(self) -> dict[str, Any]:
-        """Request counts of the last 5 and 60 minutes, and the held requests."""
+        """Request counts of the last 5 and 60 minutes, the held requests, and the
+        upstream's row (its state and the requests waiting for it)."""
+        reconnector = self.reconnector
         return {**self.metrics.recent(),
-                "held": {s.dep.name: s.held for s in self.statuses()}}
+                "held": {s.dep.name: s.held for s in self.statuses()},
+                "upstream": {**reconnector.state.snapshot(time.time()),
+                             "waiting": reconnector.waiting}}
 
     # --- start and stop -------------------------------------------------------------------
 

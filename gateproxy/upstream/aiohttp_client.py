@@ -6,7 +6,7 @@ The client with `fast_path: false`; with `fast_path: true` the lean FastUpstream
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from multidict import CIMultiDict
@@ -55,8 +55,13 @@ class AiohttpUpstream:
     for WebSockets only); never follows redirects, never decompresses, never stores
     cookies, adds no headers of its own."""
 
-    def __init__(self, base_url: str, connect_timeout_ms: int, read_timeout_ms: int) -> None:
+    def __init__(self, base_url: str, connect_timeout_ms: int, read_timeout_ms: int, *,
+                 connector: Callable[..., aiohttp.TCPConnector] = aiohttp.TCPConnector
+                 ) -> None:
+        """`connector`: makes the session's connector (the proxy's makes its connections
+        through the connect step, gateproxy/aio/connector.py)."""
         self._base = base_url.rstrip("/")
+        self._connector = connector
         self._connect_timeout_ms = connect_timeout_ms
         self._read_timeout_ms = read_timeout_ms
         self._made: aiohttp.ClientSession | None = None
@@ -66,7 +71,7 @@ class AiohttpUpstream:
         if self._made is None:
             read_timeout_ms = self._read_timeout_ms
             self._made = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=10),
+                connector=self._connector(limit=0, ttl_dns_cache=10),
                 timeout=aiohttp.ClientTimeout(
                     total=None,
                     sock_connect=self._connect_timeout_ms / 1000,

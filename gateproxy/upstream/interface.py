@@ -10,13 +10,15 @@ The fence (gateproxy/aio/) may import this module: it imports nothing of gatepro
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Final, Literal, Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
+from typing import Final, Literal, Protocol, TypeVar, runtime_checkable
 
 import aiohttp
 from multidict import CIMultiDict
 
 RawHeaders = tuple[tuple[bytes, bytes], ...]
+T = TypeVar("T")
 
 # The codes of an UpstreamError (gateproxy/core/answers.py gives their statuses).
 UNAVAILABLE: Final = "upstream_unavailable"  # 502
@@ -66,6 +68,20 @@ class UpstreamClient(Protocol):
                    body: aiohttp.StreamReader | None) -> UpstreamResponse: ...
 
     async def close(self) -> None: ...
+
+
+# True in a task whose upstream requests report the upstream's state instead of riding
+# out its restart (`health_path`): the connect step makes one attempt and never waits.
+NO_WAIT: Final = ContextVar("upstream_no_wait", default=False)
+
+
+class ConnectStep(Protocol):
+    """How a client makes a new upstream connection: through `connect`, which tries
+    again while the upstream restarts (gateproxy/upstream/reconnect.py)."""
+
+    async def connect(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt()`'s connection; raises what it raises, or UpstreamError."""
+        ...
 
 
 @runtime_checkable

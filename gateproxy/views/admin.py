@@ -22,16 +22,19 @@ import aiohttp_jinja2
 import jinja2
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateproxy import __version__
 from gateproxy.core import access, answers
 from gateproxy.core.answers import Answer
 from gateproxy.core.dependency import DependencyStatus, iso
 from gateproxy.core.gate import ADMIN_ENDPOINTS
+from gateproxy.core.model import redact_url
 from gateproxy.core.runtime import Runtime
 from gateproxy.core.watch import Maintainable
 from gateproxy.logs import log
+from gateproxy.views import exposition
+from gateproxy.views.counts import Family
+from gateproxy.views.health import readiness
 
 
 class View(Protocol):
@@ -52,12 +55,13 @@ class View(Protocol):
 
     def statuses(self) -> list[DependencyStatus]: ...
 
-    def exposition(self) -> bytes:
-        """The Prometheus text exposition of the proxy's metrics."""
+    def families(self) -> list[Family]:
+        """The proxy's metrics as numbers (a supervisor's: its workers' added up)."""
 
     def recent(self) -> dict[str, Any]:
         """Request counts of the last 5 and 60 minutes: `forwarded`, `gated` and `held`
-        (the last two by dependency), as `Metrics.recent` gives them, `held` added."""
+        (the last two by dependency), as `Metrics.recent` gives them, `held` added; and
+        `upstream`, the platform-server's row (`UpstreamState.snapshot`, `waiting`)."""
 
 # The page loads nothing from anywhere and talks only to its own origin.
 _PAGE = (
@@ -69,18 +73,7 @@ _PAGE = (
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),
 )
-_METRICS = (("Content-Type", CONTENT_TYPE_LATEST), ("Cache-Control", "no-store"))
-
-
-def readiness(view: View) -> tuple[int, dict[str, Any]]:
-    if view.draining:
-        return 503, {"status": "not_ready", "reason": "shutting_down"}
-    if not view.serving:
-        return 503, {"status": "not_ready", "reason": "starting"}
-    down = [s.dep.name for s in view.statuses() if not s.dep.optional and not s.is_up]
-    if down:
-        return 503, {"status": "not_ready", "reason": "dependency_down", "dependencies": down}
-    return 200, {"status": "ready"}
+_METRICS = (("Content-Type", exposition.CONTENT_TYPE), ("Cache-Control", "no-store"))
 
 
 _NONE = {"last5m": 0, "last60m": 0}
@@ -105,7 +98,7 @@ def _dependency(status: DependencyStatus, recent: dict[str, Any],
 
 def status_data(view: View) -> dict[str, Any]:
     """What the status page shows, and status.json serves."""
-    code, ready = readiness(view)
+    code, ready = readiness(view.draining, view.serving, view.statuses())
     now = time.time()
     recent = view.recent()
     return {
@@ -119,8 +112,15 @@ def status_data(view: View) -> dict[str, Any]:
         "config": view.runtime.version.as_dict(),
         # Forwarded requests belong to no dependency: they are counted for the proxy.
         "forwardedRequests": recent["forwarded"],
+        "upstream": _upstream(view, recent["upstream"]),
         "dependencies": [_dependency(s, recent, now) for s in view.statuses()],
     }
+
+
+def _upstream(view: View, row: dict[str, Any]) -> dict[str, Any]:
+    """The platform-server's row: as the proxy's connections find it (not probed)."""
+    return {"name": "platform-server", "url": redact_url(view.runtime.config.upstream.url),
+            **row, "since": iso(row["since"])}
 
 
 Handler = Callable[[web.Request], Awaitable[Answer]]
@@ -137,7 +137,7 @@ def endpoints(app: web.Application, view: View) -> dict[str, Handler]:
         return answers.json(200, {"status": "live"})
 
     async def ready(_: web.Request) -> Answer:
-        return answers.json(*readiness(view))
+        return answers.json(*readiness(view.draining, view.serving, view.statuses()))
 
     async def status_json(_: web.Request) -> Answer:
         return answers.json(200, status_data(view))
@@ -150,7 +150,7 @@ def endpoints(app: web.Application, view: View) -> dict[str, Handler]:
         return Answer(200, _PAGE, page.encode())
 
     async def metrics(_: web.Request) -> Answer:
-        return Answer(200, _METRICS, view.exposition())
+        return Answer(200, _METRICS, exposition.render(view.families()))
 
     handlers: dict[str, Handler] = {"live": live, "ready": ready, "status": status_page,
                                     "status.json": status_json, "metrics": metrics}

@@ -1,4 +1,5 @@
-"""/health: the upstream's own health answer with every dependency's snapshot added.
+"""/health: the upstream's own health answer with every dependency's snapshot added; and
+what `ready` answers.
 
 Reads the statuses, never writes them. An optional dependency being down never turns
 the answer into an error; a required one does. A client that asks for
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -19,7 +20,7 @@ from multidict import CIMultiDict
 
 from gateproxy.core.answers import Answer
 from gateproxy.core.dependency import DependencyStatus, State, iso
-from gateproxy.upstream.interface import UpstreamClient, UpstreamError
+from gateproxy.upstream.interface import NO_WAIT, UpstreamClient, UpstreamError
 
 _BODY_LIMIT = 1024 * 1024
 HEALTH_JSON = "application/health+json"
@@ -46,6 +47,8 @@ async def ask_upstream(client: UpstreamClient, path: str, host: str | None,
     headers: CIMultiDict[str] = CIMultiDict({"Accept": "application/json"})
     if host:
         headers["Host"] = host
+    # The upstream's health now, not after riding out its restart (upstream/reconnect.py).
+    no_wait = NO_WAIT.set(True)
     try:
         async with asyncio.timeout(timeout_ms / 1000):
             resp = await client.send("GET", path, headers, None)
@@ -64,11 +67,27 @@ async def ask_upstream(client: UpstreamClient, path: str, host: str | None,
             "code": "upstream_timeout", "message": f"no answer within {timeout_ms} ms"})
     except UpstreamError as exc:
         return UpstreamHealth(None, None, {"code": exc.code, "message": exc.message})
+    finally:
+        NO_WAIT.reset(no_wait)
     try:
         body = orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError:
         body = None
     return UpstreamHealth(resp.status, body, None)
+
+
+def readiness(draining: bool, serving: bool, statuses: Iterable[DependencyStatus]
+              ) -> tuple[int, dict[str, Any]]:
+    """What `ready` answers: 503 while shutting down, starting, or while a required
+    dependency is not up."""
+    if draining:
+        return 503, {"status": "not_ready", "reason": "shutting_down"}
+    if not serving:
+        return 503, {"status": "not_ready", "reason": "starting"}
+    down = [s.dep.name for s in statuses if not s.dep.optional and not s.is_up]
+    if down:
+        return 503, {"status": "not_ready", "reason": "dependency_down", "dependencies": down}
+    return 200, {"status": "ready"}
 
 
 def _required_down(statuses: Sequence[DependencyStatus]) -> bool:

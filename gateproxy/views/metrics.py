@@ -1,222 +1,210 @@
-"""Prometheus metrics of one Gateway, on a registry of its own.
+"""The metrics of one Gateway, as plain numbers (gateproxy/views/counts.py), in a registry
+of its own.
 
-A registry per Gateway (not prometheus-client's global one) lets several gateways live in
-one process, as they do in the tests. The per-request metrics (gated and forwarded
-requests, upstream latency) are plain ints in small tables, so a request pays an index
-and an add, never a lock, a label lookup or string formatting; `_RequestCounts` turns them
-into the samples prometheus-client's Counter and Histogram would give, at scrape time.
-Gated and forwarded requests also go into per-minute buckets for the status page (its
-counts for the last 5 and 60 minutes): one more add, as cheap.
+A registry per Gateway lets several gateways live in one process, as they do in the
+tests. The per-request metrics (gated and forwarded requests, upstream latency) are
+plain ints in small tables, so a request pays an index and an add, never a lock, a label
+lookup or string formatting. A snapshot of them all is what /metrics writes
+(gateproxy/views/exposition.py) and what a worker of several sends its supervisor. Gated
+and forwarded requests also go into per-minute buckets for the status page (its counts
+for the last 5 and 60 minutes): one more add, as cheap.
 """
 
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    ProcessCollector,
-    generate_latest,
-)
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-)
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
 
 from gateproxy.core.dependency import DependencyStatus
 from gateproxy.core.history import MinuteBuckets
 from gateproxy.monitor.probe import ProbeResult
 from gateproxy.upstream.interface import UpstreamClient, UpstreamResponse
+from gateproxy.views.counts import (
+    COUNTER,
+    Counter,
+    Family,
+    Gauge,
+    Histogram,
+    Registry,
+    Series,
+    family,
+)
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 METHOD_CLASSES = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 OTHER = "other"
 # Index = status // 100; codes outside 100-599 (aiohttp lets 600-999 through) are "other".
 STATUS_CLASSES = (OTHER, "1xx", "2xx", "3xx", "4xx", "5xx", OTHER, OTHER, OTHER, OTHER)
-# Whether prometheus-client adds `_created` samples (PROMETHEUS_DISABLE_CREATED_SERIES).
-_CREATED = any(s.name.endswith("_created") for family in
-               Counter("probe", "probe", registry=None).collect() for s in family.samples)
 
 
-class _DependencyUp(Collector):
-    """`gateproxy_dependency_up`, `gateproxy_dependency_info` (how it is probed, and
-    where), its maintenance and its held requests, read from the statuses at scrape time,
-    so that a dependency added or removed by a reload appears or disappears with it."""
-
-    def __init__(self, statuses: Callable[[], Iterable[DependencyStatus]]) -> None:
-        self._statuses = statuses
-
-    def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("gateproxy_dependency_up",
-                               "1 while the dependency is up, 0 while down or unknown",
-                               labels=["dependency"])
-        info = GaugeMetricFamily("gateproxy_dependency_info",
-                                 "Always 1: how each dependency is probed, and where",
-                                 labels=["dependency", "probe", "endpoint"])
-        maintenance = GaugeMetricFamily("gateproxy_dependency_maintenance",
-                                        "1 while the dependency is in maintenance (by hand)",
-                                        labels=["dependency"])
-        held = GaugeMetricFamily("gateproxy_held_requests",
-                                 "Gated requests waiting for the dependency (hold_ms)",
-                                 labels=["dependency"])
-        for status in self._statuses():
-            up.add_metric([status.dep.name], 1.0 if status.is_up else 0.0)
-            info.add_metric([status.dep.name, status.dep.probe, status.base_url], 1.0)
-            maintenance.add_metric([status.dep.name], float(status.maintenance is not None))
-            held.add_metric([status.dep.name], float(status.held))
-        yield from (up, info, maintenance, held)
+def _by_dependency(statuses: Callable[[], Iterable[DependencyStatus]],
+                   value: Callable[[DependencyStatus], float]
+                   ) -> Callable[[], Iterator[tuple[Sequence[str], float]]]:
+    """A gauge's series, one per dependency, read from the statuses when a snapshot is
+    taken: a dependency added or removed by a reload appears or disappears with it."""
+    return lambda: (((s.dep.name,), value(s)) for s in statuses())
 
 
-class _RequestCounts(Collector):
-    """`gateproxy_gated_requests`, `gateproxy_forwarded_requests` and
-    `gateproxy_upstream_latency_seconds`: counted in plain ints on the event loop, and
-    exported with the names, labels, series order and values prometheus-client's
-    Counter and Histogram give (a test compares the two)."""
+class _Forwarded:
+    """`gateproxy_forwarded_requests`: a table of ints by method class, indexed by
+    status // 100, every series there from the start."""
 
-    BOUNDS = Histogram.DEFAULT_BUCKETS
-    # The `le` labels, spelled as Histogram spells them.
-    LE = tuple(floatToGoString(b) for b in BOUNDS)  # type: ignore[no-untyped-call]
+    name = "gateproxy_forwarded_requests"
+    help = ("HTTP requests forwarded upstream, by method and by the class of the status "
+            "sent back (WebSocket sessions: gateproxy_websockets_open)")
+    labels: Sequence[str] = ("method", "status_class")
+    summed = True
 
     def __init__(self) -> None:
         self.created = time.time()
-        # By (dependency, route), in the order first seen: [count, when first seen].
-        self.gated: dict[tuple[str, str], list[float]] = {}
-        # By method class: counts indexed by status // 100 (STATUS_CLASSES).
-        self.forwarded = {m: [0] * len(STATUS_CLASSES) for m in (*METHOD_CLASSES, OTHER)}
-        # Observations per bucket (not cumulative: the bucket an observation falls in).
-        self.latency = [0] * len(self.BOUNDS)
-        self.latency_sum = 0.0
+        self.table = {m: [0] * len(STATUS_CLASSES) for m in (*METHOD_CLASSES, OTHER)}
 
-    def collect(self) -> Iterator[Metric]:
-        gated = CounterMetricFamily("gateproxy_gated_requests",
-                                    "Requests answered 503 by the gate",
-                                    labels=["dependency", "route"])
-        for (dependency, route), (count, created) in self.gated.items():
-            gated.add_metric([dependency, route], float(count), created if _CREATED else None)
-        yield gated
-        forwarded = CounterMetricFamily(
-            "gateproxy_forwarded_requests",
-            "HTTP requests forwarded upstream, by method and by the class of the status "
-            "sent back (WebSocket sessions: gateproxy_websockets_open)",
-            labels=["method", "status_class"])
-        for method, counts in self.forwarded.items():
-            by_class: dict[str, float] = {}
+    def snapshot(self) -> Family:
+        series: list[Series] = []
+        for method, counts in self.table.items():
+            by_class: dict[str, int] = {}
             for status_class, count in zip(STATUS_CLASSES, counts, strict=True):
-                by_class[status_class] = by_class.get(status_class, 0.0) + count
-            for status_class, count in by_class.items():
-                forwarded.add_metric([method, status_class], count,
-                                     self.created if _CREATED else None)
-        yield forwarded
-        name = "gateproxy_upstream_latency_seconds"
-        latency = HistogramMetricFamily(
-            name, "Time from sending a request upstream to receiving its response headers")
-        buckets = []
-        acc = 0.0
-        for le, count in zip(self.LE, self.latency, strict=True):
-            acc += count
-            buckets.append((le, acc))
-        latency.add_metric([], buckets, self.latency_sum)
-        if _CREATED:
-            latency.samples.append(Sample(name + "_created", {}, self.created))
-        yield latency
+                by_class[status_class] = by_class.get(status_class, 0) + count
+            series += [((method, status_class), count, self.created)
+                       for status_class, count in by_class.items()]
+        return family(self, COUNTER, series)
+
+
+class _Retries:
+    """`gateproxy_upstream_retries`: read from the upstream's reconnector
+    (gateproxy/upstream/reconnect.py), which counts in plain ints, as requests do."""
+
+    name = "gateproxy_upstream_retries"
+    help = ("Requests that met the platform-server down (upstream.retry_connect_ms), by "
+            "how their wait ended")
+    labels: Sequence[str] = ("outcome",)
+    summed = True
+
+    def __init__(self, counts: Mapping[str, int]) -> None:
+        self._counts = counts
+        self.created = time.time()
+
+    def snapshot(self) -> Family:
+        return family(self, COUNTER, [((outcome,), count, self.created)
+                                      for outcome, count in self._counts.items()])
 
 
 class Metrics:
     def __init__(self, statuses: Callable[[], Iterable[DependencyStatus]],
-                 open_websockets: Callable[[], int]) -> None:
-        self.registry = CollectorRegistry()
-        registry = self.registry
-        ProcessCollector(registry=registry)
-        registry.register(_DependencyUp(statuses))
-        self._probes = Counter(
+                 open_websockets: Callable[[], int], upstream_up: Callable[[], bool],
+                 upstream_retries: Mapping[str, int], ready: Callable[[], bool]) -> None:
+        """`upstream_up`, `upstream_retries`: the upstream's state and its requests' waits
+        by outcome; `ready`: whether `ready` answers 200."""
+        registry = self.registry = Registry()
+        registry.add(Gauge("gateproxy_dependency_up",
+                           "1 while the dependency is up, 0 while down or unknown",
+                           ["dependency"], _by_dependency(statuses, lambda s: float(s.is_up)),
+                           summed=False))
+        registry.add(Gauge(
+            "gateproxy_dependency_info", "Always 1: how each dependency is probed, and where",
+            ["dependency", "probe", "endpoint"],
+            lambda: (((s.dep.name, s.dep.probe, s.base_url), 1.0) for s in statuses()),
+            summed=False))
+        registry.add(Gauge("gateproxy_dependency_maintenance",
+                           "1 while the dependency is in maintenance (by hand)",
+                           ["dependency"],
+                           _by_dependency(statuses, lambda s: float(s.maintenance is not None)),
+                           summed=False))
+        # Held in the workers: their sum is the pod's.
+        registry.add(Gauge("gateproxy_held_requests",
+                           "Gated requests waiting for the dependency (hold_ms)",
+                           ["dependency"], _by_dependency(statuses, lambda s: float(s.held))))
+        # Summed over the workers: how many of them see the platform-server up.
+        registry.add(Gauge(
+            "gateproxy_upstream_up",
+            "1 while the platform-server accepts connections (as this process's last "
+            "connection found it), 0 while it refuses them; with workers, how many see it up",
+            [], lambda: [((), float(upstream_up()))]))
+        registry.add(_Retries(upstream_retries))
+        registry.add(Gauge("gateproxy_ready", "1 while ready answers 200, else 0", [],
+                           lambda: [((), float(ready()))], summed=False))
+        self._probes = registry.add(Counter(
             "gateproxy_probes", "Readiness probes by result and errorCode",
-            ["dependency", "result", "error_code"], registry=registry)
-        self._probe_seconds = Histogram(
+            ["dependency", "result", "error_code"], summed=False))
+        self._probe_seconds = registry.add(Histogram(
             "gateproxy_probe_duration_seconds", "Duration of readiness probes",
-            ["dependency"], registry=registry)
-        counts = self._counts = _RequestCounts()
-        registry.register(counts)
-        self._gated = counts.gated
-        # By (dependency, route): its count, and the dependency's minute buckets.
+            ["dependency"], summed=False))
+        self._gated = registry.add(Counter("gateproxy_gated_requests",
+                                           "Requests answered 503 by the gate",
+                                           ["dependency", "route"]))
+        forwarded = registry.add(_Forwarded())
+        self._forwarded = forwarded.table
+        self._forwarded_other = forwarded.table[OTHER]
+        # The time from sending a request upstream to its response's headers; the fast
+        # path calls this bound method itself, one call per request.
+        self.observe_upstream = registry.add(Histogram(
+            "gateproxy_upstream_latency_seconds",
+            "Time from sending a request upstream to receiving its response headers"
+        )).child().observe
+        # By (dependency, route): the dependency's minute buckets' add.
         self._gated_recent: dict[tuple[str, str], Callable[[], None]] = {}
         # By dependency name, kept across reloads: its gated requests of the last hour.
         self.gated_recent: dict[str, MinuteBuckets] = {}
         self.forwarded_recent = MinuteBuckets()
         self._forwarded_recent_add = self.forwarded_recent.add
-        self._forwarded = counts.forwarded
-        self._forwarded_other = counts.forwarded[OTHER]
-        Gauge("gateproxy_websockets_open", "WebSocket sessions being relayed",
-              registry=registry).set_function(open_websockets)
-        reloads = Counter(
-            "gateproxy_config_reloads", "Configuration reloads by result",
-            ["result"], registry=registry)
-        self._holds = Counter(
+        registry.add(Gauge("gateproxy_websockets_open", "WebSocket sessions being relayed",
+                           [], lambda: [((), float(open_websockets()))]))
+        reloads = registry.add(Counter("gateproxy_config_reloads",
+                                       "Configuration reloads by result", ["result"],
+                                       summed=False))
+        self._reload_applied = reloads.child("applied")
+        self._reload_rejected = reloads.child("rejected")
+        self._holds = registry.add(Counter(
             "gateproxy_hold_outcomes", "Held requests (hold_ms) by how their wait ended",
-            ["dependency", "outcome"], registry=registry)
-        self.reload_applied = reloads.labels("applied")
-        self.reload_rejected = reloads.labels("rejected")
-        self._admin_denied = Counter(
+            ["dependency", "outcome"]))
+        self._admin_denied = registry.add(Counter(
             "gateproxy_admin_denied",
             "Attempts to change state on the admin port that were refused, by error code "
             "(forbidden: not on the loopback and no admin_token set; unauthorized: no "
-            "valid token)", ["code"], registry=registry)
+            "valid token)", ["code"], summed=False))
 
     def observe_probe(self, status: DependencyStatus, result: ProbeResult) -> None:
         """The monitor's `on_result` hook."""
         name = status.dep.name
         if result.error is None:
-            self._probes.labels(name, "success", "").inc()
+            self._probes.inc(name, "success", "")
         else:
-            self._probes.labels(name, "failure", result.error.code).inc()
-        self._probe_seconds.labels(name).observe(result.duration_ms / 1000)
+            self._probes.inc(name, "failure", result.error.code)
+        self._probe_seconds.child(name).observe(result.duration_ms / 1000)
 
     def count_gated(self, dependency: str, prefix: str) -> None:
         key = (dependency, prefix)
-        count = self._gated.get(key)
+        count = self._gated.series.get(key)
         if count is None:
-            count = self._gated[key] = [0, time.time()]
+            count = self._gated.child(dependency, prefix)
             recent = self.gated_recent.setdefault(dependency, MinuteBuckets())
             self._gated_recent[key] = recent.add
         count[0] += 1
         self._gated_recent[key]()
 
+    def count_reload(self, applied: bool) -> None:
+        (self._reload_applied if applied else self._reload_rejected)[0] += 1
+
     def count_admin_denied(self, code: str) -> None:
-        self._admin_denied.labels(code).inc()
+        self._admin_denied.inc(code)
 
     def count_hold(self, dependency: str, outcome: str) -> None:
-        self._holds.labels(dependency, outcome).inc()
+        self._holds.inc(dependency, outcome)
 
     def count_forwarded(self, method: str, status: int) -> None:
         self._forwarded.get(method, self._forwarded_other)[status // 100] += 1
         self._forwarded_recent_add()
 
-    def observe_upstream(self, seconds: float) -> None:
-        """The time from sending a request upstream to its response's headers."""
-        counts = self._counts
-        counts.latency_sum += seconds
-        # The first bucket whose bound is at least `seconds`, as Histogram.observe picks.
-        counts.latency[bisect_left(counts.BOUNDS, seconds)] += 1
-
     def timed(self, client: UpstreamClient) -> UpstreamClient:
         """`client`, with the time to each response's headers observed."""
         return _TimedUpstream(client, self.observe_upstream)
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def snapshot(self) -> list[Family]:
+        """Every family's numbers now, in the order /metrics lists them."""
+        return self.registry.snapshot()
 
     def recent(self) -> dict[str, Any]:
         """The status page's counts for the last 5 and 60 minutes: forwarded requests,

@@ -1,77 +1,75 @@
 """One view of several worker processes' counts (`workers: N`). Pure.
 
-Each worker serves requests and counts them; only the supervisor probes. The supervisor's
-metrics and status page therefore add up what the workers report (request counters,
-histograms, open WebSockets, held requests) and take the rest from the supervisor itself
-(dependency state, probes, reloads, the process). prometheus-client's parser reads the
-workers' expositions; the merged families are written out by prometheus-client again.
+Each worker serves requests and counts them; only the supervisor probes. Every second a
+worker sends its metrics as numbers (gateproxy/views/counts.py `Family`), and the
+supervisor adds them up here, family by family, as each family says (`summed`):
+
+- a summed family (what serving the proxy's port counts: requests, latencies, open
+  WebSockets, held requests, and whatever else a worker counts) is the workers' values
+  added up, series by series: counters and each histogram bucket and sum, and gauges too,
+  so that a gauge reads for the whole pod (sessions open in all, workers that see the
+  upstream up); its `_created` time is the earliest;
+- any other (what the supervisor alone does: probing, the dependencies' state, which
+  every process mirrors, reloads, the admin port) is the supervisor's alone.
+
+The supervisor writes the result as its exposition, its own `process_*` metrics first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Final
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
-
-# Families the supervisor knows best: it probes and reloads, and is the process to watch.
-SUPERVISOR_FAMILIES: Final = frozenset({
-    "gateproxy_dependency_up", "gateproxy_dependency_info", "gateproxy_dependency_maintenance",
-    "gateproxy_probes", "gateproxy_probe_duration_seconds", "gateproxy_config_reloads",
-})
+from gateproxy.views.counts import HISTOGRAM, Family, Series
 
 
-def _supervisors(name: str) -> bool:
-    return name in SUPERVISOR_FAMILIES or name.startswith("process_")
+def _add(kind: str, into: Any, value: Any) -> Any:
+    if kind == HISTOGRAM:
+        (counts, total), (more, more_total) = into, value
+        return [a + b for a, b in zip(counts, more, strict=True)], total + more_total
+    return into + value
 
 
-class _Families(Collector):
-    def __init__(self, families: list[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterator[Metric]:
-        return iter(self._families)
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
-def merge_expositions(supervisor: str, workers: Iterable[str]) -> bytes:
-    """The supervisor's families it knows best, and every other family summed over the
-    workers (a `_created` timestamp: the earliest)."""
-    merged: dict[str, Metric] = {}
-    for family in text_string_to_metric_families(supervisor):
-        if _supervisors(family.name):
-            merged[family.name] = family
-    sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-    for text in workers:
-        for family in text_string_to_metric_families(text):
-            if _supervisors(family.name):
-                continue
-            if family.name not in merged:
-                merged[family.name] = Metric(family.name, family.documentation, family.type)
-            values = sums.setdefault(family.name, {})
-            for sample in family.samples:
-                key = (sample.name, tuple(sorted(sample.labels.items())))
-                if sample.name.endswith("_created"):
-                    values[key] = min(values.get(key, sample.value), sample.value)
-                else:
-                    values[key] = values.get(key, 0.0) + sample.value
-    for name, values in sums.items():
-        family = merged[name]
-        for (sample_name, labels), value in values.items():
-            family.add_sample(sample_name, dict(labels), value)
-    registry = CollectorRegistry()
-    registry.register(_Families(list(merged.values())))
-    return generate_latest(registry)
+def _summed(families: Sequence[Family], kind: str) -> list[Series]:
+    """The series of several processes' snapshots of one family, added up."""
+    sums: dict[tuple[str, ...], Series] = {}
+    for family in families:
+        for values, value, created in family["series"]:
+            key = tuple(values)
+            seen = sums.get(key)
+            sums[key] = (values, value, created) if seen is None else (
+                values, _add(kind, seen[1], value), _earliest(seen[2], created))
+    return list(sums.values())
+
+
+def merge(supervisor: Sequence[Family], workers: Iterable[Sequence[Family]]) -> list[Family]:
+    """The supervisor's families, in its order, each summed one replaced by the workers'
+    sum (a family only the workers have comes after)."""
+    by_name: dict[str, list[Family]] = {}
+    for snapshot in workers:
+        for family in snapshot:
+            by_name.setdefault(family["name"], []).append(family)
+    merged = []
+    known = {family["name"] for family in supervisor}
+    for family in [*supervisor, *(f[0] for n, f in by_name.items() if n not in known)]:
+        if family["summed"]:
+            family = family.copy()
+            family["series"] = _summed(by_name.get(family["name"], []), family["type"])
+        merged.append(family)
+    return merged
 
 
 def sum_recent(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """The status page's recent counts (`Metrics.recent`, plus `held`) of every worker,
-    added up."""
+    """The status page's recent counts (`Metrics.recent`, plus `held` and the upstream's
+    row) of every worker, added up."""
     forwarded = {"last5m": 0, "last60m": 0}
     gated: dict[str, dict[str, int]] = {}
     held: dict[str, int] = {}
+    upstream: list[Mapping[str, Any]] = []
     for report in reports:
         for window, count in report["forwarded"].items():
             forwarded[window] += count
@@ -81,4 +79,23 @@ def sum_recent(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                 into[window] += count
         for name, count in report["held"].items():
             held[name] = held.get(name, 0) + count
-    return {"forwarded": forwarded, "gated": gated, "held": held}
+        upstream.append(report["upstream"])
+    return {"forwarded": forwarded, "gated": gated, "held": held,
+            "upstream": merge_upstream(upstream)}
+
+
+def merge_upstream(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The platform-server's row of several workers (`UpstreamState.snapshot` and
+    `waiting` each): down while any worker finds it down, since the latest change to
+    that state, the latest error, the restarts the most watchful worker saw (each worker
+    sees the same restarts), and every worker's waiting requests."""
+    if not rows:
+        return {"status": "up", "since": None, "lastError": None, "restartsLastHour": 0,
+                "waiting": 0}
+    status = "down" if any(r["status"] == "down" for r in rows) else "up"
+    latest = max((r for r in rows if r["status"] == status), key=lambda r: r["since"])
+    errors = [r for r in rows if r["lastError"] is not None]
+    return {"status": status, "since": latest["since"],
+            "lastError": max(errors, key=lambda r: r["since"])["lastError"] if errors else None,
+            "restartsLastHour": max(r["restartsLastHour"] for r in rows),
+            "waiting": sum(r["waiting"] for r in rows)}

@@ -6,8 +6,8 @@ One Unix socket, one JSON object per line. The supervisor probes; workers never 
 - supervisor -> worker: `status` (a dependency's state, after every probe), `reload`,
   `stop`;
 - worker -> supervisor: `hello`, `recheck` (a gated request saw the dependency down),
-  `sync` (send every status again, after a reload), `stats` (its metrics and recent
-  counts, every second, for the supervisor's one view of them).
+  `sync` (send every status again, after a reload), `stats` (its metrics as numbers and
+  its recent counts, every second, for the supervisor's one view of them).
 
 A worker's gate reads only its own memory: `Follower`s hold statuses that mirror the
 supervisor's. The proxy's own endpoints on the proxy port are the supervisor's, reached

@@ -42,6 +42,7 @@ from gateproxy.serve import admin_port, listeners
 from gateproxy.serve.listeners import StartupError, listen, until_signalled
 from gateproxy.serve.node import Node
 from gateproxy.serve.reload import Reloader
+from gateproxy.views.counts import Family
 from gateproxy.workers import aggregate, control
 
 RESTART_PAUSE_S: Final = (0.5, 30.0)  # a worker that keeps dying waits longer each time
@@ -96,14 +97,17 @@ class Supervisor:
 
     @property
     def serving(self) -> bool:
-        """A worker is connected, so listening: `ready` says 200 only from then on."""
-        return any(w.writer is not None for w in self._workers)
+        """A worker is connected, so listening: `ready` says 200 only from then on (kept
+        in the node, whose `gateproxy_ready` reads it too)."""
+        return self.node.serving
 
-    def exposition(self) -> bytes:
+    def _connected_changed(self) -> None:
+        self.node.serving = any(w.writer is not None for w in self._workers)
+
+    def families(self) -> list[Family]:
         """Its own metrics and the workers', added up."""
-        return aggregate.merge_expositions(
-            self.node.exposition().decode(),
-            [w.stats["metrics"] for w in self._workers if w.stats])
+        return aggregate.merge(self.node.families(),
+                               [w.stats["metrics"] for w in self._workers if w.stats])
 
     def recent(self) -> dict[str, Any]:
         return aggregate.sum_recent(w.stats["recent"] for w in self._workers if w.stats)
@@ -131,6 +135,7 @@ class Supervisor:
             return
         worker = self._workers[int(hello["index"])]
         worker.writer = writer
+        self._connected_changed()
         self._sync(worker)
         while (message := await control.read(reader)) is not None:
             kind = message.get("t")
@@ -146,6 +151,7 @@ class Supervisor:
         if worker.writer is writer:
             worker.writer = None
             worker.stats = {}
+            self._connected_changed()
 
     def _sync(self, worker: _Worker) -> None:
         if worker.writer is not None:

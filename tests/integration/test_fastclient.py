@@ -23,6 +23,7 @@ from gateproxy.aio import client as fastclient
 from gateproxy.aio.client import FastResponse, FastUpstream
 from gateproxy.upstream.aiohttp_client import AiohttpUpstream
 from gateproxy.upstream.interface import UpstreamError, WebSocketUpstream
+from gateproxy.upstream.reconnect import Reconnector
 from tests.support.ports import free_port
 from tests.support.rawclient import RawHandler
 
@@ -122,7 +123,8 @@ async def clients() -> AsyncIterator[Callable[..., FastUpstream]]:
              ) -> FastUpstream:
         client = FastUpstream(url, connect_timeout_ms, read_timeout_ms,
                               websockets=AiohttpUpstream(url, connect_timeout_ms,
-                                                         read_timeout_ms))
+                                                         read_timeout_ms),
+                              connects=Reconnector(url, connect_timeout_ms, 0, 1))
         made.append(client)
         return client
 
@@ -505,7 +507,8 @@ class WebSockets:
 
 async def test_websockets_go_to_the_client_given_for_them_and_close_with_this_one() -> None:
     websockets = WebSockets()
-    client = FastUpstream("http://127.0.0.1:1", 2000, 5000, websockets=websockets)
+    client = FastUpstream("http://127.0.0.1:1", 2000, 5000, websockets=websockets,
+                          connects=Reconnector("http://127.0.0.1:1", 2000, 0, 1))
     assert isinstance(client, WebSocketUpstream)
     answer = await client.open_websocket("/ws", headers(), ("chat",), True, 1024)
     assert answer is websockets.websocket

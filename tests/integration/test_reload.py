@@ -25,7 +25,7 @@ from gateproxy.serve.gateway import Gateway
 from gateproxy.serve.reload import Reloader
 from tests.support.gateways import MakeGateway, env_for, url
 from tests.support.json_logs import log_lines
-from tests.support.metric_samples import parse
+from tests.support.metric_samples import exposition, parse
 from tests.support.own_answers import NOT_READY
 from tests.support.ports import free_port
 from tests.support.processes import Proc, wait_live
@@ -135,7 +135,7 @@ async def test_a_bad_file_is_rejected_and_the_running_config_keeps_serving(
     async with http.get(url(gateway, "/api/threads")) as resp:
         assert resp.status == 200
     assert rec.seen == [("GET", "/api/threads")]
-    metrics = gateway.node.metrics.exposition().decode()
+    metrics = exposition(gateway.node.metrics)
     assert 'gateproxy_config_reloads_total{result="rejected"} 1.0' in metrics
     assert 'gateproxy_config_reloads_total{result="applied"} 0.0' in metrics
 
@@ -215,7 +215,7 @@ async def test_a_new_dependency_starts_its_loop_and_a_removed_one_stops(
     assert [d["name"] for d in state["dependencies"]] == [
         "docker-runner", "other-runner"]
     assert 'gateproxy_dependency_up{dependency="other-runner"} 1.0' in (
-        gateway.node.metrics.exposition().decode())
+        exposition(gateway.node.metrics))
 
     write(path, dead)
     assert await reloader.reload("test")
@@ -224,7 +224,7 @@ async def test_a_new_dependency_starts_its_loop_and_a_removed_one_stops(
     assert added.status.total_checks == checks, "its loop has stopped"
     state = await status_json(http, gateway)
     assert [d["name"] for d in state["dependencies"]] == ["docker-runner"]
-    samples = parse(gateway.node.metrics.exposition().decode())
+    samples = parse(exposition(gateway.node.metrics))
     assert ("gateproxy_dependency_up", frozenset({("dependency", "other-runner")})) not in (
         samples), "no up series for it any more"
     async with http.get(url(gateway, "/api/other")) as resp:

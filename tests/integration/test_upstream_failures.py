@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 from gateproxy.aio.client import FastUpstream
 from gateproxy.upstream.aiohttp_client import AiohttpUpstream
 from gateproxy.upstream.interface import TIMEOUT, UNAVAILABLE, UpstreamClient, UpstreamError
+from gateproxy.upstream.reconnect import Reconnector
 from tests.support.ports import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -101,7 +102,8 @@ CASES = {
 def _clients(url: str, connect_timeout_ms: int = 2000) -> list[UpstreamClient]:
     return [AiohttpUpstream(url, connect_timeout_ms, TIMEOUT_MS),
             FastUpstream(url, connect_timeout_ms, TIMEOUT_MS,
-                         websockets=AiohttpUpstream(url, connect_timeout_ms, TIMEOUT_MS))]
+                         websockets=AiohttpUpstream(url, connect_timeout_ms, TIMEOUT_MS),
+                         connects=Reconnector(url, connect_timeout_ms, 0, 1))]
 
 
 async def _failure(client: UpstreamClient, method: str = "GET",

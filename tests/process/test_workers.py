@@ -31,6 +31,13 @@ from tests.support.rawclient import exchange
 
 ROOT = Path(__file__).resolve().parents[2]
 AGREEMENT_S = 0.05  # every worker applies a state change within this of the first
+RECORDER = ROOT / "tests" / "support" / "module_recorder"
+# What a worker never uses: the exposition (it sends numbers), the status page's
+# templates, the file watcher, the gRPC probe, the supervisor's own modules.
+NOT_IN_A_WORKER = frozenset({
+    "prometheus_client", "jinja2", "aiohttp_jinja2", "watchfiles", "grpclib",
+    "gateproxy.views.exposition", "gateproxy.views.admin", "gateproxy.serve.admin_port",
+    "gateproxy.workers.supervisor", "gateproxy.workers.aggregate"})
 
 
 Proxy = LoggedProcess
@@ -75,14 +82,26 @@ def admin_port() -> int | None:
 
 
 @pytest.fixture
+def record_modules() -> bool:
+    """Whether every gateproxy process writes the modules it loaded to tmp_path at its
+    exit (tests/support/module_recorder); a test parametrizes it."""
+    return False
+
+
+@pytest.fixture
 async def proxy(tmp_path: Path, upstream: StandIn, runner: StandIn,
-                admin_port: int | None, fast_path: bool) -> AsyncIterator[Proxy]:
+                admin_port: int | None, fast_path: bool,
+                record_modules: bool) -> AsyncIterator[Proxy]:
     cfg = tmp_path / "gateproxy.yaml"
     write_config(cfg, free_port(), upstream.url, runner.url, admin_port=admin_port)
+    env = {**os.environ, "GATEPROXY_LOG_FORMAT": "json", **fast_path_env(fast_path)}
+    if record_modules:
+        env["RECORD_MODULES"] = str(tmp_path)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(RECORDER), os.environ.get("PYTHONPATH")) if p)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateproxy", "serve", "--config", str(cfg), cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "GATEPROXY_LOG_FORMAT": "json", **fast_path_env(fast_path)})
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env)
     started = Proxy(process, 0)
     started.reader = asyncio.get_running_loop().create_task(started.read())
     try:
@@ -262,3 +281,27 @@ async def test_sigterm_drains_every_worker_and_exits_0(proxy: Proxy) -> None:
         assert (await slow)[0] == 200
     assert await asyncio.wait_for(proxy.process.wait(), 15) == 0
     assert len(proxy.events("stopped")) == 3  # two workers and the supervisor
+
+
+@pytest.mark.parametrize("record_modules", [True])
+async def test_a_worker_carries_only_what_it_uses(proxy: Proxy, tmp_path: Path) -> None:
+    """A worker sends its metrics as numbers and relays the admin endpoints: it never
+    loads the exposition, the page templates, the file watcher or the gRPC probe. Each
+    process lists the modules it loaded at its exit (tests/support/module_recorder)."""
+    for path in ("/_gateproxy/metrics", "/_gateproxy/status", "/api/threads", "/health"):
+        for _ in range(4):  # on new connections: both workers
+            assert (await fresh_get(proxy.url(path)))[0] == 200
+    await asyncio.sleep(1.5)  # a report of the counts from each worker
+    workers = await _children(proxy.process.pid)
+    proxy.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proxy.process.wait(), 15) == 0
+    loaded = {pid: frozenset((tmp_path / f"{pid}.txt").read_text().split())
+              for pid in (proxy.process.pid, *workers)}
+    supervisor = loaded.pop(proxy.process.pid)
+    # The record holds what was loaded late too: the supervisor wrote the metrics and
+    # the page on the workers' behalf.
+    assert {"prometheus_client", "jinja2", "gateproxy.views.exposition"} <= supervisor
+    assert len(loaded) == 2
+    for modules in loaded.values():
+        assert "gateproxy.workers.control" in modules
+        assert not modules & NOT_IN_A_WORKER, sorted(modules & NOT_IN_A_WORKER)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateproxy.views.exposition import render
+from gateproxy.views.metrics import Metrics
+
 # (sample name, its labels) -> value
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -12,6 +15,11 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 def parse(text: str) -> Samples:
     return {(s.name, frozenset(s.labels.items())): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def exposition(metrics: Metrics) -> str:
+    """What /metrics would write for `metrics` alone."""
+    return render(metrics.snapshot()).decode()
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:

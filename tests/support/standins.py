@@ -3,6 +3,7 @@ and the signature of the `start_standin` fixture (tests/conftest.py)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,3 +30,19 @@ class Recorder:
             return await handler(request)  # type: ignore[no-any-return]
         except web.HTTPNotFound:
             return web.json_response({"echo": request.raw_path}, status=200)
+
+
+class BodyRecorder:
+    """A platform-server stand-in that answers every request 200 `{"ok": true}` after
+    reading its body, and records what arrived: method, path, body length and SHA-256."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, int, str]] = []
+        self.app = web.Application(client_max_size=1 << 30)
+        self.app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.seen.append((request.method, request.raw_path, len(body),
+                          hashlib.sha256(body).hexdigest()))
+        return web.json_response({"ok": True})

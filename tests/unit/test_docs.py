@@ -179,7 +179,8 @@ def test_reload_column_matches_what_a_reload_applies(tmp_path: Path) -> None:
     changed.write_text(yaml.safe_dump({
         "listen": {"host": "127.0.0.2", "port": 8181},
         "upstream": {"url": "http://127.0.0.9:4321", "connect_timeout_ms": 4321,
-                     "read_timeout_ms": 4321, "health_timeout_ms": 4321},
+                     "read_timeout_ms": 4321, "retry_connect_ms": 4321,
+                     "retry_max_requests": 77, "health_timeout_ms": 4321},
         "fast_path": False, "workers": 3,
         "health_path": "/healthz", "admin_prefix": "/_gp", "admin_port": 9911,
         "log": {"format": "text", "level": "DEBUG", "access": True},
