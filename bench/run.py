@@ -15,7 +15,7 @@ ratios of those medians.
 Installs nothing: wrk, nginx and haproxy come from Debian
 (`apt-get install -y wrk nginx-light haproxy`). Everything it starts it stops by PID.
 
-    .venv/bin/python bench/run.py            # about 7 minutes
+    .venv/bin/python bench/run.py            # about 8 minutes
     .venv/bin/python bench/run.py --quick    # about 2 minutes
 """
 
