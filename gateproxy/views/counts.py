@@ -18,6 +18,13 @@ COUNTER: Final = "counter"
 GAUGE: Final = "gauge"
 HISTOGRAM: Final = "histogram"
 Kind = Literal["counter", "gauge", "histogram"]
+# How the supervisor of `workers: N` makes one family of its workers' and its own
+# (gateproxy/workers/aggregate.py): the workers' values added up, the lowest of them, or
+# the supervisor's own.
+SUM: Final = "sum"
+LOWEST: Final = "lowest"
+SUPERVISOR: Final = "supervisor"
+Merge = Literal["sum", "lowest", "supervisor"]
 # prometheus-client's default histogram bounds (seconds); +Inf, always the last bucket, is
 # left out so that a snapshot is plain JSON.
 DEFAULT_BOUNDS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
@@ -30,17 +37,15 @@ Series = tuple[Sequence[str], Any, float | None]
 
 
 class Family(TypedDict):
-    """One metric family's numbers, as a snapshot; `summed`: with `workers: N`, the
-    workers' values added up (what serving the proxy's port counts: requests, sessions,
-    the upstream), else the supervisor's alone (what it alone does: probes, the
-    dependencies' state, reloads, the admin port)."""
+    """One metric family's numbers, as a snapshot; `merge`: with `workers: N`, how the
+    supervisor makes one family of it (`SUM`, `LOWEST`, `SUPERVISOR`, above)."""
 
     name: str
     help: str
     type: Kind
     labels: Sequence[str]
     bounds: Sequence[float]
-    summed: bool
+    merge: Merge
     series: list[Series]
 
 
@@ -70,8 +75,8 @@ class Counter:
     prometheus-client's does."""
 
     def __init__(self, name: str, help: str, labels: Sequence[str] = (), *,
-                 summed: bool = True) -> None:
-        self.name, self.help, self.labels, self.summed = name, help, labels, summed
+                 merge: Merge = SUM) -> None:
+        self.name, self.help, self.labels, self.merge = name, help, labels, merge
         # By label values, in the order first counted: [count, when first counted].
         self.series: dict[tuple[str, ...], list[float]] = {}
 
@@ -95,8 +100,8 @@ class Gauge:
 
     def __init__(self, name: str, help: str, labels: Sequence[str],
                  read: Callable[[], Iterable[tuple[Sequence[str], float]]], *,
-                 summed: bool = True) -> None:
-        self.name, self.help, self.labels, self.summed = name, help, labels, summed
+                 merge: Merge = SUM) -> None:
+        self.name, self.help, self.labels, self.merge = name, help, labels, merge
         self._read = read
 
     def snapshot(self) -> Family:
@@ -122,8 +127,8 @@ class Observations:
 
 class Histogram:
     def __init__(self, name: str, help: str, labels: Sequence[str] = (), *,
-                 bounds: Sequence[float] = DEFAULT_BOUNDS, summed: bool = True) -> None:
-        self.name, self.help, self.labels, self.summed = name, help, labels, summed
+                 bounds: Sequence[float] = DEFAULT_BOUNDS, merge: Merge = SUM) -> None:
+        self.name, self.help, self.labels, self.merge = name, help, labels, merge
         self.bounds = bounds
         self.series: dict[tuple[str, ...], Observations] = {}
 
@@ -142,12 +147,12 @@ class Described(Protocol):
     name: str
     help: str
     labels: Sequence[str]
-    summed: bool
+    merge: Merge
 
 
 def family(described: Described, kind: Kind, series: list[Series],
            bounds: Sequence[float] = ()) -> Family:
     """A snapshot of `described` with these series."""
     return Family(name=described.name, help=described.help, type=kind,
-                  labels=described.labels, bounds=bounds, summed=described.summed,
+                  labels=described.labels, bounds=bounds, merge=described.merge,
                   series=series)

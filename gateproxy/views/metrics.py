@@ -25,10 +25,14 @@ from gateproxy.monitor.probe import ProbeResult
 from gateproxy.upstream.interface import UpstreamClient, UpstreamResponse
 from gateproxy.views.counts import (
     COUNTER,
+    LOWEST,
+    SUM,
+    SUPERVISOR,
     Counter,
     Family,
     Gauge,
     Histogram,
+    Merge,
     Registry,
     Series,
     family,
@@ -56,7 +60,7 @@ class _Forwarded:
     help = ("HTTP requests forwarded upstream, by method and by the class of the status "
             "sent back (WebSocket sessions: gateproxy_websockets_open)")
     labels: Sequence[str] = ("method", "status_class")
-    summed = True
+    merge: Merge = SUM
 
     def __init__(self) -> None:
         self.created = time.time()
@@ -81,7 +85,7 @@ class _Retries:
     help = ("Requests that met the platform-server down (upstream.retry_connect_ms), by "
             "how their wait ended")
     labels: Sequence[str] = ("outcome",)
-    summed = True
+    merge: Merge = SUM
 
     def __init__(self, counts: Mapping[str, int]) -> None:
         self._counts = counts
@@ -102,36 +106,37 @@ class Metrics:
         registry.add(Gauge("gateproxy_dependency_up",
                            "1 while the dependency is up, 0 while down or unknown",
                            ["dependency"], _by_dependency(statuses, lambda s: float(s.is_up)),
-                           summed=False))
+                           merge=SUPERVISOR))
         registry.add(Gauge(
             "gateproxy_dependency_info", "Always 1: how each dependency is probed, and where",
             ["dependency", "probe", "endpoint"],
             lambda: (((s.dep.name, s.dep.probe, s.base_url), 1.0) for s in statuses()),
-            summed=False))
+            merge=SUPERVISOR))
         registry.add(Gauge("gateproxy_dependency_maintenance",
                            "1 while the dependency is in maintenance (by hand)",
                            ["dependency"],
                            _by_dependency(statuses, lambda s: float(s.maintenance is not None)),
-                           summed=False))
+                           merge=SUPERVISOR))
         # Held in the workers: their sum is the pod's.
         registry.add(Gauge("gateproxy_held_requests",
                            "Gated requests waiting for the dependency (hold_ms)",
                            ["dependency"], _by_dependency(statuses, lambda s: float(s.held))))
-        # Summed over the workers: how many of them see the platform-server up.
+        # The lowest over the workers: one that finds the platform-server down is enough,
+        # since a worker that had no request meanwhile has not tried it.
         registry.add(Gauge(
             "gateproxy_upstream_up",
             "1 while the platform-server accepts connections (as this process's last "
-            "connection found it), 0 while it refuses them; with workers, how many see it up",
-            [], lambda: [((), float(upstream_up()))]))
+            "connection found it; with workers, as every one of them found it), 0 while "
+            "it refuses them", [], lambda: [((), float(upstream_up()))], merge=LOWEST))
         registry.add(_Retries(upstream_retries))
         registry.add(Gauge("gateproxy_ready", "1 while ready answers 200, else 0", [],
-                           lambda: [((), float(ready()))], summed=False))
+                           lambda: [((), float(ready()))], merge=SUPERVISOR))
         self._probes = registry.add(Counter(
             "gateproxy_probes", "Readiness probes by result and errorCode",
-            ["dependency", "result", "error_code"], summed=False))
+            ["dependency", "result", "error_code"], merge=SUPERVISOR))
         self._probe_seconds = registry.add(Histogram(
             "gateproxy_probe_duration_seconds", "Duration of readiness probes",
-            ["dependency"], summed=False))
+            ["dependency"], merge=SUPERVISOR))
         self._gated = registry.add(Counter("gateproxy_gated_requests",
                                            "Requests answered 503 by the gate",
                                            ["dependency", "route"]))
@@ -154,7 +159,7 @@ class Metrics:
                            [], lambda: [((), float(open_websockets()))]))
         reloads = registry.add(Counter("gateproxy_config_reloads",
                                        "Configuration reloads by result", ["result"],
-                                       summed=False))
+                                       merge=SUPERVISOR))
         self._reload_applied = reloads.child("applied")
         self._reload_rejected = reloads.child("rejected")
         self._holds = registry.add(Counter(
@@ -164,7 +169,7 @@ class Metrics:
             "gateproxy_admin_denied",
             "Attempts to change state on the admin port that were refused, by error code "
             "(forbidden: not on the loopback and no admin_token set; unauthorized: no "
-            "valid token)", ["code"], summed=False))
+            "valid token)", ["code"], merge=SUPERVISOR))
 
     def observe_probe(self, status: DependencyStatus, result: ProbeResult) -> None:
         """The monitor's `on_result` hook."""

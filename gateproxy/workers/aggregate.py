@@ -2,25 +2,28 @@
 
 Each worker serves requests and counts them; only the supervisor probes. Every second a
 worker sends its metrics as numbers (gateproxy/views/counts.py `Family`), and the
-supervisor adds them up here, family by family, as each family says (`summed`):
+supervisor makes one of them here, family by family, as each family says (`merge`):
 
-- a summed family (what serving the proxy's port counts: requests, latencies, open
-  WebSockets, held requests, and whatever else a worker counts) is the workers' values
-  added up, series by series: counters and each histogram bucket and sum, and gauges too,
-  so that a gauge reads for the whole pod (sessions open in all, workers that see the
-  upstream up); its `_created` time is the earliest;
-- any other (what the supervisor alone does: probing, the dependencies' state, which
-  every process mirrors, reloads, the admin port) is the supervisor's alone.
+- `SUM` (what serving the proxy's port counts: requests, latencies, open WebSockets,
+  held requests, and whatever else a worker counts): the workers' values added up,
+  series by series: counters and each histogram bucket and sum, and gauges too, so that
+  a gauge reads for the whole pod (sessions open in all); its `_created` time is the
+  earliest;
+- `LOWEST` (a gauge of a state each worker finds on its own: whether the upstream is
+  up): the lowest of the workers' values, series by series;
+- `SUPERVISOR` (what the supervisor alone does: probing, the dependencies' state, which
+  every process mirrors, reloads, the admin port, readiness): the supervisor's alone.
 
 The supervisor writes the result as its exposition, its own `process_*` metrics first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
-from gateproxy.views.counts import HISTOGRAM, Family, Series
+from gateproxy.views.counts import HISTOGRAM, LOWEST, SUPERVISOR, Family, Series
 
 
 def _add(kind: str, into: Any, value: Any) -> Any:
@@ -34,21 +37,23 @@ def _earliest(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else min(a, b)
 
 
-def _summed(families: Sequence[Family], kind: str) -> list[Series]:
-    """The series of several processes' snapshots of one family, added up."""
+def _combined(families: Sequence[Family], combine: Callable[[Any, Any], Any]
+              ) -> list[Series]:
+    """The series of several processes' snapshots of one family, series by series, each
+    value `combine`d with the one before."""
     sums: dict[tuple[str, ...], Series] = {}
     for family in families:
         for values, value, created in family["series"]:
             key = tuple(values)
             seen = sums.get(key)
             sums[key] = (values, value, created) if seen is None else (
-                values, _add(kind, seen[1], value), _earliest(seen[2], created))
+                values, combine(seen[1], value), _earliest(seen[2], created))
     return list(sums.values())
 
 
 def merge(supervisor: Sequence[Family], workers: Iterable[Sequence[Family]]) -> list[Family]:
-    """The supervisor's families, in its order, each summed one replaced by the workers'
-    sum (a family only the workers have comes after)."""
+    """The supervisor's families, in its order, each one not the supervisor's own
+    replaced by the workers' combined (a family only the workers have comes after)."""
     by_name: dict[str, list[Family]] = {}
     for snapshot in workers:
         for family in snapshot:
@@ -56,9 +61,10 @@ def merge(supervisor: Sequence[Family], workers: Iterable[Sequence[Family]]) -> 
     merged = []
     known = {family["name"] for family in supervisor}
     for family in [*supervisor, *(f[0] for n, f in by_name.items() if n not in known)]:
-        if family["summed"]:
+        if family["merge"] != SUPERVISOR:
             family = family.copy()
-            family["series"] = _summed(by_name.get(family["name"], []), family["type"])
+            combine = min if family["merge"] == LOWEST else partial(_add, family["type"])
+            family["series"] = _combined(by_name.get(family["name"], []), combine)
         merged.append(family)
     return merged
 

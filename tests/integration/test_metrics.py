@@ -173,7 +173,8 @@ def test_metrics_scrape_as_prometheus_client_metrics_would() -> None:
         held.labels(name).set(status.held)
     Gauge("gateproxy_upstream_up",
           "1 while the platform-server accepts connections (as this process's last "
-          "connection found it), 0 while it refuses them; with workers, how many see it up",
+          "connection found it; with workers, as every one of them found it), 0 while "
+          "it refuses them",
           registry=reference).set(0)
     retries = Counter(
         "gateproxy_upstream_retries",

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateproxy.views.counts import Counter, Family, Gauge, Histogram, Registry
+from gateproxy.views.counts import LOWEST, SUPERVISOR, Counter, Family, Gauge, Histogram, Registry
 from gateproxy.views.exposition import render
 from gateproxy.workers.aggregate import merge, sum_recent
 from tests.support.metric_samples import Samples, parse, value
@@ -23,13 +23,14 @@ BOUNDS = (0.01, 0.1, 1.0)
 class Process:
     """One process's metrics, in a registry of its own (as each worker has)."""
 
-    def __init__(self, websockets: float = 0, up: float = 0, *, new: bool = False) -> None:
+    def __init__(self, websockets: float = 0, up: float = 0, *, new: bool = False,
+                 upstream_up: float = 1) -> None:
         self.registry = Registry()
         self.up = self.registry.add(Gauge("gateproxy_dependency_up", "Dependency up",
                                           ["dependency"], lambda: [(("docker-runner",), up)],
-                                          summed=False))
+                                          merge=SUPERVISOR))
         self.probes = self.registry.add(Counter("gateproxy_probes", "Readiness probes",
-                                                ["result"], summed=False))
+                                                ["result"], merge=SUPERVISOR))
         self.forwarded = self.registry.add(Counter("gateproxy_forwarded_requests",
                                                    "Forwarded requests",
                                                    ["method", "status_class"]))
@@ -37,6 +38,8 @@ class Process:
                                                    "Time to headers", bounds=BOUNDS))
         self.registry.add(Gauge("gateproxy_websockets_open", "WebSocket sessions", [],
                                 lambda: [((), websockets)]))
+        self.registry.add(Gauge("gateproxy_upstream_up", "Upstream up", [],
+                                lambda: [((), upstream_up)], merge=LOWEST))
         if new:  # a metric only a newer worker has: it flows through as any other
             self.retries = self.registry.add(Counter(
                 "gateproxy_upstream_retries", "Upstream connect retries", ["outcome"]))
@@ -77,6 +80,14 @@ def test_gauges_of_the_workers_add_up() -> None:
     samples = merged(Process(), Process(websockets=2), Process(websockets=5), Process())
     assert value(samples, "gateproxy_websockets_open") == 7
     assert "# TYPE gateproxy_websockets_open gauge" in text(Process(), Process())
+
+
+def test_the_upstream_is_up_only_while_every_worker_finds_it_up() -> None:
+    """A worker that had no request while the upstream was down has not tried it: one
+    that found it down is enough, whatever the supervisor's own value says."""
+    assert value(merged(Process(), Process(), Process()), "gateproxy_upstream_up") == 1
+    assert value(merged(Process(upstream_up=1), Process(), Process(upstream_up=0)),
+                 "gateproxy_upstream_up") == 0
 
 
 def test_histograms_add_up_bucket_by_bucket() -> None:
