@@ -6,10 +6,8 @@ closed at the worst time)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -24,7 +22,7 @@ from gateproxy.aio.client import FastResponse, FastUpstream
 from gateproxy.upstream.aiohttp_client import AiohttpUpstream
 from gateproxy.upstream.interface import UpstreamError, WebSocketUpstream
 from gateproxy.upstream.reconnect import Reconnector
-from tests.support.ports import free_port
+from tests.support.ports import free_port, unaccepting
 from tests.support.rawclient import RawHandler
 
 # --- servers ----------------------------------------------------------------------------
@@ -437,28 +435,12 @@ async def test_refused_connection_is_upstream_unavailable(
 
 async def test_a_connection_not_accepted_in_time_is_upstream_unavailable(
         clients: Callable[..., FastUpstream]) -> None:
-    # A listener whose accept queue is full drops further handshakes: connect hangs.
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    try:
-        for _ in range(3):
-            filler = socket.socket()
-            filler.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                filler.connect(("127.0.0.1", port))
-            fillers.append(filler)
+    with unaccepting() as (port, _):
         client = clients(f"http://127.0.0.1:{port}", connect_timeout_ms=200)
         with pytest.raises(UpstreamError) as failed:
             await client.send("GET", "/", headers(), None)
         assert failed.value.code == "upstream_unavailable"
         assert "in time" in failed.value.message
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()
 
 
 async def test_no_answer_within_the_read_timeout_is_upstream_timeout(

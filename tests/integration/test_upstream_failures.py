@@ -19,7 +19,7 @@ from gateproxy.aio.client import FastUpstream
 from gateproxy.upstream.aiohttp_client import AiohttpUpstream
 from gateproxy.upstream.interface import TIMEOUT, UNAVAILABLE, UpstreamClient, UpstreamError
 from gateproxy.upstream.reconnect import Reconnector
-from tests.support.ports import free_port
+from tests.support.ports import free_port, unaccepting
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 TIMEOUT_MS = 300
@@ -153,22 +153,7 @@ async def test_a_refused_connection_is_upstream_unavailable_from_both() -> None:
 
 
 async def test_a_connection_not_accepted_in_time_is_the_same_from_both() -> None:
-    # A listener whose accept queue is full drops further handshakes: connect hangs.
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    fillers = []
-    try:
-        for _ in range(3):
-            filler = socket.socket()
-            filler.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                filler.connect(listener.getsockname())
-            fillers.append(filler)
-        for client in _clients(f"http://127.0.0.1:{listener.getsockname()[1]}", 200):
+    with unaccepting() as (port, _):
+        for client in _clients(f"http://127.0.0.1:{port}", 200):
             assert await _failure(client) == (
                 UNAVAILABLE, "the upstream did not accept a connection in time")
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()

@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pytest
 from gateproxy.demo.standins import StandIn
 from tests.support.gateways import fast_path_env
 from tests.support.metric_samples import parse, value
-from tests.support.ports import free_port
+from tests.support.ports import free_port, unaccepting
 from tests.support.processes import Proc, wait_live
 from tests.support.standins import BodyRecorder
 
@@ -257,12 +256,7 @@ async def test_with_50_waiting_at_most_one_connection_attempt_is_in_flight(
             requests = [asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/x/{i}"))
                         for i in range(50)]
             await until_waiting(http, port, 50)
-            full = socket.socket()
-            full.bind(("127.0.0.1", upstream.port))
-            full.listen(0)
-            filler = socket.create_connection(("127.0.0.1", upstream.port), timeout=2)
-            try:
-                ours = {filler.getsockname()[1]}
+            with unaccepting(upstream.port) as (_, ours):
                 seen: set[int] = set()
                 most = 0
                 deadline = time.monotonic() + 3.0
@@ -271,9 +265,6 @@ async def test_with_50_waiting_at_most_one_connection_attempt_is_in_flight(
                     most = max(most, len(connecting))
                     seen |= connecting
                     await asyncio.sleep(0.01)
-            finally:
-                filler.close()
-                full.close()
             assert len(seen) >= 2, f"too few attempts were seen: {seen}"
             assert most == 1
             assert (await upstream_row(http, port))["waiting"] == 50
