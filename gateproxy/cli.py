@@ -20,7 +20,6 @@ import yaml
 
 from gateproxy import __version__, config, logs
 from gateproxy.logs import log
-from gateproxy.serve import listeners
 from gateproxy.serve.gateway import Gateway
 from gateproxy.serve.listeners import StartupError
 from gateproxy.serve.reload import Reloader
@@ -61,10 +60,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or "serve"
     if command == "check-config":
         return check_config(args.config)
-    unsafe = listeners.parser_problem()
-    if unsafe:
-        print(f"gateproxy: refusing to start: {unsafe}", file=sys.stderr)
-        return 2
     if command == "worker":
         return work(args)
     if command == "demo":

@@ -5,7 +5,9 @@ once, in gateproxy/config/settings.py; this module merges the layers, reads ever
 its reader, adds the checks that span several settings, and builds frozen dataclasses.
 Every problem is reported as one line naming its source (the file or the environment
 variable), the key and what is wrong, and all of them are collected before giving up,
-so that an operator fixes them in one go.
+so that an operator fixes them in one go. A retired key (`settings.RETIRED`) is no
+problem: a configuration that sets one loads, with one `config_key_ignored` warning per
+source that set it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from gateproxy.core.model import (
     GatedRoute,
     redact_url,
 )
+from gateproxy.logs import log
 
 # The gRPC-era runner's listener (platform names): either one, without a base_url from the
 # file or DOCKER_RUNNER_BASE_URL, makes docker-runner a `probe: grpc` dependency.
@@ -60,12 +63,37 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Confi
         source = path
         document = _read_yaml(path, loader)
         if document is not None:
+            document = _drop_retired(document, path, loader)
             tree = loader.merge(tree, document, (), path, settings.file_schema(), entry)
+    _ignore_retired_env(env, loader)
     _apply_env(tree, env, loader)
     config = _build(tree, loader, source)
     if loader.problems or config is None:
         raise ConfigError(loader.problems)
+    # Only once it loads: a refused configuration's output stays one line per problem.
+    for ignored in loader.ignored:
+        log.warning("config_key_ignored", source=ignored.source, key=ignored.key,
+                    message=ignored.message)
     return config
+
+
+def _drop_retired(document: dict[Any, Any], path: str, loader: r.Loader) -> dict[Any, Any]:
+    """The document without the retired keys, each noted as ignored (whatever its value)."""
+    kept = dict(document)
+    for retired in settings.RETIRED:
+        if retired.key in kept:
+            del kept[retired.key]
+            loader.ignore((retired.key,), f"{retired.key} no longer exists: the key has no "
+                                          "effect and can be removed", path)
+    return kept
+
+
+def _ignore_retired_env(env: Mapping[str, str], loader: r.Loader) -> None:
+    for retired in settings.RETIRED:
+        if retired.env is not None and retired.env in env:
+            loader.ignore((retired.key,), f"{retired.key} no longer exists: {retired.env} "
+                                          "has no effect and can be removed",
+                          f"env {retired.env}")
 
 
 def _read_yaml(path: str, loader: r.Loader) -> Any:

@@ -30,6 +30,8 @@ _GRPC_METHOD = re.compile(r"/[A-Za-z_][A-Za-z0-9_.]*/[A-Za-z_][A-Za-z0-9_]*")
 
 @dataclass(frozen=True, slots=True)
 class Problem:
+    """What is wrong (or, for an ignored key, what was left out) where."""
+
     source: str
     key: str
     message: str
@@ -67,10 +69,15 @@ class Loader:
 
     def __init__(self) -> None:
         self.problems: list[Problem] = []
+        self.ignored: list[Problem] = []  # retired keys: warnings, not problems
         self.origins: dict[Path, str] = {}
 
     def problem(self, path: Path, message: str, source: str | None = None) -> None:
         self.problems.append(Problem(source or self.origin(path), key_name(path), message))
+
+    def ignore(self, path: Path, message: str, source: str) -> None:
+        """A key `source` sets that has no effect: the configuration still loads."""
+        self.ignored.append(Problem(source, key_name(path), message))
 
     def origin(self, path: Path) -> str:
         # The most specific layer that set this key or one of its parents.

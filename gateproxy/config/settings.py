@@ -96,11 +96,6 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "502 comes at once.", live=False),
     Setting("upstream.health_timeout_ms", _POSITIVE_MS, 2000, "integer ≥ 1",
             "How long `health_path` waits for the platform-server's own `/health`."),
-    Setting("fast_path", r.boolean, True, "boolean",
-            "The fenced fast path (`gateproxy/aio/`): gate answers and plain GETs from "
-            "`data_received`, and the lean keep-alive upstream client. `false` serves on "
-            "aiohttp's public APIs only (its usual request path and ClientSession).",
-            live=False, env="GATEPROXY_FAST_PATH"),
     Setting("workers", r.workers, 1, "integer 1–64, or `auto`",
             "Processes serving the proxy's port (SO_REUSEPORT); above 1 a supervisor probes "
             "once for all and serves the admin endpoints. `auto`: the CPUs this process may "
@@ -136,6 +131,13 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("limits.header_timeout_ms", _POSITIVE_MS, 30000, "integer ≥ 1",
             "A request head must arrive within this; a request body may not stall longer "
             "(408 / abort).", live=False),
+    Setting("limits.max_field_size", r.integer(1024, 1048576), 16384,
+            "integer 1024–1048576",
+            "Longest header line (name plus value, in bytes) a client may send on the proxy "
+            "port.", live=False),
+    Setting("limits.keepalive_timeout_ms", _POSITIVE_MS, 75000, "integer ≥ 1",
+            "How long an idle client keep-alive connection on the proxy port stays open.",
+            live=False),
     Setting("shutdown_delay_ms", _MS, 5000, "integer ≥ 0",
             "After SIGTERM: `ready` answers 503 while everything else is still served for "
             "this long."),
@@ -216,6 +218,21 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "Origins whose browsers may read a gated 503 (`\"*\"`: any).",
             default_doc="`[]`", show=sorted),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Retired:
+    """A top-level key that no longer exists. A file (or its environment variable) that
+    still sets it loads: the value has no effect, and each source setting it gets one
+    `config_key_ignored` warning instead of an `unknown key` problem."""
+
+    key: str
+    env: str | None = None
+
+
+RETIRED: Final[tuple[Retired, ...]] = (
+    Retired("fast_path", env="GATEPROXY_FAST_PATH"),
+)
 DEPENDENCIES_DOC: Final = (
     "The services gateproxy probes; each gates its own routes. A list in the file "
     "replaces the built-in one; entries can be added, changed or removed live.")
@@ -278,7 +295,8 @@ def _code(value: Any) -> str:
 
 
 def markdown() -> str:
-    """The table of every setting, as docs/configuration.md has it."""
+    """The table of every setting, and the retired keys, as docs/configuration.md has
+    them."""
     rows = ["| Key | Type | Default | Environment | Reload | Description |",
             "| --- | --- | --- | --- | --- | --- |"]
 
@@ -293,6 +311,11 @@ def markdown() -> str:
                 DEPENDENCIES_DOC)
         default = s.default_doc or _code(s.builtin_value)
         row(s.key, s.kind, default, s.env, s.live, s.doc)
+    if RETIRED:
+        names = ", ".join(f"`{k.key}`" + (f" (`{k.env}`)" if k.env else "") for k in RETIRED)
+        rows += ["", f"Removed keys, with their variables: {names}. A file or an environment "
+                     "that still sets one loads; the value has no effect, and a "
+                     "`config_key_ignored` warning names the key and where it was set."]
     return "\n".join(rows) + "\n"
 
 

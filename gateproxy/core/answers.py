@@ -2,15 +2,17 @@
 error body, one head writer.
 
 Every answer the proxy gives itself (not relayed from the upstream) is an `Answer`
-built here. The fast path writes its bytes (`render`); aiohttp's usual path hands it to
-the fence's wire format (gateproxy/aio/wire.py), which writes the same head. Own answers
+built here, and written as the bytes `render` makes (the admin port's aiohttp
+application writes the same headers). Own answers
 carry `Server: gateproxy` and never a library or Python version, their status line says
 HTTP/1.1, and their bodies never echo request bytes.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import Final, NamedTuple
 
@@ -114,15 +116,40 @@ def head(status: int, headers: Iterable[tuple[str, str]], date: str | None = Non
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def render(answer: Answer, date: str) -> bytes:
-    """The bytes aiohttp's usual path writes for `answer` to an HTTP/1.1 client, for
-    code that writes to a socket directly (a closing answer's `Connection` last, as
-    aiohttp writes it)."""
+def render(answer: Answer, date: str, *, keep_alive_line: bool = False,
+           body: bool = True) -> bytes:
+    """The bytes of `answer`: `Server`, `Content-Length`, `Date`, then a closing
+    answer's `Connection: close` (`keep_alive_line`: `Connection: keep-alive`, for an
+    HTTP/1.0 client that asked to keep its connection); `body` False: the head alone
+    (the answer to HEAD)."""
     headers = [*answer.headers, ("Server", SERVER), ("Content-Length", str(len(answer.body)))]
     written = head(answer.status, headers, date)
     if answer.close:
         written = written[:-2] + b"Connection: close\r\n\r\n"
-    return written + answer.body
+    elif keep_alive_line:
+        written = written[:-2] + b"Connection: keep-alive\r\n\r\n"
+    return written + answer.body if body else written
+
+
+class _Clock:
+    """The `Date` of answers (RFC 9110 section 6.6.1): made once a second, not once an
+    answer."""
+
+    __slots__ = ("_second", "_text")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._text = formatdate(second, usegmt=True)
+        return self._text
+
+
+http_date: Final = _Clock().now
 
 
 def error_bytes(code: str, message: str, *extra: tuple[str, str]) -> bytes:

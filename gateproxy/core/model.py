@@ -48,6 +48,8 @@ class Log:
 class Limits:
     max_connections: int
     header_timeout_ms: int
+    max_field_size: int  # bytes: the longest header line (name plus value) on the proxy port
+    keepalive_timeout_ms: int  # an idle client keep-alive connection on the proxy port
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +99,6 @@ class Cors:
 class Config:
     listen: Listen
     upstream: Upstream
-    fast_path: bool  # see gateproxy/aio/
     workers: int | Literal["auto"]
     health_path: str
     admin_prefix: str

@@ -1,42 +1,27 @@
-"""What the two mechanics carry out, and the narrow interfaces they do it through.
+"""What the HTTP core carries out, as plain values: the planner's (gateproxy/http_rules/
+plan.py) actions for a request, and its reply to an upstream answer.
 
-A request's head comes in (`RequestHead`); the planner (gateproxy/http_rules/plan.py)
-says what to do with it, as one `Action`: an `Answer` of the proxy's own, the gate's
-503 (`Gated`), a `ForwardPlan` (the target and the headers to send), an `Endpoint` a view answers, a
-`Hold` (wait for a dependency, then plan again) or an `Upgrade` (a WebSocket relay).
-aiohttp's usual path (gateproxy/serve/handler.py) and the fenced fast path
-(gateproxy/aio/fastpath.py) only carry these out; neither decides anything.
-
-This is the one module of gateproxy outside gateproxy/aio/ that the fence imports: it
-holds only protocols and plain types, and names again those of the upstream interface
-and of the answers that the fence uses, so that the fence needs nothing else.
+A request's head comes in (`RequestHead`); the planner says what to do with it, as one
+`Action`: an `Answer` of the proxy's own, the gate's 503 (`Gated`), a `ForwardPlan` (the
+target and the headers to send), an `Endpoint` a view answers, a `Hold` (wait for a
+dependency, then plan again) or an `Upgrade` (a relay of bytes once the upstream has
+switched protocols). For a forwarded request's answer it gives a `Reply`: the header
+lines to write and how the body is framed. The core (gateproxy/engine/) only carries
+these out.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateproxy.core.answers import SERVER, Answer, error, error_bytes, render
-from gateproxy.upstream.interface import (
-    FAILURES,
-    UNAVAILABLE,
-    ConnectStep,
-    RawHeaders,
-    UpstreamClient,
-    UpstreamError,
-    UpstreamResponse,
-    UpstreamWebSocket,
-    WebSocketUpstream,
-    failure,
-)
+from gateproxy.core.answers import Answer
+from gateproxy.upstream.interface import RawHeaders
 
-__all__ = ["FAILURES", "SERVER", "UNAVAILABLE", "Action", "Answer", "ConnectStep", "Endpoint",
-           "FastPolicy",
-           "ForwardPlan", "Gated", "Hold", "RawHeaders", "RequestHead", "Upgrade",
-           "UpstreamClient", "UpstreamError", "UpstreamResponse", "UpstreamWebSocket",
-           "Waitable", "WebSocketUpstream", "error", "error_bytes", "failure", "render"]
+__all__ = ["Action", "Answer", "Endpoint", "EndpointHandler", "ForwardPlan", "Gated", "Hold",
+           "LocalRequest", "Reply", "RequestHead", "Upgrade", "Waitable"]
 
 
 class RequestHead(NamedTuple):
@@ -53,11 +38,12 @@ class RequestHead(NamedTuple):
 
 class ForwardPlan(NamedTuple):
     """Send the request upstream to `target` with `headers`; `close`: end the client
-    connection after the answer."""
+    connection after the answer; `expect`: tell the client `100 Continue` first."""
 
     target: str
     headers: CIMultiDict[str]
     close: bool = False
+    expect: bool = False
 
 
 class Gated(NamedTuple):
@@ -94,28 +80,36 @@ class Hold(NamedTuple):
 
 
 class Upgrade(NamedTuple):
-    """Relay a WebSocket session with the upstream's `target`, its handshake sent with
-    `headers` (aiohttp's client adds the handshake's own)."""
+    """Send the WebSocket handshake upstream to `target` with `headers`; after its 101,
+    relay bytes both ways."""
 
     target: str
     headers: CIMultiDict[str]
 
 
-# Named tuples, not dataclasses: the fast path makes a head and an action for every
+class Reply(NamedTuple):
+    """How a forwarded request's answer goes to the client: its header lines in order
+    (framing, `Date` and `Connection` included), whether its body is written at all,
+    chunked anew, and whether the client connection ends after it."""
+
+    headers: list[tuple[str, str]]
+    body: bool
+    chunked: bool
+    close: bool
+
+
+class LocalRequest(NamedTuple):
+    """What an endpoint of the proxy's own reads of its request."""
+
+    method: str
+    path: str  # the target, query included
+    headers: CIMultiDictProxy[str]
+    peer: str | None  # the caller's address, as the connection says
+
+
+EndpointHandler = Callable[[LocalRequest], Awaitable[Answer]]
+
+
+# Named tuples, not dataclasses: the core makes a head and an action for every
 # request, and a tuple is made three times faster than a frozen dataclass.
 Action = Answer | Gated | ForwardPlan | Endpoint | Hold | Upgrade
-
-
-class FastPolicy(Protocol):
-    """What the fast path asks of the proxy: the plan for a request, the headers of a
-    relayed answer, and what it counts."""
-
-    def plan(self, head: RequestHead) -> Action: ...
-
-    def response_headers(self, raw: RawHeaders) -> CIMultiDict[str]: ...
-
-    def forwarded(self, method: str, status: int, target: str) -> None:
-        """A forwarded request's answer had `status`."""
-
-    def latency(self, seconds: float) -> None:
-        """The time from sending a request upstream to its response's headers."""

@@ -16,9 +16,10 @@ from gateproxy.upstream.interface import RawHeaders
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
     "upgrade", "proxy-authorization", "proxy-authenticate",
-    # aiohttp has already answered `Expect: 100-continue` for the client.
+    # The proxy has answered `Expect: 100-continue` for the client itself.
     "expect",
 })
+_SWITCH = frozenset({"connection", "upgrade"})
 VIA = "1.1 gateproxy"
 
 
@@ -39,7 +40,7 @@ class BadField(ValueError):
 
 
 def header_text(raw: bytes) -> str:
-    """A response header name or value as aiohttp's writers will re-encode it (UTF-8).
+    """A response header name or value as the core's writer re-encodes it (UTF-8).
     Bytes that are not UTF-8 cannot survive that; they travel as their Latin-1 reading
     (docs/headers.md)."""
     try:
@@ -68,16 +69,14 @@ def client_address(peername: object) -> str:
     return str(peername)
 
 
-def forwarded_headers(raw_headers: RawHeaders, connection: str | None, peer: str, tls: bool,
-                      extra_drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
+def forwarded_headers(raw_headers: RawHeaders, connection: str | None, peer: str, tls: bool
+                      ) -> CIMultiDict[str]:
     """The headers to send upstream, from the client's raw headers, its `Connection`
     header (every line of it, as one list), address and whether it came over TLS;
     BadField for a header that cannot go
     byte for byte. Hop-by-hop ones go first, so that a client cannot remove our
     X-Forwarded-* by naming them in `Connection`."""
     drop = _dropped(connection)
-    if extra_drop:
-        drop = drop | extra_drop
     out: CIMultiDict[str] = CIMultiDict()
     # aiohttp's client keeps only the last of the values of a name spelled in several
     # cases (`X-A: 1`, `x-a: 2`); one spelling per name keeps them all.
@@ -101,14 +100,17 @@ def forwarded_headers(raw_headers: RawHeaders, connection: str | None, peer: str
     return out
 
 
-def response_headers(raw: RawHeaders,
-                     extra_drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
+def response_headers(raw: RawHeaders | list[tuple[bytes, bytes]],
+                     keep: frozenset[str] = frozenset()) -> CIMultiDict[str]:
+    """An upstream answer's header lines for the client: hop-by-hop ones out (but those
+    in `keep`), `Via` added; a `Transfer-Encoding` keeps its place for the framing the
+    planner writes there, or none."""
     # Several Connection lines are one list (RFC 9110 section 5.3).
     connection = ", ".join(value.decode("latin-1") for name, value in raw
                            if name.lower() == b"connection") or None
     drop = _dropped(connection)
-    if extra_drop:
-        drop = drop | extra_drop
+    if keep:
+        drop = drop - keep
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in raw:
         key = header_text(name)
@@ -116,10 +118,14 @@ def response_headers(raw: RawHeaders,
         if lowered not in drop:
             out.add(key, header_text(value))
         elif lowered == "transfer-encoding":
-            # Its place: aiohttp writes its own framing header there, or nothing.
             out.add(key, "chunked")
     add_via(out)
     return out
+
+
+def switched_headers(raw: RawHeaders | list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
+    """A 101's header lines for the client: `Connection` and `Upgrade` as sent."""
+    return response_headers(raw, _SWITCH)
 
 
 def add_via(headers: CIMultiDict[str]) -> None:

@@ -1,19 +1,27 @@
-"""The one request path's decisions, without I/O: a request head in, an action out.
+"""Every decision of an exchange, without I/O: a request head in, an action out; an
+upstream answer in, a reply out.
 
-`Planner.plan` asks the gate for its verdict and turns it into what both mechanics carry
-out (gateproxy/http_rules/actions.py): the gate's 503 with its headers, a 400 for a bad
-path or a request no upstream should see, the proxy's own endpoints, a wait, a WebSocket
-relay, or the target and headers to forward with. Neither mechanic decides anything of
-its own.
+The request side, `Planner.plan`: it asks the gate for its verdict and turns it into what
+the core carries out (gateproxy/http_rules/actions.py): the gate's 503 with its headers,
+a 400 for a bad path or a request no upstream should see, the proxy's own endpoints, a
+wait, a WebSocket relay, or the target and headers to forward with, and whether to say
+`100 Continue` first. The response side: `respond` (the header lines, the framing, keep
+the connection or close it; a status that points at a dependency asks for its probe),
+`failed` (an upstream failure before the answer's head: its 502 or 504), `broken` (a
+body that breaks off once the answer has started: the connection is aborted, the only
+honest signal left), `own` (the proxy's own answer as this client may have it), and
+what happens to request trailers (`trailer`: dropped). The core decides nothing itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Final
 
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateproxy.core import answers
+from gateproxy.core.answers import http_date as _date
 from gateproxy.core.gate import (
     NOT_FOUND,
     SERVER_OPTIONS,
@@ -26,6 +34,7 @@ from gateproxy.core.gate import (
     Wait,
 )
 from gateproxy.core.paths import Rule
+from gateproxy.core.watch import UPSTREAM_STATUS
 from gateproxy.http_rules import request_checks
 from gateproxy.http_rules.actions import (
     Action,
@@ -33,14 +42,21 @@ from gateproxy.http_rules.actions import (
     ForwardPlan,
     Gated,
     Hold,
+    Reply,
     RequestHead,
     Upgrade,
 )
-from gateproxy.http_rules.headers import BadField, client_address, forwarded_headers
+from gateproxy.http_rules.headers import (
+    BadField,
+    client_address,
+    forwarded_headers,
+    response_headers,
+    switched_headers,
+)
+from gateproxy.upstream.interface import RawHeaders, UpstreamError
 
-# Headers aiohttp's WebSocket handshake makes itself, for each hop.
-HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-accept",
-                       "sec-websocket-protocol", "sec-websocket-extensions"})
+# Answers that never have a body (RFC 9110 sections 15.2, 15.3.5 and 15.4.5).
+_NO_BODY: Final = frozenset({204, 304})
 
 
 def is_upgrade(method: str, headers: Mapping[str, str]) -> bool:
@@ -52,9 +68,6 @@ def is_upgrade(method: str, headers: Mapping[str, str]) -> bool:
         return False
     connection = headers.get("Connection", "")
     return "upgrade" in (t.strip().lower() for t in connection.split(","))
-
-
-_ends_connection = request_checks.ends_connection
 
 
 def _connection(headers: CIMultiDictProxy[str]) -> str | None:
@@ -74,14 +87,32 @@ class Planner:
         self._gate = gate  # the live gate: a reload replaces it
         self._on_reject = on_reject
 
+    # --- the request side ----------------------------------------------------------------
+
     def plan(self, head: RequestHead, waited: bool = False) -> Action:
         """What to do with `head`; `waited`: after a Hold, which is then not given again."""
+        action = self._plan(head, waited)
+        if "Expect" not in head.headers:
+            return action
+        # The client waits before it sends its body: the proxy's own answer goes first
+        # and ends the connection (the unsent body must not be read as the next request);
+        # a forward says `100 Continue` (never before the gate's 503).
+        if isinstance(action, Gated):
+            return Gated(action.answer.closing())
+        if isinstance(action, answers.Answer):
+            return action.closing()
+        if isinstance(action, ForwardPlan) and head.version == (1, 1):
+            if head.headers["Expect"].lower() != "100-continue":
+                return answers.error("expectation_failed", "only 100-continue is understood",
+                                     close=True)
+            return action._replace(expect=True)
+        return action
+
+    def _plan(self, head: RequestHead, waited: bool) -> Action:
         gate = self._gate()
         headers = head.headers
         verdict = gate.decide(head.method, head.target, headers, waited)
-        # A request whose body came with a Transfer-Encoding ends its connection
-        # (request_checks.ends_connection), whatever the answer.
-        close = _ends_connection(headers)
+        close = not keeps_alive(head)
         if type(verdict) is Forward:
             return self._forward(head, verdict.target, close)
         if type(verdict) is Reject:
@@ -106,18 +137,112 @@ class Planner:
     @staticmethod
     def _forward(head: RequestHead, target: str, close: bool) -> Action:
         # After the gate (a gated path gets its 503 whatever else is wrong), before the
-        # upstream: what aiohttp's parser accepts but would make the two of us disagree.
-        problem = request_checks.problem(head.version, head.headers.get("Host"), head.target)
+        # upstream: what llhttp accepts but would make the two of us disagree.
+        problem = request_checks.problem(head.version, head.headers.getall("Host", ()),
+                                         head.target)
         if problem is not None:
             return problem.closing() if close else problem
         upgrade = "Upgrade" in head.headers and is_upgrade(head.method, head.headers)
         try:
             headers = forwarded_headers(head.raw_headers, _connection(head.headers),
-                                        client_address(head.peername), head.tls,
-                                        HANDSHAKE if upgrade else
-                                        frozenset())
+                                        client_address(head.peername), head.tls)
         except BadField as exc:
             return answers.error("bad_request", str(exc), close=close or upgrade)
         if upgrade:
+            # The handshake's own hop-by-hop lines, for the upstream to switch too.
+            headers["Connection"] = "Upgrade"
+            headers["Upgrade"] = head.headers["Upgrade"]
             return Upgrade(target, headers)
-        return ForwardPlan(target, headers, close)
+        # What llhttp stops at after the head (another upgrade, CONNECT) cannot go on as
+        # HTTP on this connection once answered.
+        return ForwardPlan(target, headers, close or "Upgrade" in head.headers
+                           or head.method == "CONNECT")
+
+    @staticmethod
+    def trailer(name: bytes, value: bytes) -> bool:
+        """Whether a request trailer field is kept: never. The upstream request is
+        framed anew, and no trailer becomes a header of anything (docs/headers.md)."""
+        return False
+
+    # --- the response side ---------------------------------------------------------------
+
+    def respond(self, head: RequestHead, plan: ForwardPlan, status: int,
+                raw: RawHeaders | list[tuple[bytes, bytes]], chunked_in: bool) -> Reply:
+        """How the upstream's answer to `plan` goes to the client (docs/headers.md,
+        "Responses"); a status some dependency rechecks on asks for its probe now."""
+        gate = self._gate()
+        if status in gate.recheck_statuses:
+            for guard in gate.covering(head.method, plan.target, status):
+                guard.monitor.request_recheck(UPSTREAM_STATUS)
+        headers = response_headers(raw)
+        close = plan.close
+        bodyless = head.method == "HEAD" or status in _NO_BODY or status < 200
+        if status in _NO_BODY or status < 200:
+            headers.popall("Content-Length", None)
+        if chunked_in:
+            headers.popall("Content-Length", None)  # llhttp framed it by its chunks
+        chunked = False
+        if bodyless or "Content-Length" in headers:
+            headers.popall("Transfer-Encoding", None)
+        elif head.version < (1, 1):
+            # No chunked framing for HTTP/1.0: the body ends with the connection.
+            headers.popall("Transfer-Encoding", None)
+            close = True
+        else:
+            chunked = True
+            headers["Transfer-Encoding"] = "chunked"  # in the upstream's place, or last
+        return Reply(_finished(headers, head.version, close), not bodyless, chunked, close)
+
+    @staticmethod
+    def switched(raw: RawHeaders | list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+        """The header lines of the upstream's 101 for the client: as sent, `Connection`
+        and `Upgrade` included (the switch is both hops'), other hop-by-hop lines out,
+        `Via` added."""
+        return list(switched_headers(raw).items())
+
+    @staticmethod
+    def failed(error: UpstreamError, plan: ForwardPlan | Upgrade) -> answers.Answer:
+        """The answer to a request the upstream did not answer: 502 or 504 (a failed
+        handshake closes: the client's next bytes may be its new protocol's)."""
+        close = plan.close if isinstance(plan, ForwardPlan) else True
+        return answers.error(error.code, error.message, close=close)
+
+    @staticmethod
+    def broken(error: UpstreamError, head_written: bool) -> answers.Answer | None:
+        """A body that broke off, either way: the 502 while nothing of the answer is
+        out; once it is, None: the connection is aborted, never ended cleanly so that a
+        cut body would look complete."""
+        return None if head_written else answers.error(error.code, error.message, close=True)
+
+    @staticmethod
+    def own(head: RequestHead, answer: answers.Answer) -> answers.Answer:
+        """The proxy's own answer as this client gets it: closing when the client did
+        not ask to keep the connection."""
+        return answer if answer.close or keeps_alive(head) else answer.closing()
+
+    @staticmethod
+    def malformed(why: str) -> answers.Answer:
+        """The answer to bytes that are not a request llhttp accepts."""
+        return answers.error("bad_request", why, close=True)
+
+
+def keeps_alive(head: RequestHead) -> bool:
+    """Whether the client asked to keep its connection (RFC 9112 section 9.3)."""
+    connection = _connection(head.headers)
+    tokens = () if connection is None else {t.strip().lower() for t in connection.split(",")}
+    if head.version >= (1, 1):
+        return "close" not in tokens
+    return "keep-alive" in tokens
+
+
+def _finished(headers: CIMultiDict[str], version: tuple[int, int],
+              close: bool) -> list[tuple[str, str]]:
+    """`Date` when the upstream sent none, then the client connection's own
+    `Connection`."""
+    if "Date" not in headers:
+        headers["Date"] = _date()
+    if close:
+        headers["Connection"] = "close"
+    elif version < (1, 1):
+        headers["Connection"] = "keep-alive"
+    return list(headers.items())

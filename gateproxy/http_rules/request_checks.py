@@ -1,15 +1,15 @@
-"""Requests aiohttp's parser accepts but no upstream should see (docs/headers.md).
+"""Requests llhttp accepts but no upstream should see (docs/headers.md).
 
-A Host header that is not a host, an absolute-form target naming another host than
-`Host` (RFC 9112 section 3.2.2: the proxy and the upstream would disagree on which host
-was asked for), user information in the target, and an HTTP version other than 1.x.
-And one request after which the client connection must end: see `ends_connection`.
+A Host header that is not a host, or more than one (RFC 9112 section 3.2), an
+absolute-form target naming another host than `Host` (RFC 9112 section 3.2.2: the proxy
+and the upstream would disagree on which host was asked for), user information in the
+target, and an HTTP version other than 1.x.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Sequence
 
 from gateproxy.core import answers
 from gateproxy.core.answers import Answer
@@ -29,12 +29,14 @@ def _same_host(authority: str, host: str, scheme: str) -> bool:
     return norm(authority) == norm(host)
 
 
-def problem(version: tuple[int, int], host: str | None, target: str) -> Answer | None:
-    """The answer to a request aiohttp parsed but no upstream should see, or None."""
+def problem(version: tuple[int, int], hosts: Sequence[str], target: str) -> Answer | None:
+    """The answer to a request llhttp parsed but no upstream should see, or None."""
     if version[0] != 1:
         return answers.error("http_version_not_supported",
                              "only HTTP/1.0 and HTTP/1.1 are served", close=True)
-    # aiohttp refuses a repeated Host header.
+    if len(hosts) > 1:
+        return answers.error("bad_request", "the request has more than one Host header")
+    host = hosts[0] if hosts else None
     if host is not None and not _HOST.fullmatch(host):
         return answers.error("bad_request", "the Host header is not a host name")
     if not target.startswith("/") and "://" in target[:8]:
@@ -46,13 +48,3 @@ def problem(version: tuple[int, int], host: str | None, target: str) -> Answer |
             return answers.error(
                 "bad_request", "the request target names another host than the Host header")
     return None
-
-
-def ends_connection(headers: Mapping[str, str]) -> bool:
-    """Whether the client connection must end after this request's answer: its body
-    came with a Transfer-Encoding (chunked), so it may have had a trailer section, and
-    aiohttp's C parser (3.14) keeps the last trailer field and hands it to the next
-    request on the connection as a header of its own. Ending the connection drops that
-    next request unanswered (an HTTP/1.1 client sends it again on a new connection),
-    never with another request's field (tests/integration/test_aiohttp_trailers.py)."""
-    return "Transfer-Encoding" in headers

@@ -1,37 +1,45 @@
-"""The proxy: a `Node` (gateproxy/serve/node.py) serving the proxy's port, and the admin
-port when it has one. Builds the parts, opens the listeners, drains on SIGTERM.
+"""The proxy: a `Node` (gateproxy/serve/node.py) serving the proxy's port on the HTTP core
+(gateproxy/engine/), and the admin port when it has one. Builds the parts, opens the
+listeners, drains on SIGTERM.
 
 Start-up: fail fast on required dependencies, open the listeners, then start the watches.
 SIGTERM: `ready` turns 503 at once, everything else is served for `shutdown_delay_ms`,
-then the listeners close and in-flight requests get `shutdown_grace_ms` to finish.
+then the listeners close, WebSocket sessions are closed with 1001, and in-flight requests
+get `shutdown_grace_ms` to finish.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from aiohttp import web
-
+from gateproxy.core import answers
 from gateproxy.core.answers import Answer
 from gateproxy.core.dependency import DependencyStatus
 from gateproxy.core.gate import ADMIN_ENDPOINTS, HEALTH, Guard
 from gateproxy.core.model import Config
 from gateproxy.core.paths import Rule
-from gateproxy.core.watch import UPSTREAM_STATUS, Watch
-from gateproxy.http_rules.headers import response_headers
+from gateproxy.core.watch import Watch
+from gateproxy.engine.carry import Carrier
+from gateproxy.engine.connection import Limits
+from gateproxy.engine.flow import HIGH_WATER
+from gateproxy.engine.listener import Listener
+from gateproxy.engine.tunnel import Tunnels
+from gateproxy.engine.upstream import Pool
+from gateproxy.http_rules.actions import EndpointHandler, LocalRequest
 from gateproxy.http_rules.plan import Planner
 from gateproxy.logs import log
-from gateproxy.serve import listeners
-from gateproxy.serve.handler import EndpointHandler, RequestHandler
-from gateproxy.serve.listeners import StartupError
+from gateproxy.serve.listeners import StartupError, until_signalled
 from gateproxy.serve.node import Node, WatchFactory, probing
-from gateproxy.serve.websocket import WebSocketRelay
-from gateproxy.upstream.interface import UpstreamClient
 from gateproxy.views import health
 
+if TYPE_CHECKING:
+    from gateproxy.serve.admin_port import AdminSite
+
 __all__ = ["Gateway", "StartupError", "Worker"]
+
+BODY_MIN_RATE = 500  # bytes per second a request body must average, as Apache's mod_reqtimeout
 
 
 class Worker(Protocol):
@@ -45,31 +53,30 @@ class Worker(Protocol):
 
 
 class Gateway:
-    """The running proxy: its node, its upstream client, its listeners."""
+    """The running proxy: its node, its upstream pool, its listeners."""
 
-    def __init__(self, config: Config, upstream: UpstreamClient | None = None,
-                 worker: Worker | None = None) -> None:
+    def __init__(self, config: Config, worker: Worker | None = None) -> None:
         self._worker = worker
-        self.fence = listeners.inspect(config.fast_path)
+        self.tunnels = Tunnels()
         watch: WatchFactory = worker.watch if worker is not None else probing
-        self.node = Node(config, watch, lambda: self.websockets.open_count)
-        self.upstream = upstream or listeners.upstream_client(config, self.fence,
-                                                              self.node.reconnector)
-        self.websockets = WebSocketRelay(self.upstream)
+        self.node = Node(config, watch, lambda: self.tunnels.open_count)
+        upstream = config.upstream
+        self.upstream = Pool(upstream.url, upstream.connect_timeout_ms,
+                             upstream.read_timeout_ms, self.node.reconnector)
         self.planner = Planner(lambda: self.node.runtime.gate, self.on_reject)
-        # The fast path's policy (http_rules/actions.py FastPolicy): the planner, the
-        # header rules and the counters themselves, one call less each per request.
-        self.plan = self.planner.plan
-        self.response_headers = response_headers
-        self.forwarded = self.count_forwarded
-        self.latency = self.node.metrics.observe_upstream
-        self._runners: list[web.AppRunner] = []
+        self._listener: Listener | None = None
+        self._admin: AdminSite | None = None
+        self.port = 0
 
     @property
     def serving(self) -> bool:
         return self.node.serving
 
-    # --- what requests count -----------------------------------------------------------
+    @property
+    def admin_port(self) -> int | None:
+        return self._admin.port if self._admin is not None else None
+
+    # --- what requests count (the carrier's Counts) --------------------------------------
 
     def on_reject(self, rule: Rule[Guard]) -> None:
         """What a gated request does besides its 503: it counts, and it asks for a
@@ -77,46 +84,31 @@ class Gateway:
         rule.target.monitor.request_recheck()
         self.node.metrics.count_gated(rule.target.status.dep.name, rule.prefix)
 
-    def count_forwarded(self, method: str, status: int, target: str) -> None:
-        """Count a forwarded request's answer; one that points at a dependency of its
-        route (`recheck_on_status`, rare) asks for a probe of that dependency now."""
+    def count_forwarded(self, method: str, status: int) -> None:
         self.node.metrics.count_forwarded(method, status)
-        gate = self.node.gate
-        if status in gate.recheck_statuses:
-            for guard in gate.covering(method, target, status):
-                guard.monitor.request_recheck(UPSTREAM_STATUS)
 
     def count_hold(self, dependency: str, outcome: str) -> None:
         self.node.metrics.count_hold(dependency, outcome)
 
-    # --- the applications -------------------------------------------------------------
+    def observe_upstream(self, seconds: float) -> None:
+        self.node.metrics.observe_upstream(seconds)
 
-    def main_app(self) -> web.Application:
-        # auto_decompress off: a gzip request body is forwarded as sent, not inflated
-        # under its Content-Encoding and Content-Length. keepalive_timeout: aiohttp's own
-        # default (an hour) would let idle clients hold connection slots; 75 s as nginx.
-        app = web.Application(handler_args={"max_field_size": 16384,
-                                            "auto_decompress": False,
-                                            "keepalive_timeout": 75.0})
+    def access_log(self) -> bool:
+        return self.node.config.log.access
+
+    # --- the proxy's own endpoints ---------------------------------------------------
+
+    def _endpoints(self) -> dict[str, EndpointHandler]:
         endpoints: dict[str, EndpointHandler] = {HEALTH: self._health}
         if self._worker is None:
-            endpoints.update(_admin_endpoints(app, self.node))
+            endpoints.update(_admin_endpoints(self.node))
         else:
             endpoints.update(self._worker.admin_handlers(ADMIN_ENDPOINTS))
-        handler = RequestHandler(self.planner, self.node.metrics.timed(self.upstream),
-                                 self.websockets, endpoints, self)
-        app.middlewares.append(handler.unrouted)
-        # One route: the plan decides every request, the proxy's own paths included.
-        # `[\s\S]`, not `.`: `.` stops at a decoded `%0A`, which would get aiohttp's own
-        # 404 instead of the gate's 400.
-        app.router.add_route("*", r"/{tail:[\s\S]*}", handler.handle,
-                             expect_handler=handler.expect)
-        app.on_shutdown.append(self.websockets.on_shutdown)
-        return app
+        return endpoints
 
-    async def _health(self, request: web.Request) -> Answer:
+    async def _health(self, request: LocalRequest) -> Answer:
         cfg = self.node.config
-        return await health.health_response(request, self.upstream, cfg.health_path,
+        return await health.health_response(request.headers, self.upstream, cfg.health_path,
                                             cfg.upstream.health_timeout_ms,
                                             self.node.statuses())
 
@@ -129,43 +121,51 @@ class Gateway:
         if down is not None:
             raise StartupError(down)
         cfg = node.config
-        fast = listeners.fast_path(self, self.upstream) if self.fence.fast_path else None
-        await self._listen(self.main_app(), cfg.listen.host, cfg.listen.port, fast)
+        limits = cfg.limits
+        carrier = Carrier(self.planner, self.upstream, self._endpoints(), self, self.tunnels)
+        head_s = limits.header_timeout_ms / 1000
+        listener = Listener(carrier, Limits(
+            head_timeout_s=head_s, body_timeout_s=head_s, body_min_rate=BODY_MIN_RATE,
+            keepalive_s=limits.keepalive_timeout_ms / 1000,
+            max_field_size=limits.max_field_size,
+            max_head_size=max(HIGH_WATER, 4 * limits.max_field_size)),
+            limits.max_connections, answers.error_bytes(
+                "too_many_connections",
+                f"the proxy is at its limit of {limits.max_connections} connections",
+                ("Retry-After", "1")))
+        try:
+            self.port = await listener.start(cfg.listen.host, cfg.listen.port,
+                                             reuse_port=self._worker is not None)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {cfg.listen.host}:{cfg.listen.port}: "
+                               f"{exc.strerror or exc}") from exc
+        self._listener = listener
         if cfg.admin_port is not None and self._worker is None:  # a supervisor's, else
-            await self._listen(_admin_application(node), cfg.listen.host, cfg.admin_port)
+            self._admin = await _admin_site(node, cfg.listen.host, cfg.admin_port)
         node.serving = True
         node.start_watching()
         log.info("listening", host=cfg.listen.host, port=self.port,
                  adminPort=self.admin_port, upstream=cfg.upstream.url,
                  dependencies=[s.dep.name for s in node.statuses()])
 
-    async def _listen(self, app: web.Application, host: str, port: int,
-                      fast: listeners.FastPath | None = None) -> None:
-        self._runners.append(await listeners.listen(
-            app, host, port, fence=self.fence, config=lambda: self.node.config, fast=fast,
-            reuse_port=self._worker is not None))
-
-    @property
-    def port(self) -> int:
-        return listeners.bound_port(self._runners[0])
-
-    @property
-    def admin_port(self) -> int | None:
-        return listeners.bound_port(self._runners[1]) if len(self._runners) > 1 else None
-
     async def stop(self, delay_s: float = 0.0) -> None:
-        """Drain: ready says 503 for `delay_s`, then close listeners, finish in-flight
-        requests within the grace time, stop watching."""
+        """Drain: ready says 503 for `delay_s`, then close listeners, end WebSocket
+        sessions with 1001, finish in-flight requests within the grace time, stop
+        watching."""
         self.node.draining = True
         # Nothing waits for the upstream past the drain: those waiting get the 502 now.
         self.node.reconnector.close()
         if delay_s > 0:
             log.info("draining", delayMs=round(delay_s * 1000))
             await asyncio.sleep(delay_s)
-        log.info("closing_listeners", graceMs=self.node.config.shutdown_grace_ms)
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
+        grace_ms = self.node.config.shutdown_grace_ms
+        log.info("closing_listeners", graceMs=grace_ms)
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await asyncio.gather(listener.close(grace_ms / 1000), self.tunnels.close_all())
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
         self.node.serving = False
         await self.node.stop_watching()
         await self.upstream.close()
@@ -173,21 +173,21 @@ class Gateway:
 
     async def serve_until_signalled(self) -> None:
         """Run until SIGTERM or SIGINT, then drain and stop (README, "Shutdown")."""
-        await listeners.until_signalled()
+        await until_signalled()
         delay_ms = self.node.config.shutdown_delay_ms
         log.info("shutdown_requested", delayMs=delay_ms)
         await self.stop(delay_ms / 1000)
 
 
 # The admin endpoints' modules are loaded when first needed: a worker of several relays
-# them to its supervisor, and so never loads the page templates' libraries (jinja2).
-def _admin_endpoints(app: web.Application, node: Node) -> dict[str, EndpointHandler]:
+# them to its supervisor, and so never loads aiohttp's server or the page templates.
+def _admin_endpoints(node: Node) -> dict[str, EndpointHandler]:
     from gateproxy.views import admin
 
-    return admin.endpoints(app, node)
+    return admin.endpoints(node)
 
 
-def _admin_application(node: Node) -> web.Application:
+async def _admin_site(node: Node, host: str, port: int) -> AdminSite:
     from gateproxy.serve import admin_port
 
-    return admin_port.application(node, denied=node.metrics.count_admin_denied)
+    return await admin_port.serve(node, host, port, denied=node.metrics.count_admin_denied)

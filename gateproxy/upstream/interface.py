@@ -1,20 +1,18 @@
-"""What the proxy sees of an upstream client, and the one map from a failure to its answer.
+"""What the proxy sees of the upstream client, and the one map from a failure to its answer.
 
-The proxy only sees `UpstreamClient.send()` and `UpstreamResponse`. Two clients implement
-them: AiohttpUpstream (gateproxy/upstream/aiohttp_client.py, aiohttp's ClientSession) and
-FastUpstream (gateproxy/aio/client.py, behind the fence). Both turn what goes wrong into an
-UpstreamError through `failure`, so a failure reads the same whichever client is in use.
-
-The fence (gateproxy/aio/) may import this module: it imports nothing of gateproxy.
+The proxy sees `UpstreamClient.send()` and `UpstreamResponse`; the core's pool
+(gateproxy/engine/upstream.py) implements them. What goes wrong talking to the upstream
+becomes an UpstreamError through `failure`, the one map (the model: httpx's map of
+transport errors), so that a failure reads the same wherever it is met. This module
+imports nothing of gateproxy.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
-from typing import Final, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Final, Protocol, TypeVar
 
-import aiohttp
 from multidict import CIMultiDict
 
 RawHeaders = tuple[tuple[bytes, bytes], ...]
@@ -34,23 +32,35 @@ class UpstreamError(Exception):
         self.message = message
 
 
-class HandshakeRefused(Exception):
-    """The upstream answered a WebSocket handshake with something other than 101."""
-
-    def __init__(self, status: int, reason: str, headers: RawHeaders) -> None:
-        super().__init__(f"the upstream refused the WebSocket handshake with {status}")
-        self.status = status
-        self.reason = reason
-        self.raw_headers = headers
+class ConnectTimeout(TimeoutError):
+    """The upstream did not accept a connection within `upstream.connect_timeout_ms`."""
 
 
-UpstreamWebSocket = aiohttp.ClientWebSocketResponse[Literal[False]]
+class Disconnected(ConnectionError):
+    """The upstream closed the connection before its answer was complete."""
+
+
+class Malformed(Exception):
+    """The upstream's answer is not HTTP/1.1 as llhttp reads it."""
+
+
+class BodySource(Protocol):
+    """A request body as it arrives (gateproxy/engine/flow.py `Chunks`)."""
+
+    def whole(self) -> bytes | None:
+        """All of it, when it has all come already."""
+
+    async def read(self) -> bytes:
+        """What has come since the last read; b"" at its end."""
+        ...
 
 
 class UpstreamResponse(Protocol):
     status: int
     reason: str
-    raw_headers: RawHeaders
+
+    @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]: ...
 
     def iter_chunks(self) -> AsyncIterator[bytes]:
         """The body as the upstream sends it; raises UpstreamError when it breaks."""
@@ -65,7 +75,7 @@ class UpstreamResponse(Protocol):
 
 class UpstreamClient(Protocol):
     async def send(self, method: str, target: str, headers: CIMultiDict[str],
-                   body: aiohttp.StreamReader | None) -> UpstreamResponse: ...
+                   body: BodySource | None) -> UpstreamResponse: ...
 
     async def close(self) -> None: ...
 
@@ -84,25 +94,11 @@ class ConnectStep(Protocol):
         ...
 
 
-@runtime_checkable
-class WebSocketUpstream(Protocol):
-    """An upstream client that can also open WebSockets (a separate interface, so that
-    wrappers of UpstreamClient need not implement it)."""
-
-    async def open_websocket(self, target: str, headers: CIMultiDict[str],
-                             protocols: tuple[str, ...], compress: bool,
-                             max_msg_size: int) -> UpstreamWebSocket:
-        """Open a WebSocket upstream; raises HandshakeRefused or UpstreamError."""
-        ...
-
-    async def close(self) -> None: ...
-
-
 # --- the error map ------------------------------------------------------------------------
 
 # What a client catches and hands to `failure` (anything else, cancellation included,
 # goes on as it is).
-FAILURES: Final = (TimeoutError, aiohttp.ClientError, OSError)
+FAILURES: Final = (TimeoutError, OSError, Malformed)
 
 # Which failure is which answer, one row per kind; the first row whose type the exception
 # is an instance of decides, so a subclass comes before its base. A message has two
@@ -110,19 +106,19 @@ FAILURES: Final = (TimeoutError, aiohttp.ClientError, OSError)
 # {ms}: the read timeout; {exc}: the exception's own text.
 _MAP: Final[tuple[tuple[type[BaseException] | tuple[type[BaseException], ...],
                         str, str, str], ...]] = (
-    # aiohttp's sock_connect ran out (FastUpstream raises the same for its connect timeout).
-    (aiohttp.ConnectionTimeoutError, UNAVAILABLE,
+    (ConnectTimeout, UNAVAILABLE,
      "the upstream did not accept a connection in time",
      "the upstream did not accept a connection in time"),
-    # The read timeout: aiohttp's ServerTimeoutError and SocketTimeoutError, asyncio's.
+    # The read timeout: no byte for `read_timeout_ms`.
     (TimeoutError, TIMEOUT,
      "no response from the upstream within {ms} ms",
      "the upstream stalled mid-response"),
-    # Refused, reset, DNS, TLS (an OSError, or aiohttp's ClientConnectorError family
-    # around one), closed without an answer (ServerDisconnectedError, ClientOSError), a
-    # body cut short (ClientPayloadError), a head aiohttp could not parse
-    # (ClientResponseError), any other aiohttp client error.
-    ((aiohttp.ClientError, OSError), UNAVAILABLE,
+    # An answer llhttp refused: its connection is closed, the client told at once.
+    (Malformed, UNAVAILABLE,
+     "the upstream sent {exc}",
+     "the upstream sent {exc}"),
+    # Refused, reset, DNS, TLS, closed without a (whole) answer.
+    (OSError, UNAVAILABLE,
      "the upstream is unavailable: {exc}",
      "the upstream broke off: {exc}"),
 )
@@ -131,9 +127,10 @@ _MAP: Final[tuple[tuple[type[BaseException] | tuple[type[BaseException], ...],
 def failure(exc: BaseException, read_timeout_ms: int, *,
             mid_body: bool = False) -> UpstreamError:
     """What `exc`, met talking to the upstream, means to the client: 502 or 504.
-    `mid_body`: the answer's head had arrived. An exception no row names (e.g. the
-    HttpProcessingError FastUpstream meets raw when an answer is not HTTP, which aiohttp's
-    ClientSession wraps in a ClientResponseError) gets the last row's answer."""
+    `mid_body`: the answer's head had arrived. An exception no row names gets the last
+    row's answer."""
+    if isinstance(exc, UpstreamError):
+        return exc
     _, code, before, within = next((row for row in _MAP if isinstance(exc, row[0])), _MAP[-1])
     return UpstreamError(code, (within if mid_body else before).format(
-        ms=read_timeout_ms, exc=exc))
+        ms=read_timeout_ms, exc=str(exc) or type(exc).__name__))

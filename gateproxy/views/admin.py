@@ -7,9 +7,10 @@ show carries a secret: base URLs are the redacted ones of the snapshots and the 
 secret is not part of any of it. `POST`/`DELETE {admin}/dependencies/{name}/maintenance`
 changes state, so it is served on the admin port only (the gate answers 404 for it on
 the proxy's port) and only to whom gateproxy/core/access.py admits: the loopback, or with
-`admin_token` set, a caller that has the token. Every handler here gives an `Answer`
-(gateproxy/core/answers.py), which the one writer writes (gateproxy/serve/admin_port.py
-for the admin port).
+`admin_token` set, a caller that has the token. Every handler here reads a
+`LocalRequest` and gives an `Answer` (gateproxy/core/answers.py), which the one writer
+writes: the HTTP core's on the proxy's port, gateproxy/serve/admin_port.py on the admin
+port. The status page is rendered with jinja2 (autoescaped) from the package's templates.
 """
 
 from __future__ import annotations
@@ -18,10 +19,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-import aiohttp_jinja2
 import jinja2
 import orjson
-from aiohttp import web
 
 from gateproxy import __version__
 from gateproxy.core import access, answers
@@ -31,6 +30,7 @@ from gateproxy.core.gate import ADMIN_ENDPOINTS
 from gateproxy.core.model import redact_url
 from gateproxy.core.runtime import Runtime
 from gateproxy.core.watch import Maintainable
+from gateproxy.http_rules.actions import EndpointHandler, LocalRequest
 from gateproxy.logs import log
 from gateproxy.views import exposition
 from gateproxy.views.counts import Family
@@ -123,36 +123,31 @@ def _upstream(view: View, row: dict[str, Any]) -> dict[str, Any]:
             **row, "since": iso(row["since"])}
 
 
-Handler = Callable[[web.Request], Awaitable[Answer]]
-
-
-def endpoints(app: web.Application, view: View) -> dict[str, Handler]:
-    """The admin endpoints by name (the path below the admin prefix), with the page
-    templates set up on `app`."""
+def endpoints(view: View) -> dict[str, EndpointHandler]:
+    """The admin endpoints by name (the path below the admin prefix)."""
     prefix = view.runtime.config.admin_prefix
-    aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("gateproxy", "templates"),
-                         autoescape=True, default_helpers=False)
+    templates = jinja2.Environment(loader=jinja2.PackageLoader("gateproxy", "templates"),
+                                   autoescape=True)
 
-    async def live(_: web.Request) -> Answer:
+    async def live(_: LocalRequest) -> Answer:
         return answers.json(200, {"status": "live"})
 
-    async def ready(_: web.Request) -> Answer:
+    async def ready(_: LocalRequest) -> Answer:
         return answers.json(*readiness(view.draining, view.serving, view.statuses()))
 
-    async def status_json(_: web.Request) -> Answer:
+    async def status_json(_: LocalRequest) -> Answer:
         return answers.json(200, status_data(view))
 
-    async def status_page(request: web.Request) -> Answer:
-        page = aiohttp_jinja2.render_string(
-            "status.html", request,
-            {"state": status_data(view), "json_url": f"{prefix}/status.json",
-             "metrics_url": f"{prefix}/metrics"})
+    async def status_page(_: LocalRequest) -> Answer:
+        page = templates.get_template("status.html").render(
+            state=status_data(view), json_url=f"{prefix}/status.json",
+            metrics_url=f"{prefix}/metrics")
         return Answer(200, _PAGE, page.encode())
 
-    async def metrics(_: web.Request) -> Answer:
+    async def metrics(_: LocalRequest) -> Answer:
         return Answer(200, _METRICS, exposition.render(view.families()))
 
-    handlers: dict[str, Handler] = {"live": live, "ready": ready, "status": status_page,
+    handlers: dict[str, EndpointHandler] = {"live": live, "ready": ready, "status": status_page,
                                     "status.json": status_json, "metrics": metrics}
     assert handlers.keys() == ADMIN_ENDPOINTS
     return handlers
@@ -162,9 +157,8 @@ MAINTENANCE = "{prefix}/dependencies/{{name}}/maintenance"  # the route, under a
 _REASON_MAX = 500  # characters: a reason is a note for people, and it is logged
 
 
-async def _reason(request: web.Request) -> str | None:
+def _reason(raw: bytes) -> str | None:
     """The optional `{"reason": "..."}` body; ValueError saying what is wrong with it."""
-    raw = await request.read()
     if not raw.strip():
         return None
     try:
@@ -179,22 +173,17 @@ async def _reason(request: web.Request) -> str | None:
     return reason or None
 
 
-def _peer(request: web.Request) -> str | None:
-    """The caller's address as the connection says it (never a header: anyone can
-    write an X-Forwarded-For)."""
-    transport = request.transport
-    peer = transport.get_extra_info("peername") if transport is not None else None
-    return str(peer[0]) if isinstance(peer, tuple) and peer else None
+Maintenance = Callable[[LocalRequest, str, bytes], Awaitable[Answer]]
 
 
-def maintenance_endpoint(view: View, denied: Callable[[str], None]) -> Handler:
+def maintenance_endpoint(view: View, denied: Callable[[str], None]) -> Maintenance:
     """POST starts a dependency's maintenance, DELETE ends it; both answer 200 with its
     snapshot. A caller gateproxy/core/access.py does not admit gets 403 or 401, is logged
     and counted (`denied`, with the error code), and changes nothing."""
 
-    async def maintenance(request: web.Request) -> Answer:
-        peer = _peer(request)
-        name = request.match_info["name"]
+    async def maintenance(request: LocalRequest, name: str, body: bytes) -> Answer:
+        """`name`: the dependency's; `body`: the request's, read whole (it is small)."""
+        peer = request.peer
         admission = access.admit(peer, request.headers.get("Authorization"),
                                  view.runtime.config.admin_token)
         if admission.refusal is not None:
@@ -210,7 +199,7 @@ def maintenance_endpoint(view: View, denied: Callable[[str], None]) -> Handler:
             return answers.error("not_found", "no such dependency")
         if request.method == "POST":
             try:
-                reason = await _reason(request)
+                reason = _reason(body)
             except ValueError as exc:
                 return answers.error("bad_request", str(exc))
             guard.monitor.start_maintenance(reason, peer=peer, token=admission.token)

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
-from aiohttp import web
 from multidict import CIMultiDict
 
 from gateproxy.core.answers import Answer
@@ -192,11 +191,12 @@ def health_json(upstream: UpstreamHealth, statuses: Sequence[DependencyStatus],
     return 200, {"status": "pass", "checks": checks}
 
 
-async def health_response(request: web.BaseRequest, client: UpstreamClient, path: str,
+async def health_response(headers: Mapping[str, str], client: UpstreamClient, path: str,
                           timeout_ms: int, statuses: Sequence[DependencyStatus]
                           ) -> Answer:
-    upstream = await ask_upstream(client, path, request.headers.get("Host"), timeout_ms)
-    if wants_health_json(request.headers.get("Accept", "")):
+    """The answer to `/health`, for a request with these `headers`."""
+    upstream = await ask_upstream(client, path, headers.get("Host"), timeout_ms)
+    if wants_health_json(headers.get("Accept", "")):
         code, body = health_json(upstream, statuses, time.time())
         headers = HEALTH_JSON_HEADERS
     else:

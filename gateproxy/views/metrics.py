@@ -16,13 +16,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import aiohttp
-from multidict import CIMultiDict
-
 from gateproxy.core.dependency import DependencyStatus
 from gateproxy.core.history import MinuteBuckets
 from gateproxy.monitor.probe import ProbeResult
-from gateproxy.upstream.interface import UpstreamClient, UpstreamResponse
 from gateproxy.views.counts import (
     COUNTER,
     LOWEST,
@@ -203,10 +199,6 @@ class Metrics:
         self._forwarded.get(method, self._forwarded_other)[status // 100] += 1
         self._forwarded_recent_add()
 
-    def timed(self, client: UpstreamClient) -> UpstreamClient:
-        """`client`, with the time to each response's headers observed."""
-        return _TimedUpstream(client, self.observe_upstream)
-
     def snapshot(self) -> list[Family]:
         """Every family's numbers now, in the order /metrics lists them."""
         return self.registry.snapshot()
@@ -217,22 +209,3 @@ class Metrics:
         return {"forwarded": self.forwarded_recent.as_dict(),
                 "gated": {name: buckets.as_dict()
                           for name, buckets in self.gated_recent.items()}}
-
-
-class _TimedUpstream:
-    __slots__ = ("_client", "_observe")
-
-    def __init__(self, client: UpstreamClient, observe: Callable[[float], None]) -> None:
-        self._client = client
-        self._observe = observe
-
-    async def send(self, method: str, target: str, headers: CIMultiDict[str],
-                   body: aiohttp.StreamReader | None) -> UpstreamResponse:
-        started = time.perf_counter()
-        response = await self._client.send(method, target, headers, body)
-        # Only answers count: a refused connection is not a fast upstream.
-        self._observe(time.perf_counter() - started)
-        return response
-
-    async def close(self) -> None:
-        await self._client.close()

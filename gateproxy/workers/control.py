@@ -24,12 +24,12 @@ from typing import Any, Final
 
 import aiohttp
 import orjson
-from aiohttp import web
 
 from gateproxy.core.answers import Answer
 from gateproxy.core.dependency import DependencyStatus
 from gateproxy.core.model import Dependency
 from gateproxy.core.watch import GATED, HELD
+from gateproxy.http_rules.actions import EndpointHandler, LocalRequest
 from gateproxy.logs import log
 from gateproxy.monitor.loop import RECHECK_AFTER_S
 
@@ -120,9 +120,6 @@ class Follower:
                              "trigger": trigger})
 
 
-Handler = Callable[[web.Request], Awaitable[Answer]]
-
-
 class WorkerLink:
     """A worker's end of the control channel."""
 
@@ -178,10 +175,10 @@ class WorkerLink:
             await asyncio.sleep(STATS_EVERY_S)
             self.send({"t": "stats", **stats()})
 
-    def admin_handlers(self, names: frozenset[str]) -> dict[str, Handler]:
+    def admin_handlers(self, names: frozenset[str]) -> dict[str, EndpointHandler]:
         """The admin endpoints, answered by the supervisor over its admin socket."""
 
-        async def relay(request: web.Request) -> Answer:
+        async def relay(request: LocalRequest) -> Answer:
             if self._admin is None:
                 self._admin = aiohttp.ClientSession(
                     connector=aiohttp.UnixConnector(path=self._admin_path),

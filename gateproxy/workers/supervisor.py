@@ -38,8 +38,8 @@ from gateproxy.core.runtime import Runtime
 from gateproxy.logs import log
 from gateproxy.monitor.loop import Monitor
 from gateproxy.monitor.probe import ProbeResult
-from gateproxy.serve import admin_port, listeners
-from gateproxy.serve.listeners import StartupError, listen, until_signalled
+from gateproxy.serve import admin_port
+from gateproxy.serve.listeners import StartupError, until_signalled
 from gateproxy.serve.node import Node
 from gateproxy.serve.reload import Reloader
 from gateproxy.views.counts import Family
@@ -63,7 +63,6 @@ class Supervisor:
     """Probes, tells the workers, keeps them running; see the module's docstring."""
 
     def __init__(self, config: Config, workers: int) -> None:
-        self.fence = listeners.inspect(config.fast_path)
         self.node = Node(config, self._watch)
         self.node.on_reload.append(lambda: self._broadcast({"t": "reload"}))
         self._workers = [_Worker(i) for i in range(workers)]
@@ -212,13 +211,11 @@ class Supervisor:
         self.port = int(reserved.getsockname()[1])
         control_server = await asyncio.start_unix_server(
             self._on_connect, self.control_path, limit=1 << 24)
-        runners = [web.AppRunner(admin_port.application(self, denied=None))]
-        await runners[0].setup()
-        await web.UnixSite(runners[0], self.admin_path).start()
-        if cfg.admin_port is not None:
-            admin_app = admin_port.application(self, denied=node.metrics.count_admin_denied)
-            runners.append(await listen(admin_app, cfg.listen.host, cfg.admin_port,
-                                        fence=self.fence, config=lambda: self.runtime.config))
+        relayed = web.AppRunner(admin_port.application(self, denied=None))
+        await relayed.setup()
+        await web.UnixSite(relayed, self.admin_path).start()
+        admin = None if cfg.admin_port is None else await admin_port.serve(
+            self, cfg.listen.host, cfg.admin_port, denied=node.metrics.count_admin_denied)
         node.start_watching()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._keep(w)) for w in self._workers]
@@ -232,8 +229,9 @@ class Supervisor:
             await self._stop(reserved)
         finally:
             control_server.close()
-            for runner in runners:
-                await runner.cleanup()
+            await relayed.cleanup()
+            if admin is not None:
+                await admin.close()
             await node.stop_watching()
             shutil.rmtree(self._dir, ignore_errors=True)
         log.info("stopped")

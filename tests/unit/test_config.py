@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gateproxy import config
+from gateproxy.config import settings
 from tests.support.config_files import problems, write
+from tests.support.json_logs import log_lines
 
 SECRET = "s3cr3t-value-never-printed"
 
@@ -21,6 +25,7 @@ def test_defaults_match_the_documented_ones() -> None:
     assert cfg.upstream.read_timeout_ms == 300000
     assert (cfg.health_path, cfg.admin_prefix, cfg.admin_port) == ("/health", "/_gateproxy", None)
     assert (cfg.shutdown_delay_ms, cfg.shutdown_grace_ms) == (5000, 20000)
+    assert (cfg.limits.max_field_size, cfg.limits.keepalive_timeout_ms) == (16384, 75000)
     (dep,) = cfg.dependencies
     assert (dep.name, dep.health_key, dep.base_url) == (
         "docker-runner", "dockerRunner", "http://127.0.0.1:7071")
@@ -104,6 +109,14 @@ dependencies:
     ("", {"GATEPROXY_PORT": "70000"},
      "env GATEPROXY_PORT: listen.port: must be between 0 and 65535"),
     ("log: {format: xml}\n", {}, "{path}: log.format: must be one of json, text"),
+    ("limits: {max_field_size: 1023}\n", {},
+     "{path}: limits.max_field_size: must be between 1024 and 1048576, got 1023"),
+    ("limits: {max_field_size: 1048577}\n", {},
+     "{path}: limits.max_field_size: must be between 1024 and 1048576, got 1048577"),
+    ("limits: {max_field_size: 16k}\n", {},
+     "{path}: limits.max_field_size: must be a whole number, got '16k'"),
+    ("limits: {keepalive_timeout_ms: 0}\n", {},
+     "{path}: limits.keepalive_timeout_ms: must be at least 1, got 0"),
     ("admin_port: 8080\n", {}, "{path}: admin_port: must differ from listen.port"),
     ("dependencies:\n  - {name: docker-runner, base_url: 'http://r', gated_routes: [api]}\n", {},
      "{path}: dependencies[0].gated_routes[0]: must be a path starting with '/'"),
@@ -122,6 +135,62 @@ def test_each_problem_is_one_clear_line(tmp_path: Path, text: str, env: dict[str
     lines = problems(path, env)
     wanted = expected.format(path=path)
     assert any(line.startswith(wanted) for line in lines), lines
+
+
+def test_limits_from_yaml_with_their_bounds_inclusive(tmp_path: Path) -> None:
+    path = write(tmp_path, "limits: {max_field_size: 32768, keepalive_timeout_ms: 5000}\n")
+    limits = config.load(path, {}).limits
+    assert (limits.max_field_size, limits.keepalive_timeout_ms) == (32768, 5000)
+    for size in (1024, 1048576):
+        path = write(tmp_path, f"limits: {{max_field_size: {size}, keepalive_timeout_ms: 1}}\n")
+        limits = config.load(path, {}).limits
+        assert (limits.max_field_size, limits.keepalive_timeout_ms) == (size, 1)
+
+
+def test_the_new_limits_are_file_only_and_wait_for_a_restart() -> None:
+    new = {s.key: s for s in settings.SETTINGS
+           if s.key in ("limits.max_field_size", "limits.keepalive_timeout_ms")}
+    assert len(new) == 2
+    assert all(s.env is None and not s.live for s in new.values())
+
+
+def _ignored(stream: io.StringIO) -> list[dict[str, object]]:
+    """The WARNING lines logged, without their time."""
+    return [{k: v for k, v in line.items() if k != "time"} for line in log_lines(stream)
+            if line["level"] == "WARNING"]
+
+
+@pytest.mark.parametrize("value", ["true", "false", "null", "maybe", "[1, 2]", "{a: 1}"])
+def test_a_file_that_still_sets_fast_path_loads_with_one_warning(
+        tmp_path: Path, captured_logs: io.StringIO, value: str) -> None:
+    path = write(tmp_path, f"fast_path: {value}\nlisten: {{port: 9003}}\n")
+    cfg = config.load(path, {})
+    assert cfg.listen.port == 9003
+    assert not hasattr(cfg, "fast_path")
+    assert "fast_path" not in config.effective(cfg)
+    assert _ignored(captured_logs) == [{
+        "level": "WARNING", "event": "config_key_ignored", "source": path, "key": "fast_path",
+        "message": "fast_path no longer exists: the key has no effect and can be removed"}]
+
+
+def test_the_fast_path_variable_is_ignored_with_one_warning(
+        captured_logs: io.StringIO) -> None:
+    assert config.load(None, {"GATEPROXY_FAST_PATH": "false"}) == config.load(None, {})
+    assert _ignored(captured_logs) == [{
+        "level": "WARNING", "event": "config_key_ignored", "source": "env GATEPROXY_FAST_PATH",
+        "key": "fast_path",
+        "message": "fast_path no longer exists: GATEPROXY_FAST_PATH has no effect and can be "
+                   "removed"}]
+
+
+def test_a_refused_file_lists_its_problems_only(tmp_path: Path,
+                                                captured_logs: io.StringIO) -> None:
+    """fast_path is no problem, and a configuration that does not load warns of nothing."""
+    path = write(tmp_path, "fast_path: true\nlistne: 1\n")
+    (line,) = problems(path, {"GATEPROXY_FAST_PATH": "1"})
+    assert line.startswith(f"{path}: listne: unknown key (known keys: ")
+    assert "fast_path" not in line
+    assert _ignored(captured_logs) == []
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
@@ -169,6 +238,17 @@ def test_check_config_prints_the_effective_config_redacted(tmp_path: Path) -> No
     assert "port: 9002" in done.stdout
     assert "shared_secret: <redacted>" in done.stdout
     assert SECRET not in done.stdout + done.stderr
+
+
+def test_check_config_on_a_file_with_fast_path_warns_once_and_exits_0(
+        tmp_path: Path) -> None:
+    path = write(tmp_path, "fast_path: false\nlisten: {port: 9004}\n")
+    done = run_cli("check-config", "--config", path)
+    assert done.returncode == 0, done.stderr
+    shown = yaml.safe_load(done.stdout)
+    assert shown["listen"]["port"] == 9004 and "fast_path" not in shown
+    warnings = [line for line in done.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "config_key_ignored" in warnings[0], done.stderr
 
 
 def test_check_config_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:

@@ -1,0 +1,473 @@
+"""`Connection`: one client connection on the proxy port, an `asyncio.Protocol` with
+httptools' `HttpRequestParser` (llhttp).
+
+llhttp's callbacks fill an `Exchange` per request (gateproxy/engine/exchange.py) and queue
+it; one coroutine per connection takes the exchanges in order and has each carried out
+(gateproxy/engine/carry.py), so pipelined requests are answered in order, each after the
+one before it. The connection's phase (gateproxy/engine/phases.py) says which clock runs:
+the head timeout (a 408), the body's stall and minimum rate (the connection is aborted),
+the keep-alive timeout, or none while an answer is under way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Final, NamedTuple, Protocol, cast
+
+import httptools
+
+from gateproxy.engine.exchange import Exchange
+from gateproxy.engine.flow import Drain
+from gateproxy.engine.phases import CLOCK, Clock, Event, Phase, step
+from gateproxy.logs import log
+
+LINGER_S: Final = 2.0  # a closing connection's last answer gets this long to be read
+MAX_QUEUED: Final = 16  # pipelined requests parsed ahead before reading pauses
+
+
+class Limits(NamedTuple):
+    """The clocks and sizes of a client connection (`limits.*`)."""
+
+    head_timeout_s: float
+    body_timeout_s: float
+    body_min_rate: float  # bytes per second, beyond the first body_timeout_s
+    keepalive_s: float
+    max_field_size: int
+    max_head_size: int
+
+
+class Carrier(Protocol):
+    """What carries an exchange out (gateproxy/engine/carry.py)."""
+
+    async def carry(self, exchange: Exchange, conn: Connection) -> bool:
+        """True when the connection may take its next request."""
+        ...
+
+    def refuse(self, conn: Connection, why: str) -> None:
+        """Answer a request that cannot be parsed (400), and close."""
+
+    def time_out(self, conn: Connection) -> None:
+        """Answer a request whose head did not come in time (408), and close."""
+
+    def trailer(self, name: bytes, value: bytes) -> bool:
+        """Whether a request trailer field is kept (it never becomes a header)."""
+
+
+class Site(Protocol):
+    """What a connection asks of the listener it came from (gateproxy/engine/listener.py)."""
+
+    limits: Limits
+    carrier: Carrier
+    draining: bool
+
+    def admit(self, conn: Connection) -> bool:
+        """A place under the connection cap now; False: it waits (or was refused)."""
+
+    def closed(self, conn: Connection) -> None: ...
+
+    def tally(self, kind: str) -> None:
+        """A limit event, counted and logged now and then."""
+
+
+class Connection(asyncio.Protocol):
+    """One client connection; see the module's docstring."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.peername: object = None
+        self.tls = False
+        self.parser = httptools.HttpRequestParser(self)
+        self.phase = Phase.IDLE
+        self.drain = Drain()
+        self.queue: deque[Exchange] = deque()
+        self.reading: Exchange | None = None  # the request llhttp is filling
+        self.upgrading: Exchange | None = None  # llhttp stopped after its head
+        self.busy = False  # an exchange is being carried out
+        self.lost = False
+        self.tunnel: asyncio.Future[None] | None = None  # bytes are relayed
+        self._admitted = False
+        self._held = b""  # bytes that came before the connection was admitted
+        self._paused = 0  # why reading is paused: a count of Chunks and queue holds
+        self._head_bytes = 0
+        self._first = True
+        self._url: list[bytes] = []
+        self._deadline = 0.0
+        self._body_start = 0.0
+        self._body_bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # --- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # cast, not isinstance: uvloop's transports do not derive from asyncio's classes.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        self.peername = transport.get_extra_info("peername")
+        self.tls = transport.get_extra_info("sslcontext") is not None
+        if self.site.admit(self):
+            self.admitted()
+        else:
+            transport.pause_reading()
+
+    def admitted(self) -> None:
+        """Served from now on: reading starts, and so does the first head's clock."""
+        self._admitted = True
+        self._enter(Phase.IDLE, self.site.limits.head_timeout_s)
+        self._task = self.loop.create_task(self._serve())
+        if self.transport is not None:
+            self.transport.resume_reading()
+        held, self._held = self._held, b""
+        if held:
+            self.data_received(held)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._admitted:
+            # Some loops (uvloop) read after connection_made whatever it asked: keep it.
+            self._held += data
+            return
+        phase = self.phase
+        if phase is Phase.CLOSING:
+            return
+        if self.upgrading is not None:
+            if data:
+                self.upgrading.tunnel.feed(data)
+            return
+        if self.reading is None or not self.reading.head_done:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+            reading = self.reading
+            if reading is not None and not reading.head_done \
+                    and self._head_bytes > self.site.limits.max_head_size:
+                # llhttp keeps no head, but httptools gathers each field whole.
+                self._refuse("the request head is too large")
+        except httptools.HttpParserUpgrade as upgrade:
+            # The head of an upgrade (or CONNECT) is complete; what follows it is not
+            # HTTP until the upstream has switched protocols.
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            if self.upgrading is not None and offset < len(data):
+                self.upgrading.tunnel.feed(data[offset:])
+        except httptools.HttpParserError as exc:
+            reading = self.reading
+            if reading is not None and reading.head_done:
+                # A body that breaks off mid-way (a bad chunk): the request can never be
+                # completed; its exchange aborts the connection.
+                self.site.tally("badRequests")
+                reading.body.fail(ConnectionAbortedError("the request body is malformed"))
+                self.reading = None
+                self._stop_reading()
+            else:
+                self._refuse(_why(exc))
+
+    def eof_received(self) -> bool | None:
+        reading = self.reading
+        if reading is not None and reading.head_done and not reading.complete:
+            reading.body.fail(ConnectionAbortedError("the client closed mid-body"))
+        # Half-closed: the answers still in the queue are written, then the connection
+        # closes (keeping it open lets a client that shut its writing side read them).
+        self._stop_reading()
+        return True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost = True
+        self._stop_timer()
+        self.drain.lost()
+        reading = self.reading
+        if reading is not None and not reading.complete:
+            reading.body.fail(ConnectionAbortedError("the client went away"))
+        if self.upgrading is not None:
+            self.upgrading.tunnel.end()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # the client went away: so does its upstream request
+        self.site.closed(self)
+
+    def pause_writing(self) -> None:
+        self.drain.pause()
+
+    def resume_writing(self) -> None:
+        self.drain.resume()
+
+    # --- llhttp's callbacks ------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.reading = Exchange(self.loop.time(), self._hold_reading, self._unhold_reading)
+        self._first = False
+        self._url.clear()
+        self._step(Event.BYTES)
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        reading = self.reading
+        if reading is None:
+            return
+        if reading.head_done:
+            # A trailer field of a chunked body: never a header, of this request or of
+            # any other.
+            reading.trailers += 1
+            self.site.carrier.trailer(name, value)
+            return
+        if len(name) + len(value) > self.site.limits.max_field_size:
+            raise _TooLarge("a header field is too large")
+        reading.raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        reading = self.reading
+        if reading is None:
+            return
+        parser = self.parser
+        reading.method = parser.get_method().decode("ascii", "replace")
+        reading.target = b"".join(self._url)
+        version = parser.get_http_version()
+        reading.version = (int(version[0]), int(version[2])) if len(version) == 3 \
+            else (1, 1)
+        reading.keep_alive = parser.should_keep_alive()
+        reading.upgrade = parser.should_upgrade()
+        reading.head_done = True
+        reading.has_body = any(len(n) in (14, 17) and n.lower() in (
+            b"content-length", b"transfer-encoding") for n, _ in reading.raw_headers)
+        self._head_bytes = 0
+        self.queue.append(reading)
+        if len(self.queue) > MAX_QUEUED:
+            self._hold_reading()
+        self._wakeup()
+        if reading.upgrade:
+            reading.complete = True
+            reading.body.end()
+            self.upgrading = reading
+            self.reading = None
+            self._step(Event.MESSAGE)
+        elif reading.has_body:
+            self._step(Event.HEAD)
+            self._body_start = self.loop.time()
+            self._body_bytes = 0
+
+    def on_body(self, body: bytes) -> None:
+        reading = self.reading
+        if reading is not None:
+            reading.body.feed(body)
+            self._body_bytes += len(body)
+            self._body_moved()
+
+    def on_message_complete(self) -> None:
+        reading = self.reading
+        if reading is None or reading.upgrade:
+            return
+        reading.complete = True
+        reading.body.end()
+        self.reading = None
+        self._step(Event.MESSAGE)
+
+    # --- the exchanges, in order -------------------------------------------------------
+
+    async def _serve(self) -> None:
+        carrier = self.site.carrier
+        try:
+            while True:
+                while not self.queue:
+                    if self.lost or self.transport is None or self.transport.is_closing():
+                        return
+                    self._wake = self.loop.create_future()
+                    await self._wake
+                exchange = self.queue[0]
+                self.busy = True
+                keep = await carrier.carry(exchange, self)
+                self.queue.popleft()
+                self.busy = False
+                if len(self.queue) == MAX_QUEUED:
+                    self._unhold_reading()
+                if not keep or self.site.draining or self.lost:
+                    self.finish()
+                    return
+                if self.tunnel is not None:
+                    await self.tunnel
+                    return
+                if not self.queue and self.phase is Phase.ANSWER:
+                    self._step(Event.ANSWERED)
+                    self._enter(Phase.IDLE, self.site.limits.keepalive_s)
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # a bug, never the client's doing: this connection ends
+            log.opt(exception=exc).error("request_error", message=repr(exc))
+            self.abort()
+
+    def _wakeup(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    # --- what an exchange's carrier does with the connection ----------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.write(data)
+
+    def writelines(self, data: list[bytes] | tuple[bytes, ...]) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.writelines(data)
+
+    def linger(self, data: bytes) -> None:
+        """Write a last answer, then let the client read it: unread request bytes would
+        otherwise make the kernel reset the connection and drop the answer with it.
+        Input is discarded until the client closes, or LINGER_S at most."""
+        transport = self.transport
+        self.phase = step(self.phase, Event.CLOSE)
+        self._stop_timer()
+        if transport is None or self.lost or transport.is_closing():
+            return
+        transport.write(data)
+        if transport.can_write_eof():
+            transport.write_eof()
+        transport.resume_reading()
+        self._timer = self.loop.call_later(LINGER_S, transport.close)
+
+    def finish(self) -> None:
+        """Close after what is written (an answer that closes the connection)."""
+        if self.phase is not Phase.CLOSING:
+            self.phase = step(self.phase, Event.CLOSE)
+        self._stop_timer()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        """End now, unclean: once a request has started upstream, or an answer has
+        started, nothing else tells the other side that it is cut short."""
+        self.phase = Phase.CLOSING
+        self._stop_timer()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def upgraded(self) -> None:
+        """The upstream switched protocols: from now on bytes are relayed."""
+        self.phase = step(self.phase, Event.UPGRADED)
+        self._stop_timer()
+
+    def _refuse(self, why: str) -> None:
+        """A request that cannot be parsed: its 400, after the answers before it."""
+        self.site.tally("badRequests")
+        self._stop_reading()
+        self.reading = None
+        if self.busy or self.queue:
+            # Answered in turn: the 400 follows the answers of the requests before it.
+            refusal = Exchange(self.loop.time(), self._hold_reading, self._unhold_reading)
+            refusal.refusal = why
+            self.queue.append(refusal)
+            self._wakeup()
+        else:
+            self.site.carrier.refuse(self, why)
+
+    def _stop_reading(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+        self._paused = 1 << 30  # for good
+
+    # --- flow control --------------------------------------------------------------------
+
+    def _hold_reading(self) -> None:
+        self._paused += 1
+        if self._paused == 1 and self.transport is not None and not self.lost:
+            self.transport.pause_reading()
+
+    def _unhold_reading(self) -> None:
+        self._paused -= 1
+        if self._paused == 0 and self.transport is not None and not self.lost:
+            self.transport.resume_reading()
+            self._forgive()
+
+    # --- the clocks ----------------------------------------------------------------------
+
+    def _step(self, event: Event) -> None:
+        phase = step(self.phase, event)
+        if phase is self.phase:
+            return
+        self.phase = phase
+        limits = self.site.limits
+        clock = CLOCK[phase]
+        if clock is Clock.HEAD:
+            self._enter(phase, limits.head_timeout_s)
+        elif clock is Clock.BODY:
+            self._enter(phase, limits.body_timeout_s)
+        elif clock is Clock.NONE:
+            self._stop_timer()
+
+    def _enter(self, phase: Phase, allowance_s: float) -> None:
+        self.phase = phase
+        self._deadline = deadline = self.loop.time() + allowance_s
+        # One timer, moved later lazily (it finds the deadline moved when it fires),
+        # made anew only when the deadline comes sooner than it would fire.
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._check)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _body_moved(self) -> None:
+        """Bytes of the body arrived: the deadline is the sooner of `body_timeout_s` of
+        silence and the allowance plus what has come in at the minimum rate."""
+        limits = self.site.limits
+        self._deadline = min(self.loop.time() + limits.body_timeout_s,
+                             self._body_start + limits.body_timeout_s
+                             + self._body_bytes / limits.body_min_rate)
+
+    def _forgive(self) -> None:
+        """The proxy held the client back: that time is not the client's to account for."""
+        limits = self.site.limits
+        now = self.loop.time()
+        if self.phase is Phase.HEAD:
+            self._deadline = max(self._deadline, now + limits.head_timeout_s)
+        elif self.phase is Phase.BODY:
+            self._deadline = max(self._deadline, now + limits.body_timeout_s)
+            self._body_start = now
+            self._body_bytes = 0
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.lost:
+            return
+        phase = self.phase
+        clock = CLOCK[phase]
+        if clock is Clock.NONE or clock is Clock.LINGER:
+            return
+        if self._paused or (clock is Clock.HEAD and (self.busy or self.queue)):
+            # Held back by the proxy, or a head pipelined behind answers under way (the
+            # client has no reason to hurry; a 408 now would land inside another answer).
+            self._forgive()
+        now = self.loop.time()
+        if now < self._deadline:
+            self._timer = self.loop.call_at(self._deadline, self._check)
+            return
+        if clock is Clock.KEEPALIVE:
+            if self._first and self.reading is None:
+                self.site.tally("idleClosed")
+            self.finish()
+        elif clock is Clock.HEAD:
+            self.site.tally("headTimeouts")
+            self.site.carrier.time_out(self)
+        else:
+            self.site.tally("bodyTimeouts")
+            reading = self.reading
+            if reading is not None:
+                reading.body.fail(ConnectionAbortedError("the request body stalled"))
+            self.abort()
+
+
+class _TooLarge(Exception):
+    """A header field over `limits.max_field_size` (raised inside llhttp's callback)."""
+
+
+def _why(exc: httptools.HttpParserError) -> str:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, _TooLarge):
+        return str(cause)
+    return "the request is malformed"
