@@ -53,3 +53,18 @@ def configure(fmt: str = "json", level: str = "INFO", stream: TextIO | None = No
     sink = _json_sink(target) if fmt == "json" else _text_sink(target)
     logger.add(sink, level=level, format="{message}", backtrace=False, diagnose=False,
                catch=True)
+
+
+# How an access-log line's request was answered.
+GATED, FORWARDED, LOCAL = "gated", "forwarded", "local"
+
+
+def access(method: str, target: str, status: int, seconds: float, outcome: str,
+           written: int | None, remote: str | None) -> None:
+    """One access-log line (`log.access: true`): `written`, the bytes of the answer."""
+    query = target.find("?")
+    log.info("access", method=method,
+             # The query string is left out: it often carries tokens.
+             path=target if query < 0 else target[:query], status=status,
+             durationMs=round(seconds * 1000, 2), outcome=outcome, bytes=written,
+             remote=remote)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Protocol
 
+from gateproxy import logs
 from gateproxy.core import answers
 from gateproxy.core.answers import Answer, http_date
 from gateproxy.engine import wire
@@ -35,11 +36,10 @@ from gateproxy.http_rules.actions import (
     Upgrade,
 )
 from gateproxy.http_rules.plan import Planner
-from gateproxy.logs import log
+from gateproxy.logs import FORWARDED, GATED, LOCAL
 from gateproxy.upstream.interface import UpstreamError
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-GATED, FORWARDED, LOCAL = "gated", "forwarded", "local"  # the access log's outcomes
 
 
 class Counts(Protocol):
@@ -72,6 +72,7 @@ class Carrier:
             return False
         planner = self._planner
         head = exchange.head(conn.peername, conn.tls)
+        written = conn.written
         action = planner.plan(head)
         if isinstance(action, Hold):
             action = await self._hold(head, action)
@@ -94,7 +95,8 @@ class Carrier:
                 answer, outcome = action, LOCAL
             status, keep = answer.status, self._own(exchange, conn, head, answer)
         if self._counts.access_log():
-            _access(head, status, outcome, conn.loop.time() - exchange.started)
+            logs.access(head.method, head.target, status, conn.loop.time() - exchange.started,
+                        outcome, conn.written - written, _local(head).peer)
         return keep
 
     # --- the proxy's own answers ------------------------------------------------------
@@ -268,13 +270,3 @@ def _local(head: RequestHead) -> LocalRequest:
 def _upstream_error(exc: BaseException) -> UpstreamError:
     return exc if isinstance(exc, UpstreamError) else UpstreamError(
         "upstream_unavailable", f"the upstream broke off: {exc}")
-
-
-def _access(head: RequestHead, status: int, outcome: str, seconds: float) -> None:
-    target = head.target
-    query = target.find("?")
-    log.info("access", method=head.method,
-             # The query string is left out: it often carries tokens.
-             path=target if query < 0 else target[:query], status=status,
-             durationMs=round(seconds * 1000, 2), outcome=outcome,
-             remote=_local(head).peer)

@@ -87,6 +87,8 @@ class Connection(asyncio.Protocol):
         self.upgrading: Exchange | None = None  # llhttp stopped after its head
         self.busy = False  # an exchange is being carried out
         self.lost = False
+        self.eof = False  # the client has shut its writing side
+        self.written = 0  # bytes written to the client (the access log's)
         self.tunnel: asyncio.Future[None] | None = None  # bytes are relayed
         self._admitted = False
         self._held = b""  # bytes that came before the connection was admitted
@@ -164,12 +166,15 @@ class Connection(asyncio.Protocol):
                 self._refuse(_why(exc))
 
     def eof_received(self) -> bool | None:
+        self.eof = True
         reading = self.reading
         if reading is not None and reading.head_done and not reading.complete:
             reading.body.fail(ConnectionAbortedError("the client closed mid-body"))
+        if self.upgrading is not None:
+            self.upgrading.tunnel.end()  # the tunnel ends both connections
         # Half-closed: the answers still in the queue are written, then the connection
         # closes (keeping it open lets a client that shut its writing side read them).
-        self._stop_reading()
+        self._wakeup()
         return True
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -272,6 +277,9 @@ class Connection(asyncio.Protocol):
                 while not self.queue:
                     if self.lost or self.transport is None or self.transport.is_closing():
                         return
+                    if self.eof:
+                        self.finish()
+                        return
                     self._wake = self.loop.create_future()
                     await self._wake
                 exchange = self.queue[0]
@@ -305,10 +313,12 @@ class Connection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.lost:
+            self.written += len(data)
             self.transport.write(data)
 
     def writelines(self, data: list[bytes] | tuple[bytes, ...]) -> None:
         if self.transport is not None and not self.lost:
+            self.written += sum(map(len, data))
             self.transport.writelines(data)
 
     def linger(self, data: bytes) -> None:

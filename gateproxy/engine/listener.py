@@ -39,6 +39,7 @@ class Listener:
         self.carrier = carrier
         self.limits = limits
         self.max_connections = max_connections
+        self.backlog = BACKLOG  # connections accepted past the cap that may wait
         self.draining = False
         self._refusal = refusal
         self.loop = asyncio.get_running_loop()
@@ -107,7 +108,7 @@ class Listener:
             if len(self.connections) >= self.max_connections:
                 self._schedule_update()
             return True
-        if len(self.waiting) < BACKLOG:
+        if len(self.waiting) < self.backlog:
             # Accepted in the same burst as the connection that reached the cap: it
             # waits here, unread, as the others wait in the kernel's backlog.
             self.waiting.append(conn)

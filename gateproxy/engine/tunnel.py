@@ -19,6 +19,7 @@ from typing import Final, Protocol
 from gateproxy.engine.flow import Chunks, Drain
 
 GOING_AWAY: Final = 1001
+INTERNAL_ERROR: Final = 1011
 CLOSE_TIMEOUT: Final = 5.0  # seconds for the ends to answer a Close before the cut
 _CLOSE_OPCODE: Final = 0x88  # FIN and opcode 8
 
@@ -161,6 +162,12 @@ class Tunnel:
                 direction.write(data)
                 if target.drain.paused:
                     await target.drain.wait()
+        if not direction.frames.saw_close and not direction.closed \
+                and direction.frames.at_boundary:
+            # The source vanished without a Close: the other end hears 1011 from the
+            # proxy, not a bare end of its connection.
+            direction.closed = True
+            direction.write(close_frame(INTERNAL_ERROR, direction.masked))
 
     def _pump_done(self, _: asyncio.Future[None]) -> None:
         # One end has closed (or broken off): the other is closed too, after what is

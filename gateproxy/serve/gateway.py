@@ -73,6 +73,11 @@ class Gateway:
         return self.node.serving
 
     @property
+    def listener(self) -> Listener | None:
+        """The proxy port's listener, while it listens."""
+        return self._listener
+
+    @property
     def admin_port(self) -> int | None:
         return self._admin.port if self._admin is not None else None
 

@@ -1,5 +1,5 @@
-"""The optional access log (`log.access: true`): one line per request in the same JSON
-lines as everything else.
+"""The admin port's access log (`log.access: true`), as aiohttp's access logger: the same
+line as the proxy port's (gateproxy/logs.py `access`).
 
 aiohttp asks an access logger whether it is enabled once per connection and never calls
 it when not, so a disabled access log costs requests nothing; a reload that switches it
@@ -15,14 +15,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from gateproxy.logs import log
-
-# Set on a request by whoever decides to gate or forward it; unmarked requests were
-# answered by gateproxy itself (health, admin endpoints, a rejected path).
-OUTCOME = web.RequestKey("gateproxy_outcome", str)
-GATED = "gated"
-FORWARDED = "forwarded"
-LOCAL = "local"
+from gateproxy import logs
 
 _UNUSED = logging.getLogger("gateproxy.core.access")  # aiohttp insists on a logging.Logger
 
@@ -37,18 +30,7 @@ def runner_options(enabled: Callable[[], bool]) -> dict[str, Any]:
 
         def log(self, request: web.BaseRequest, response: web.StreamResponse,
                 time: float) -> None:
-            target = request.raw_path
-            query = target.find("?")
-            log.info(
-                "access",
-                method=request.method,
-                # The query string is left out: it often carries tokens.
-                path=target if query < 0 else target[:query],
-                status=response.status,
-                durationMs=round(time * 1000, 2),
-                outcome=request.get(OUTCOME, LOCAL),
-                bytes=response.body_length,
-                remote=request.remote,
-            )
+            logs.access(request.method, request.raw_path, response.status, time, logs.LOCAL,
+                        response.body_length, request.remote)
 
     return {"access_log_class": AccessLog, "access_log": _UNUSED}

@@ -1,4 +1,4 @@
-"""Slow clients and too many clients (gateproxy/aio/server.py).
+"""Slow clients and too many clients (gateproxy/engine/connection.py, listener.py).
 
 Slowloris on the request head and on the body is cut off by timeouts without holding up
 anybody else; legitimate slowness (a keep-alive pause, a long response, a WebSocket
@@ -24,10 +24,9 @@ import uvloop
 from aiohttp import web
 
 from gateproxy import config
-from gateproxy.aio.server import LimitedSite
+from gateproxy.engine.listener import Listener
 from gateproxy.demo.standins import StandIn, platform_server
 from gateproxy.serve.gateway import Gateway
-from tests.support.gateways import fast_path_env
 from tests.support.hostile_support import RawUpstream
 from tests.support.json_logs import log_lines
 from tests.support.ports import free_port
@@ -52,24 +51,28 @@ def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLo
     return asyncio.DefaultEventLoopPolicy()
 
 
-async def gateway_for(upstream_url: str, tmp_path: Path, fast_path: bool,
+async def gateway_for(upstream_url: str, tmp_path: Path,
                       max_connections: int = 10000, timeout_ms: int = TIMEOUT_MS) -> Gateway:
     path = tmp_path / "limits.yaml"
     path.write_text(f"limits: {{max_connections: {max_connections}, "
                     f"header_timeout_ms: {timeout_ms}}}\n")
     env = {"GATEPROXY_HOST": "127.0.0.1", "GATEPROXY_PORT": "0",
            "PLATFORM_SERVER_URL": upstream_url,
-           "DOCKER_RUNNER_BASE_URL": f"http://127.0.0.1:{free_port()}",
-           **fast_path_env(fast_path)}
+           "DOCKER_RUNNER_BASE_URL": f"http://127.0.0.1:{free_port()}"}
     gateway = Gateway(config.load(str(path), env))
     await gateway.start()
     return gateway
 
 
-def site_of(gateway: Gateway) -> LimitedSite:
-    (site,) = gateway._runners[0].sites
-    assert isinstance(site, LimitedSite)
+def site_of(gateway: Gateway) -> Listener:
+    site = gateway.listener
+    assert site is not None
     return site
+
+
+def hold_places(site: Listener, count: int) -> None:
+    """As if `count` connections had just been accepted, before the listener paused."""
+    site.connections.update(object() for _ in range(count))  # type: ignore[misc]
 
 
 @pytest.fixture
@@ -78,8 +81,8 @@ async def standin(start_standin: StartStandIn) -> StandIn:
 
 
 @pytest.fixture
-async def gateway(standin: StandIn, tmp_path: Path, fast_path: bool) -> AsyncIterator[Gateway]:
-    gw = await gateway_for(standin.url, tmp_path, fast_path)
+async def gateway(standin: StandIn, tmp_path: Path) -> AsyncIterator[Gateway]:
+    gw = await gateway_for(standin.url, tmp_path)
     yield gw
     await gw.stop()
 
@@ -215,8 +218,8 @@ async def raw_upstream() -> AsyncIterator[RawUpstream]:
 
 
 async def test_a_body_that_stalls_is_cut_off_and_never_completes_upstream(
-        raw_upstream: RawUpstream, tmp_path: Path, fast_path: bool) -> None:
-    gateway = await gateway_for(raw_upstream.url, tmp_path, fast_path)
+        raw_upstream: RawUpstream, tmp_path: Path) -> None:
+    gateway = await gateway_for(raw_upstream.url, tmp_path)
     try:
         started = time.monotonic()
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
@@ -237,9 +240,9 @@ async def test_a_body_that_stalls_is_cut_off_and_never_completes_upstream(
 
 
 async def test_a_body_dripped_a_byte_at_a_time_is_cut_off(
-        raw_upstream: RawUpstream, tmp_path: Path, fast_path: bool) -> None:
+        raw_upstream: RawUpstream, tmp_path: Path) -> None:
     """Each byte resets a plain idle timer; the minimum rate is what stops this one."""
-    gateway = await gateway_for(raw_upstream.url, tmp_path, fast_path)
+    gateway = await gateway_for(raw_upstream.url, tmp_path)
     try:
         started = time.monotonic()
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
@@ -273,7 +276,7 @@ async def test_a_body_dripped_a_byte_at_a_time_is_cut_off(
 
 
 async def test_a_steady_slow_upload_is_not_cut_off(
-        start_standin: StartStandIn, tmp_path: Path, fast_path: bool) -> None:
+        start_standin: StartStandIn, tmp_path: Path) -> None:
     async def digest(request: web.Request) -> web.Response:
         hasher = hashlib.sha256()
         async for chunk in request.content.iter_any():
@@ -283,7 +286,7 @@ async def test_a_steady_slow_upload_is_not_cut_off(
     app = web.Application()
     app.router.add_post("/upload", digest)
     upstream = await start_standin(app)
-    gateway = await gateway_for(upstream.url, tmp_path, fast_path)
+    gateway = await gateway_for(upstream.url, tmp_path)
     try:
         # 2 s in all, a chunk every 200 ms: well above the minimum rate, never silent.
         chunks = [os.urandom(16384) for _ in range(10)]
@@ -302,7 +305,7 @@ async def test_a_steady_slow_upload_is_not_cut_off(
 
 
 async def test_time_the_proxy_holds_an_upload_back_is_not_the_clients(
-        start_standin: StartStandIn, tmp_path: Path, fast_path: bool) -> None:
+        start_standin: StartStandIn, tmp_path: Path) -> None:
     """The upstream takes its time to start reading a large body: the proxy stops
     reading from the client (backpressure) for longer than the body timeout, which must
     not count against the client."""
@@ -318,7 +321,7 @@ async def test_time_the_proxy_holds_an_upload_back_is_not_the_clients(
     app = web.Application(client_max_size=size * 2)
     app.router.add_post("/upload", slow_reader)
     upstream = await start_standin(app)
-    gateway = await gateway_for(upstream.url, tmp_path, fast_path)
+    gateway = await gateway_for(upstream.url, tmp_path)
     try:
         async with aiohttp.ClientSession() as http, http.post(
                 f"http://127.0.0.1:{gateway.port}/upload", data=b"z" * size) as resp:
@@ -332,14 +335,14 @@ async def test_time_the_proxy_holds_an_upload_back_is_not_the_clients(
 # --- the connection cap ----------------------------------------------------------------
 
 async def test_past_the_cap_connections_wait_and_are_served_once_room_is_made(
-        standin: StandIn, tmp_path: Path, fast_path: bool) -> None:
-    gateway = await gateway_for(standin.url, tmp_path, fast_path, max_connections=20,
+        standin: StandIn, tmp_path: Path) -> None:
+    gateway = await gateway_for(standin.url, tmp_path, max_connections=20,
                                 timeout_ms=30000)
     site = site_of(gateway)
     try:
         holders = [await asyncio.open_connection("127.0.0.1", gateway.port) for _ in range(20)]
         await asyncio.sleep(0.1)
-        assert site.open == 20 and site.paused
+        assert len(site.connections) == 20 and site.paused
 
         async def waiter() -> bytes:
             reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
@@ -351,48 +354,47 @@ async def test_past_the_cap_connections_wait_and_are_served_once_room_is_made(
         waiting = [asyncio.create_task(waiter()) for _ in range(100)]
         await asyncio.sleep(0.5)
         assert not any(task.done() for task in waiting), "nobody past the cap is served"
-        assert site.open == 20, "and nobody past the cap is accepted"
+        assert len(site.connections) == 20, "and nobody past the cap is accepted"
         for _, writer in holders:
             writer.close()
         answers = await asyncio.gather(*waiting)
         assert all(a.startswith(b"HTTP/1.1 200") for a in answers), \
             [a[:40] for a in answers if not a.startswith(b"HTTP/1.1 200")][:3]
         await asyncio.sleep(0.1)
-        assert site.open == 0 and not site.paused
+        assert not site.connections and not site.paused
     finally:
         await gateway.stop()
 
 
 async def test_a_connection_accepted_in_the_same_burst_as_the_cap_waits_its_turn(
-        standin: StandIn, tmp_path: Path, fast_path: bool) -> None:
-    gateway = await gateway_for(standin.url, tmp_path, fast_path, max_connections=5)
+        standin: StandIn, tmp_path: Path) -> None:
+    gateway = await gateway_for(standin.url, tmp_path, max_connections=5)
     site = site_of(gateway)
     try:
-        # As if five connections had just been accepted, before the listener paused.
-        site.open = 5
+        hold_places(site, 5)
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
         writer.write(b"GET /api/threads HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
         assert await read_all(reader, 0.5) == b"", "it waits, unread"
-        assert len(site.waiting) == 1 and site.open == 5
-        site.release()  # one of the five ends: the waiting one is served at once
+        assert len(site.waiting) == 1 and len(site.connections) == 5
+        site.closed(next(iter(site.connections)))  # one of the five ends: the waiting one
+        # is served at once
         data = await read_all(reader, 3)
         writer.close()
         assert data.startswith(b"HTTP/1.1 200"), data[:100]
         await asyncio.sleep(0.1)
-        assert site.open == 4 and not site.waiting
+        assert len(site.connections) == 4 and not site.waiting
     finally:
-        site.open = 0
+        site.connections.clear()
         await gateway.stop()
 
 
 async def test_past_a_full_queue_a_connection_gets_a_503_it_can_read(
-        standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        fast_path: bool) -> None:
-    gateway = await gateway_for(standin.url, tmp_path, fast_path, max_connections=5)
+        standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway = await gateway_for(standin.url, tmp_path, max_connections=5)
     site = site_of(gateway)
     try:
-        site.open = 5
-        monkeypatch.setattr(site, "_backlog", 0)  # the queue is full
+        hold_places(site, 5)
+        monkeypatch.setattr(site, "backlog", 0)  # the queue is full
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
         # The request is sent and never read: the answer must survive that.
         writer.write(b"GET /api/threads HTTP/1.1\r\nHost: p\r\n\r\n" + b"x" * 100000)
@@ -400,10 +402,10 @@ async def test_past_a_full_queue_a_connection_gets_a_503_it_can_read(
         writer.close()
         assert data.startswith(b"HTTP/1.1 503 Service Unavailable"), data[:100]
         assert b'"code":"too_many_connections"' in data and b"Retry-After: 1" in data
-        assert site.open == 5, "a refused connection is not counted"
-        assert site.tally.totals["refused"] == 1
+        assert len(site.connections) == 5, "a refused connection is not counted"
+        assert site.totals["refused"] == 1
     finally:
-        site.open = 0
+        site.connections.clear()
         await gateway.stop()
 
 
@@ -420,7 +422,7 @@ def _rss_kib(pid: int) -> int:
 
 
 async def test_the_process_does_not_grow_with_connections_past_the_cap(
-        tmp_path: Path, standin: StandIn, procs: list[Proc], fast_path: bool) -> None:
+        tmp_path: Path, standin: StandIn, procs: list[Proc]) -> None:
     cap = 50
     port = free_port()
     path = tmp_path / "cap.yaml"
@@ -430,7 +432,7 @@ async def test_the_process_does_not_grow_with_connections_past_the_cap(
                     "shutdown_delay_ms: 0\n"
                     f"dependencies: [{{name: docker-runner, base_url: "
                     f"'http://127.0.0.1:{free_port()}'}}]\n")
-    proc = Proc("serve", "--config", str(path), env=fast_path_env(fast_path))
+    proc = Proc("serve", "--config", str(path))
     procs.append(proc)
     await asyncio.wait_for(wait_live(port), 15)
     pid = proc.popen.pid

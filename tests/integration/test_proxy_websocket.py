@@ -1,5 +1,6 @@
 """The WebSocket relay with a client from another library (`websockets`) and raw
-handshakes: upgrade detection, refusals, close codes both ways, backpressure, shutdown."""
+handshakes: upgrade detection, refusals, close codes both ways, a vanished end,
+backpressure, shutdown."""
 
 from __future__ import annotations
 
@@ -19,14 +20,13 @@ from websockets.typing import Origin, Subprotocol
 
 from gateproxy.demo.standins import StandIn
 from gateproxy.serve.gateway import Gateway
-from gateproxy.serve.websocket import wire_code
 from tests.support import upstream_app
 from tests.support.rawclient import read_exchange
 
 
 @pytest.fixture
-async def gateway(upstream: StandIn, fast_path: bool) -> AsyncIterator[Gateway]:
-    gw = await upstream_app.start_gateway(upstream.url, fast_path=fast_path)
+async def gateway(upstream: StandIn) -> AsyncIterator[Gateway]:
+    gw = await upstream_app.start_gateway(upstream.url)
     yield gw
     await gw.stop()
 
@@ -64,15 +64,15 @@ async def test_websockets_client_talks_through_the_proxy(gateway: Gateway) -> No
         assert latency >= 0
         await ws.send("big:3000000")
         assert len(await ws.recv()) == 3_000_000
-        assert gateway.websockets.open_count == 1
+        assert gateway.tunnels.open_count == 1
         await ws.close(code=4000, reason="bye")
     assert ws.close_code == 1000  # the upstream's (aiohttp's) reply, relayed
     assert await ending() == (4000, "bye")
     for _ in range(100):
-        if gateway.websockets.open_count == 0:
+        if gateway.tunnels.open_count == 0:
             break
         await asyncio.sleep(0.01)
-    assert gateway.websockets.open_count == 0
+    assert gateway.tunnels.open_count == 0
 
 
 async def test_an_upstream_close_reaches_the_client_with_code_and_reason(
@@ -95,11 +95,11 @@ async def test_refusal_is_the_upstreams_status_not_a_101(gateway: Gateway) -> No
     assert refused.value.response.headers["X-Refused"] == "yes"
 
 
-async def test_unreachable_upstream_is_a_502_not_a_101(fast_path: bool) -> None:
+async def test_unreachable_upstream_is_a_502_not_a_101() -> None:
     with contextlib.closing(socket.socket()) as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    gw = await upstream_app.start_gateway(dead, fast_path=fast_path)
+    gw = await upstream_app.start_gateway(dead)
     try:
         with pytest.raises(websockets.InvalidStatus) as refused:
             async with connect(ws_url(gw)):
@@ -155,17 +155,16 @@ async def test_a_client_that_vanishes_closes_the_upstream_with_1011(gateway: Gat
     assert await ending() == (1011, "")
 
 
-async def test_shutdown_closes_open_websockets_with_1001(upstream: StandIn,
-                                                         fast_path: bool) -> None:
-    gw = await upstream_app.start_gateway(upstream.url, fast_path=fast_path)
+async def test_shutdown_closes_open_websockets_with_1001(upstream: StandIn) -> None:
+    gw = await upstream_app.start_gateway(upstream.url)
     ws = await connect(ws_url(gw))
     await ws.recv()
-    assert gw.websockets.open_count == 1
+    assert gw.tunnels.open_count == 1
     await asyncio.wait_for(gw.stop(), 10)
     with pytest.raises(websockets.ConnectionClosed):
         await ws.recv()
     assert ws.close_code == 1001
-    assert gw.websockets.open_count == 0
+    assert gw.tunnels.open_count == 0
     assert (await ending())[0] == 1001
 
 
@@ -188,12 +187,3 @@ async def test_a_reader_that_does_not_read_holds_the_writer_back(gateway: Gatewa
             received += 1
         assert upstream_app.FLOOD_SENT[0] == 120
         await ws.close()
-
-
-def test_close_codes_that_cannot_go_on_the_wire_become_1011() -> None:
-    assert wire_code(1005) == wire_code(1006) == wire_code(1015) == 1011
-    assert wire_code(None) == wire_code(1004) == wire_code(999) == wire_code(5000) == 1011
-    assert wire_code(0) == 1000  # an empty Close frame, as browsers send: a normal close
-    for code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
-                 3000, 4000, 4999):
-        assert wire_code(code) == code
