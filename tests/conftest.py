@@ -1,6 +1,5 @@
-"""Fixtures only: real stand-in servers, real gateways and processes on 127.0.0.1, and the
-mechanic (fast path or public path) a proxy-behaviour test runs on. Helpers live in
-tests/support/; no test module imports this file."""
+"""Fixtures only: real stand-in servers, real gateways and processes on 127.0.0.1. Helpers
+live in tests/support/; no test module imports this file."""
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ from gateproxy import config, logs
 from gateproxy.demo.standins import StandIn, docker_runner
 from gateproxy.serve.gateway import Gateway
 from tests.support import upstream_app
-from tests.support.gateways import MakeGateway, fast_path_env
+from tests.support.gateways import MakeGateway
 from tests.support.processes import Proc
 from tests.support.rawclient import RawHandler
 from tests.support.standins import Recorder, StartStandIn
@@ -29,15 +28,6 @@ from tests.support.standins import Recorder, StartStandIn
 settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
-
-
-@pytest.fixture(scope="module", params=[True, False], ids=["fast-path", "public-path"])
-def fast_path(request: pytest.FixtureRequest) -> bool:
-    """The mechanic a proxy-behaviour test runs on: True for the fenced fast path
-    (gateproxy/aio/, the default), False for aiohttp's public APIs only (as after a failed
-    start-up check). Every test that uses it runs on both in one pytest run. Module scope,
-    so that a module's expensive stacks are built once per mechanic, not per test."""
-    return bool(request.param)
 
 
 @pytest.fixture
@@ -85,16 +75,12 @@ async def recorder(start_standin: StartStandIn) -> tuple[Recorder, StandIn]:
 
 
 @pytest.fixture
-async def make_gateway(request: pytest.FixtureRequest) -> AsyncIterator[MakeGateway]:
-    """Start a real Gateway (port 0) from a config file and/or environment. A test that
-    uses `fast_path` gets its gateways on that mechanic; any other the default one (this
-    fixture does not ask for `fast_path` itself, which would run every user twice)."""
-    mechanic = (fast_path_env(request.getfixturevalue("fast_path"))
-                if "fast_path" in request.fixturenames else {})
+async def make_gateway() -> AsyncIterator[MakeGateway]:
+    """Start a real Gateway (port 0) from a config file and/or environment."""
     gateways: list[Gateway] = []
 
     async def make(env: dict[str, str], path: str | None = None) -> Gateway:
-        gateway = Gateway(config.load(path, {**mechanic, **env}))
+        gateway = Gateway(config.load(path, env))
         gateways.append(gateway)
         await gateway.start()
         return gateway

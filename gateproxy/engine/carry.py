@@ -103,7 +103,7 @@ class Carrier:
 
     def _own(self, exchange: Exchange, conn: Connection, head: RequestHead,
              answer: Answer) -> bool:
-        answer = self._planner.own(head, answer)
+        answer = self._planner.own(head, answer.closing() if exchange.ends else answer)
         conn.write(answers.render(answer, http_date(),
                                   keep_alive_line=head.version < (1, 1),
                                   body=head.method != "HEAD"))
@@ -122,8 +122,8 @@ class Carrier:
             "request_timeout", f"the request head did not arrive within "
             f"{round(conn.site.limits.head_timeout_s * 1000)} ms"))
 
-    def trailer(self, name: bytes, value: bytes) -> bool:
-        return self._planner.trailer(name, value)
+    def trailer_ends(self, name: bytes) -> bool:
+        return self._planner.trailer_ends(name)
 
     # --- waiting ----------------------------------------------------------------------
 
@@ -150,10 +150,15 @@ class Carrier:
     async def _forward(self, exchange: Exchange, conn: Connection, head: RequestHead,
                        plan: ForwardPlan) -> tuple[int, bool]:
         planner = self._planner
+        body = exchange.body if exchange.has_body else None
+        if body is not None and body.error is not None:
+            # A body llhttp refused before anything went upstream: the request is refused
+            # whole, as if its head had been malformed.
+            self.refuse(conn, "the request is malformed")
+            return 400, False
         if plan.expect:
             conn.write(CONTINUE)
         started = time.perf_counter()
-        body = exchange.body if exchange.has_body else None
         try:
             answer = await self._pool.send(head.method, plan.target, plan.headers, body)
         except UpstreamError as exc:
@@ -180,6 +185,8 @@ class Carrier:
             if own is not None:
                 self._counts.count_forwarded(head.method, own.status)
                 return self._own(exchange, conn, head, own)
+        if exchange.ends:
+            plan = plan._replace(close=True)  # a trailer said so (Planner.trailer_ends)
         reply = planner.respond(head, plan, answer.status, answer.raw_headers,
                                 answer.framing == CHUNKED)
         self._counts.count_forwarded(head.method, answer.status)

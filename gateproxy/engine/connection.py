@@ -24,6 +24,7 @@ from gateproxy.logs import log
 
 LINGER_S: Final = 2.0  # a closing connection's last answer gets this long to be read
 MAX_QUEUED: Final = 16  # pipelined requests parsed ahead before reading pauses
+_FOR_GOOD: Final = 1 << 30  # a pause count no resume brings back to 0
 
 
 class Limits(NamedTuple):
@@ -50,8 +51,8 @@ class Carrier(Protocol):
     def time_out(self, conn: Connection) -> None:
         """Answer a request whose head did not come in time (408), and close."""
 
-    def trailer(self, name: bytes, value: bytes) -> bool:
-        """Whether a request trailer field is kept (it never becomes a header)."""
+    def trailer_ends(self, name: bytes) -> bool:
+        """Whether a request trailer field (dropped, never a header) ends the connection."""
 
 
 class Site(Protocol):
@@ -87,7 +88,6 @@ class Connection(asyncio.Protocol):
         self.upgrading: Exchange | None = None  # llhttp stopped after its head
         self.busy = False  # an exchange is being carried out
         self.lost = False
-        self.eof = False  # the client has shut its writing side
         self.written = 0  # bytes written to the client (the access log's)
         self.tunnel: asyncio.Future[None] | None = None  # bytes are relayed
         self._admitted = False
@@ -132,7 +132,7 @@ class Connection(asyncio.Protocol):
             self._held += data
             return
         phase = self.phase
-        if phase is Phase.CLOSING:
+        if phase is Phase.CLOSING or self._paused >= _FOR_GOOD:
             return
         if self.upgrading is not None:
             if data:
@@ -166,16 +166,14 @@ class Connection(asyncio.Protocol):
                 self._refuse(_why(exc))
 
     def eof_received(self) -> bool | None:
-        self.eof = True
-        reading = self.reading
-        if reading is not None and reading.head_done and not reading.complete:
-            reading.body.fail(ConnectionAbortedError("the client closed mid-body"))
         if self.upgrading is not None:
-            self.upgrading.tunnel.end()  # the tunnel ends both connections
-        # Half-closed: the answers still in the queue are written, then the connection
-        # closes (keeping it open lets a client that shut its writing side read them).
-        self._wakeup()
-        return True
+            # A tunnel's end shut its side: the tunnel ends both connections once what
+            # is on its way has been written.
+            self.upgrading.tunnel.end()
+            return True
+        # A client that shuts its side is gone, as browsers and HTTP clients mean it: its
+        # upstream request is abandoned with the connection (connection_lost follows).
+        return None
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost = True
@@ -199,6 +197,8 @@ class Connection(asyncio.Protocol):
     # --- llhttp's callbacks ------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._paused >= _FOR_GOOD:
+            raise _Stopped  # the rest of this packet is not read
         self.reading = Exchange(self.loop.time(), self._hold_reading, self._unhold_reading)
         self._first = False
         self._url.clear()
@@ -215,7 +215,8 @@ class Connection(asyncio.Protocol):
             # A trailer field of a chunked body: never a header, of this request or of
             # any other.
             reading.trailers += 1
-            self.site.carrier.trailer(name, value)
+            if self.site.carrier.trailer_ends(name):
+                reading.ends = True
             return
         if len(name) + len(value) > self.site.limits.max_field_size:
             raise _TooLarge("a header field is too large")
@@ -267,6 +268,8 @@ class Connection(asyncio.Protocol):
         reading.body.end()
         self.reading = None
         self._step(Event.MESSAGE)
+        if reading.ends:
+            self._stop_reading()  # nothing after it is read: no request hides there
 
     # --- the exchanges, in order -------------------------------------------------------
 
@@ -276,9 +279,6 @@ class Connection(asyncio.Protocol):
             while True:
                 while not self.queue:
                     if self.lost or self.transport is None or self.transport.is_closing():
-                        return
-                    if self.eof:
-                        self.finish()
                         return
                     self._wake = self.loop.create_future()
                     await self._wake
@@ -359,6 +359,8 @@ class Connection(asyncio.Protocol):
 
     def _refuse(self, why: str) -> None:
         """A request that cannot be parsed: its 400, after the answers before it."""
+        if self._paused >= _FOR_GOOD:
+            return  # the rest of a packet after the connection's last request
         self.site.tally("badRequests")
         self._stop_reading()
         self.reading = None
@@ -375,7 +377,7 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.pause_reading()
-        self._paused = 1 << 30  # for good
+        self._paused = _FOR_GOOD
 
     # --- flow control --------------------------------------------------------------------
 
@@ -470,6 +472,10 @@ class Connection(asyncio.Protocol):
             if reading is not None:
                 reading.body.fail(ConnectionAbortedError("the request body stalled"))
             self.abort()
+
+
+class _Stopped(Exception):
+    """Reading has stopped for good; raised in llhttp's callback to end the packet."""
 
 
 class _TooLarge(Exception):

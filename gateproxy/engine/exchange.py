@@ -20,9 +20,9 @@ from gateproxy.http_rules.actions import RequestHead
 class Exchange:
     """A request and the progress of its answer."""
 
-    __slots__ = ("_headers", "_pause", "_resume", "_tunnel", "body", "complete", "has_body",
-                 "head_done", "keep_alive", "method", "raw_headers", "refusal", "started",
-                 "target", "trailers", "upgrade", "version")
+    __slots__ = ("_headers", "_pause", "_resume", "_tunnel", "body", "complete", "ends",
+                 "has_body", "head_done", "keep_alive", "method", "raw_headers", "refusal",
+                 "started", "target", "trailers", "upgrade", "version")
 
     def __init__(self, started: float, pause: Callable[[], None],
                  resume: Callable[[], None]) -> None:
@@ -39,6 +39,7 @@ class Exchange:
         self.complete = False  # the whole request has been read
         self.body = Chunks(pause, resume)
         self.trailers = 0  # trailer fields seen (and dropped)
+        self.ends = False  # a trailer field ends the connection after this request
         self.refusal: str | None = None  # not a request: the 400 for bytes that did not parse
         self._pause = pause
         self._resume = resume

@@ -10,11 +10,13 @@ the connection or close it; a status that points at a dependency asks for its pr
 `failed` (an upstream failure before the answer's head: its 502 or 504), `broken` (a
 body that breaks off once the answer has started: the connection is aborted, the only
 honest signal left), `own` (the proxy's own answer as this client may have it), and
-what happens to request trailers (`trailer`: dropped). The core decides nothing itself.
+what happens to request trailers (`trailer_ends`: dropped; some end the connection).
+The core decides nothing itself.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Mapping
 from typing import Final
 
@@ -55,6 +57,9 @@ from gateproxy.http_rules.headers import (
 )
 from gateproxy.upstream.interface import RawHeaders, UpstreamError
 
+# Trailer fields that llhttp reads as the connection's (RFC 9110 section 6.5.1 keeps them
+# out of trailers).
+_CONNECTION_TRAILERS: Final = frozenset({b"connection", b"proxy-connection", b"keep-alive"})
 # Answers that never have a body (RFC 9110 sections 15.2, 15.3.5 and 15.4.5).
 _NO_BODY: Final = frozenset({204, 304})
 
@@ -149,6 +154,8 @@ class Planner:
         except BadField as exc:
             return answers.error("bad_request", str(exc), close=close or upgrade)
         if upgrade:
+            if not _valid_handshake(head.headers):
+                return answers.error("bad_request", "invalid WebSocket handshake", close=True)
             # The handshake's own hop-by-hop lines, for the upstream to switch too.
             headers["Connection"] = "Upgrade"
             headers["Upgrade"] = head.headers["Upgrade"]
@@ -159,10 +166,12 @@ class Planner:
                            or head.method == "CONNECT")
 
     @staticmethod
-    def trailer(name: bytes, value: bytes) -> bool:
-        """Whether a request trailer field is kept: never. The upstream request is
-        framed anew, and no trailer becomes a header of anything (docs/headers.md)."""
-        return False
+    def trailer_ends(name: bytes) -> bool:
+        """Whether a request trailer field ends the client connection after its request's
+        answer. Every trailer field is dropped: the upstream request is framed anew, and no
+        trailer becomes a header of anything (docs/headers.md). One that llhttp acts on
+        (`Connection`) ends the connection, and nothing after it is read."""
+        return name.lower() in _CONNECTION_TRAILERS
 
     # --- the response side ---------------------------------------------------------------
 
@@ -224,6 +233,17 @@ class Planner:
     def malformed(why: str) -> answers.Answer:
         """The answer to bytes that are not a request llhttp accepts."""
         return answers.error("bad_request", why, close=True)
+
+
+def _valid_handshake(headers: CIMultiDictProxy[str]) -> bool:
+    """RFC 6455 section 4.2.1: version 13 and a key of 16 bytes in base64, so that the
+    upstream is never asked to switch for a request no WebSocket client sends."""
+    key = headers.get("Sec-WebSocket-Key", "")
+    try:
+        valid_key = len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:
+        valid_key = False
+    return valid_key and headers.get("Sec-WebSocket-Version", "").strip() == "13"
 
 
 def keeps_alive(head: RequestHead) -> bool:

@@ -23,7 +23,6 @@ import pytest
 
 from gateproxy import config, logs
 from gateproxy.serve.gateway import Gateway
-from tests.support.gateways import fast_path_env
 from tests.support.hostile_support import Ambiguous, RawUpstream, WireRequest
 from tests.support.ports import free_port
 from tests.support.processes import Proc, wait_live
@@ -181,10 +180,10 @@ def quiet_logs() -> io.StringIO:
 
 
 @pytest.fixture
-async def gateway(raw_upstream: RawUpstream, fast_path: bool) -> AsyncIterator[Gateway]:
+async def gateway(raw_upstream: RawUpstream) -> AsyncIterator[Gateway]:
     env = {"GATEPROXY_HOST": "127.0.0.1", "GATEPROXY_PORT": "0",
            "PLATFORM_SERVER_URL": raw_upstream.url,
-           "DOCKER_RUNNER_BASE_URL": "http://127.0.0.1:9", **fast_path_env(fast_path)}
+           "DOCKER_RUNNER_BASE_URL": "http://127.0.0.1:9"}
     gw = Gateway(config.load(None, env))
     await gw.start()
     yield gw
@@ -387,7 +386,7 @@ async def test_malformed_requests_do_not_write_a_log_line_each(
 
 
 async def test_the_process_writes_only_json_lines_under_hostile_input(
-        tmp_path: Path, raw_upstream: RawUpstream, procs: list[Proc], fast_path: bool) -> None:
+        tmp_path: Path, raw_upstream: RawUpstream, procs: list[Proc]) -> None:
     """The real process (uvloop, the C parser): every malformed request above, and its
     stderr still holds one JSON object per line, a handful of them."""
     port = free_port()
@@ -396,7 +395,7 @@ async def test_the_process_writes_only_json_lines_under_hostile_input(
                     f"upstream: {{url: '{raw_upstream.url}'}}\n"
                     "shutdown_delay_ms: 0\n"
                     "dependencies: [{name: docker-runner, base_url: 'http://127.0.0.1:9'}]\n")
-    proc = Proc("serve", "--config", str(path), env=fast_path_env(fast_path))
+    proc = Proc("serve", "--config", str(path))
     procs.append(proc)
     await asyncio.wait_for(wait_live(port), 15)
     for _ in range(3):

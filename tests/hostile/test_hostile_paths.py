@@ -230,11 +230,10 @@ dependencies:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, fast_path: bool) -> Iterator[Stack]:
-    """docker-runner down (nothing listens on its port) for the whole module: one stack
-    per mechanic."""
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """docker-runner down (nothing listens on its port) for the whole module: one stack."""
     tmp = tmp_path_factory.mktemp("stack")
-    started = Stack(fast_path=fast_path, yaml=STACK_YAML).start(str(tmp))
+    started = Stack(yaml=STACK_YAML).start(str(tmp))
     yield started
     started.stop()
 

@@ -234,7 +234,7 @@ async def test_a_body_that_stalls_is_cut_off_and_never_completes_upstream(
         assert raw_upstream.received == [], "the upstream never got a complete request"
         assert raw_upstream.connections and raw_upstream.ended == {0}, \
             "the upstream request was abandoned with its connection"
-        assert site_of(gateway).tally.totals["bodyTimeouts"] == 1
+        assert site_of(gateway).totals["bodyTimeouts"] == 1
     finally:
         await gateway.stop()
 
@@ -270,7 +270,7 @@ async def test_a_body_dripped_a_byte_at_a_time_is_cut_off(
         assert elapsed < TIMEOUT_MS / 1000 + 1.0, elapsed
         await asyncio.sleep(0.2)  # the abandoned upstream request ends with its connection
         assert raw_upstream.received == []
-        assert site_of(gateway).tally.totals["bodyTimeouts"] == 1
+        assert site_of(gateway).totals["bodyTimeouts"] == 1
     finally:
         await gateway.stop()
 
@@ -327,7 +327,7 @@ async def test_time_the_proxy_holds_an_upload_back_is_not_the_clients(
                 f"http://127.0.0.1:{gateway.port}/upload", data=b"z" * size) as resp:
             assert resp.status == 200
             assert (await resp.json())["bytes"] == size
-        assert site_of(gateway).tally.totals["bodyTimeouts"] == 0
+        assert site_of(gateway).totals["bodyTimeouts"] == 0
     finally:
         await gateway.stop()
 

@@ -74,20 +74,19 @@ _UNRESERVED = re.compile(r"[A-Za-z0-9._~-]")
 
 
 @pytest.fixture(scope="module")
-def tally(request: pytest.FixtureRequest, fast_path: bool) -> Iterator[Tally]:
-    """The totals of one mechanic's run."""
+def tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
+    """The totals of the module's run."""
     totals = Tally()
     yield totals
     # Past pytest's capture, so that the line shows on every run, passed or failed.
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled():
-        mechanic = "fast path" if fast_path else "public path"
-        print(f"\n{mechanic}: {totals.summary()}")
+        print(f"\n{totals.summary()}")
 
 
 @pytest.fixture(scope="module")
 def routers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Routers]:
-    """One Node process for both mechanics' proxies."""
+    """One Node process for the proxies."""
     install_routers()
     started = Routers(tmp_path_factory.mktemp("routers") / "routers.log")
     yield started
@@ -95,16 +94,15 @@ def routers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Routers]:
 
 
 @pytest.fixture(scope="module")
-def oracle(tmp_path_factory: pytest.TempPathFactory, routers: Routers,
-           fast_path: bool) -> Iterator[Oracle]:
-    """A gateproxy per router, on one mechanic: the corpus and the generated spellings go
-    through each mechanic's gate."""
+def oracle(tmp_path_factory: pytest.TempPathFactory, routers: Routers) -> Iterator[Oracle]:
+    """A gateproxy per router: the corpus and the generated spellings go through its
+    gate."""
     workdir = tmp_path_factory.mktemp("oracle")
     proxies: dict[str, Proxy] = {}
     try:
         for name in ROUTER_NAMES:
             (workdir / name).mkdir()
-            proxies[name] = Proxy(workdir / name, routers.ports[name], fast_path)
+            proxies[name] = Proxy(workdir / name, routers.ports[name])
         for proxy in proxies.values():
             proxy.wait_until_down()
         yield Oracle(routers, proxies)

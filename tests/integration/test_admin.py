@@ -19,10 +19,6 @@ from tests.support.ports import free_port
 from tests.support.standins import Recorder, StartStandIn
 from tests.support.waiting import wait_for
 
-# Every test here starts its gateways with make_gateway, which puts them on the mechanic
-# of `fast_path`: each runs on both.
-pytestmark = pytest.mark.usefixtures("fast_path")
-
 ADMIN_PATHS = ("live", "ready", "status", "status.json", "metrics")
 
 

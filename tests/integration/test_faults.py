@@ -34,7 +34,6 @@ import pytest
 from gateproxy import config
 from gateproxy.demo.standins import StandIn, docker_runner, platform_server
 from gateproxy.serve.gateway import Gateway
-from tests.support.gateways import fast_path_env
 from tests.support.own_answers import NOT_READY
 from tests.support.ports import free_port
 
@@ -180,7 +179,7 @@ async def upstream(started: Started) -> StandIn:
 
 
 async def make_gateway(started: Started, tmp_path: Path, upstream_url: str, runner_url: str,
-                       fast_path: bool, retry_connect_ms: int = 3000) -> Gateway:
+                       retry_connect_ms: int = 3000) -> Gateway:
     path = tmp_path / "faults.yaml"
     path.write_text(
         f"upstream: {{url: '{upstream_url}', connect_timeout_ms: 500,\n"
@@ -194,7 +193,7 @@ async def make_gateway(started: Started, tmp_path: Path, upstream_url: str, runn
         f"    probe_timeout_ms: {PROBE_TIMEOUT_MS}\n"
         "    retry: {base_delay_ms: 50, max_delay_ms: 400, jitter_ms: 0}\n"
         "    gated_routes: [/api/containers]\n")
-    env = {"GATEPROXY_HOST": "127.0.0.1", "GATEPROXY_PORT": "0", **fast_path_env(fast_path)}
+    env = {"GATEPROXY_HOST": "127.0.0.1", "GATEPROXY_PORT": "0"}
     gateway = Gateway(config.load(str(path), env))
     started.append(gateway)
     await gateway.start()
@@ -332,11 +331,10 @@ async def assert_recovers(http: aiohttp.ClientSession, gateway: Gateway, log: Lo
 
 # --- docker-runner ----------------------------------------------------------------------
 
-async def test_runner_refusing(fast_path: bool, http: aiohttp.ClientSession, log: Logs,
+async def test_runner_refusing(http: aiohttp.ClientSession, log: Logs,
                                started: Started, upstream: StandIn, tmp_path: Path) -> None:
     port = free_port()
-    gateway = await make_gateway(started, tmp_path, upstream.url, f"http://127.0.0.1:{port}",
-                                 fast_path)
+    gateway = await make_gateway(started, tmp_path, upstream.url, f"http://127.0.0.1:{port}")
     await assert_runner_fault(http, gateway, log, "connection_refused")
     await assert_recovers(http, gateway, log, started, port)
 
@@ -349,12 +347,12 @@ async def test_runner_refusing(fast_path: bool, http: aiohttp.ClientSession, log
     (drip, "timeout"),
 ], ids=["hanging_after_accept", "headers_then_hanging", "garbage", "10MB_of_503",
         "dripping"])
-async def test_runner_misbehaving(behaviour: Behaviour, code: str, fast_path: bool,
+async def test_runner_misbehaving(behaviour: Behaviour, code: str,
                                   http: aiohttp.ClientSession, log: Logs, started: Started,
                                   upstream: StandIn, tmp_path: Path) -> None:
     fault = await FaultServer(behaviour).start()
     started.append(fault)
-    gateway = await make_gateway(started, tmp_path, upstream.url, fault.url, fast_path)
+    gateway = await make_gateway(started, tmp_path, upstream.url, fault.url)
     await assert_runner_fault(http, gateway, log, code)
     status = gateway.node.guards[0].status
     assert status.last_duration_ms is not None
@@ -364,12 +362,12 @@ async def test_runner_misbehaving(behaviour: Behaviour, code: str, fast_path: bo
 
 
 async def test_runner_answering_10_mb_of_ok_is_up_without_reading_it_all(
-        fast_path: bool, http: aiohttp.ClientSession, log: Logs, started: Started,
+        http: aiohttp.ClientSession, log: Logs, started: Started,
         upstream: StandIn, tmp_path: Path) -> None:
     """A 2xx is a 2xx, however long: the probe reads a bounded prefix and lets go."""
     fault = await FaultServer(big_answer(200)).start()
     started.append(fault)
-    gateway = await make_gateway(started, tmp_path, upstream.url, fault.url, fast_path)
+    gateway = await make_gateway(started, tmp_path, upstream.url, fault.url)
     status = gateway.node.guards[0].status
     await wait_for(lambda: status.total_checks >= 3, 5, "three probes")
     assert status.is_up and status.total_failures == 0
@@ -379,24 +377,23 @@ async def test_runner_answering_10_mb_of_ok_is_up_without_reading_it_all(
     assert [line for line in log.lines() if line["level"] in ("ERROR", "WARNING")] == []
 
 
-async def test_runner_name_that_does_not_resolve(fast_path: bool, http: aiohttp.ClientSession,
+async def test_runner_name_that_does_not_resolve(http: aiohttp.ClientSession,
                                                  log: Logs, started: Started,
                                                  upstream: StandIn, tmp_path: Path) -> None:
     """`.invalid` never resolves (RFC 2606). Nothing here can make it resolve later, so
     recovery is shown by the other cases; this one shows the truth and the bounds."""
     gateway = await make_gateway(started, tmp_path, upstream.url,
-                                 "http://docker-runner.invalid:7071", fast_path)
+                                 "http://docker-runner.invalid:7071")
     await assert_runner_fault(http, gateway, log, "dns_failure")
 
 
-async def test_runner_flapping_every_100_ms(fast_path: bool, http: aiohttp.ClientSession,
+async def test_runner_flapping_every_100_ms(http: aiohttp.ClientSession,
                                             log: Logs, started: Started, upstream: StandIn,
                                             tmp_path: Path) -> None:
     port = free_port()
     runner = StandIn(docker_runner(), port=port)
     started.append(runner)
-    gateway = await make_gateway(started, tmp_path, upstream.url, f"http://127.0.0.1:{port}",
-                                 fast_path)
+    gateway = await make_gateway(started, tmp_path, upstream.url, f"http://127.0.0.1:{port}")
     status = gateway.node.guards[0].status
     stop_flapping = asyncio.Event()
 
@@ -443,13 +440,13 @@ async def runner(started: Started) -> StandIn:
     return standin
 
 
-async def test_platform_server_refusing(fast_path: bool, http: aiohttp.ClientSession,
+async def test_platform_server_refusing(http: aiohttp.ClientSession,
                                         log: Logs, started: Started, runner: StandIn,
                                         tmp_path: Path) -> None:
     port = free_port()
     # It stays down: each request waits retry_connect_ms for it, then gets the 502.
     gateway = await make_gateway(started, tmp_path, f"http://127.0.0.1:{port}", runner.url,
-                                 fast_path, retry_connect_ms=200)
+                                 retry_connect_ms=200)
     mark = log.mark()
     results = await traffic(http, gateway, 1.0, "/api/threads")
     assert {r[0] for r in results} == {502}
@@ -470,13 +467,13 @@ async def test_platform_server_refusing(fast_path: bool, http: aiohttp.ClientSes
 
 
 async def test_platform_server_restarting_under_load(
-        fast_path: bool, http: aiohttp.ClientSession, log: Logs, started: Started,
+        http: aiohttp.ClientSession, log: Logs, started: Started,
         runner: StandIn, tmp_path: Path) -> None:
     port = free_port()
     standin = StandIn(platform_server(), port=port)
     await standin.start()
     started.append(standin)
-    gateway = await make_gateway(started, tmp_path, standin.url, runner.url, fast_path)
+    gateway = await make_gateway(started, tmp_path, standin.url, runner.url)
 
     async def restart() -> tuple[float, float]:
         await asyncio.sleep(0.7)
@@ -540,11 +537,11 @@ async def reset_mid_response(reader: asyncio.StreamReader, writer: asyncio.Strea
 
 @pytest.mark.parametrize("path", ["/length", "/chunked"])
 async def test_platform_server_resetting_mid_response(
-        fast_path: bool, path: str, http: aiohttp.ClientSession, log: Logs, started: Started,
+        path: str, http: aiohttp.ClientSession, log: Logs, started: Started,
         runner: StandIn, tmp_path: Path) -> None:
     fault = await FaultServer(reset_mid_response).start()
     started.append(fault)
-    gateway = await make_gateway(started, tmp_path, fault.url, runner.url, fast_path)
+    gateway = await make_gateway(started, tmp_path, fault.url, runner.url)
     for _ in range(5):
         got: list[bytes] = []
         with pytest.raises(aiohttp.ClientPayloadError):
@@ -557,12 +554,12 @@ async def test_platform_server_resetting_mid_response(
     assert [line for line in log.lines() if line["level"] == "ERROR"] == []
 
 
-async def test_platform_server_hanging(fast_path: bool, http: aiohttp.ClientSession,
+async def test_platform_server_hanging(http: aiohttp.ClientSession,
                                        log: Logs, started: Started, runner: StandIn,
                                        tmp_path: Path) -> None:
     fault = await FaultServer(hang_after_accept).start()
     started.append(fault)
-    gateway = await make_gateway(started, tmp_path, fault.url, runner.url, fast_path)
+    gateway = await make_gateway(started, tmp_path, fault.url, runner.url)
     results = await asyncio.gather(*(timed(http, f"http://127.0.0.1:{gateway.port}/api/x")
                                      for _ in range(20)))
     for status, body, elapsed in results:
@@ -582,11 +579,11 @@ async def test_platform_server_hanging(fast_path: bool, http: aiohttp.ClientSess
 
 
 async def test_platform_server_hanging_after_the_headers(
-        fast_path: bool, http: aiohttp.ClientSession, started: Started, runner: StandIn,
+        http: aiohttp.ClientSession, started: Started, runner: StandIn,
         tmp_path: Path) -> None:
     fault = await FaultServer(headers_then_hang).start()
     started.append(fault)
-    gateway = await make_gateway(started, tmp_path, fault.url, runner.url, fast_path)
+    gateway = await make_gateway(started, tmp_path, fault.url, runner.url)
     begin = time.monotonic()
     got: list[bytes] = []
     with pytest.raises(aiohttp.ClientPayloadError):

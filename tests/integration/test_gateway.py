@@ -25,19 +25,6 @@ from tests.support.ports import free_port
 from tests.support.standins import Recorder, StartStandIn
 from tests.support.waiting import wait_for
 
-# Every test here starts its gateways with make_gateway, which puts them on the mechanic
-# of `fast_path`: each runs on both.
-pytestmark = pytest.mark.usefixtures("fast_path")
-
-
-async def test_the_gateway_runs_on_the_mechanic_of_its_run(
-        fast_path: bool, recorder: tuple[Recorder, StandIn], make_gateway: MakeGateway) -> None:
-    """The `fast_path` fixture reaches the gateway: each run of this module is on the
-    mechanic its id names, not on the default twice."""
-    _, upstream = recorder
-    gateway = await make_gateway(env_for(upstream, f"http://127.0.0.1:{free_port()}"))
-    assert gateway.fence.fast_path is fast_path
-
 
 async def test_boots_without_docker_runner_and_health_shows_it_down(
         recorder: tuple[Recorder, StandIn], make_gateway: MakeGateway,

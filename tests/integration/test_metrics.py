@@ -123,10 +123,10 @@ async def test_open_websockets_are_counted_while_relayed(
         samples = await scrape(http, gateway)
         assert value(samples, "gateproxy_websockets_open") == 2
         await first.close()
-        await wait_for(lambda: gateway.websockets.open_count == 1)
+        await wait_for(lambda: gateway.tunnels.open_count == 1)
         samples = await scrape(http, gateway)
         assert value(samples, "gateproxy_websockets_open") == 1
-    await wait_for(lambda: gateway.websockets.open_count == 0)
+    await wait_for(lambda: gateway.tunnels.open_count == 0)
     samples = await scrape(http, gateway)
     assert value(samples, "gateproxy_websockets_open") == 0
     assert total(samples, "gateproxy_forwarded_requests_total") == 0, (

@@ -23,10 +23,10 @@ CURL = shutil.which("curl")
 
 
 @pytest.fixture
-async def gateway(fast_path: bool) -> AsyncIterator[Gateway]:
+async def gateway() -> AsyncIterator[Gateway]:
     upstream = StandIn(upstream_app.app())
     await upstream.start()
-    gw = await upstream_app.start_gateway(upstream.url, fast_path=fast_path)
+    gw = await upstream_app.start_gateway(upstream.url)
     yield gw
     await gw.stop()
     await upstream.stop()

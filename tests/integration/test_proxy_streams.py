@@ -23,20 +23,18 @@ from tests.support.rawclient import exchange
 
 
 @pytest.fixture
-async def gateway(upstream: StandIn, fast_path: bool) -> AsyncIterator[Gateway]:
-    gw = await upstream_app.start_gateway(upstream.url, fast_path=fast_path)
+async def gateway(upstream: StandIn) -> AsyncIterator[Gateway]:
+    gw = await upstream_app.start_gateway(upstream.url)
     yield gw
     await gw.stop()
 
 
 @pytest.fixture
-async def impatient(upstream: StandIn, tmp_path: Path,
-                    fast_path: bool) -> AsyncIterator[Gateway]:
+async def impatient(upstream: StandIn, tmp_path: Path) -> AsyncIterator[Gateway]:
     """A gateway whose read timeout is 300 ms."""
     path = tmp_path / "gateproxy.yaml"
     path.write_text("upstream: {read_timeout_ms: 300, connect_timeout_ms: 1000}\n")
-    gw = Gateway(config.load(str(path), upstream_app.gateway_env(upstream.url,
-                                                                 fast_path=fast_path)))
+    gw = Gateway(config.load(str(path), upstream_app.gateway_env(upstream.url)))
     await gw.start()
     yield gw
     await gw.stop()
@@ -103,11 +101,11 @@ async def test_redirects_are_returned_not_followed(gateway: Gateway) -> None:
     assert answer.header("Location") == "/echo?from=redirect"
 
 
-async def test_an_unreachable_upstream_is_a_502(fast_path: bool) -> None:
+async def test_an_unreachable_upstream_is_a_502() -> None:
     with contextlib.closing(__import__("socket").socket()) as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    gw = await upstream_app.start_gateway(dead, fast_path=fast_path)
+    gw = await upstream_app.start_gateway(dead)
     try:
         answer = await exchange(gw.port, b"GET /anything HTTP/1.1\r\nHost: x\r\n\r\n")
     finally:

@@ -1,12 +1,11 @@
 """No request's bytes leak into another's: what the upstream receives for a request is that
 request's own bytes (changed only as docs/headers.md lists), nothing of another request on
-the client's connection and nothing of a request the proxy refuses; and it is the same,
-byte for byte, whichever mechanic answers (the fast path or aiohttp's public path).
+the client's connection and nothing of a request the proxy refuses.
 
 A byte recorder (tests/support/byte_recorder.py) stands in for the platform-server and
-keeps every byte it receives. Two real gateways, the fast path on and off, each in front of
-a recorder of its own, get every case over a raw socket. Each test prints its case and what
-happened on each mechanic (`pytest -rA` or `-s` shows it); OUTCOMES keeps the same table.
+keeps every byte it receives. A real gateway in front of it gets every case over a raw
+socket. Each test prints its case and what happened (`pytest -rA` or `-s` shows it);
+OUTCOMES keeps the same table.
 """
 
 from __future__ import annotations
@@ -20,64 +19,43 @@ from typing import Literal
 import orjson
 import pytest
 
-from gateproxy.aio import fastpath
 from gateproxy.serve.gateway import Gateway
 from tests.support import upstream_app
-from tests.support.byte_recorder import ByteRecorder, Mark, Request, Seen
+from tests.support.byte_recorder import ByteRecorder, Request, Seen
 from tests.support.ports import free_port
 from tests.support.rawclient import Exchange, read_exchange
 
-MECHANICS = {"fast": True, "public": False}  # the fast_path setting of each gateway
 TIMEOUT = 3.0  # the bound of one conversation with a gateway
 PAUSE = 0.1  # how long a connection is watched for a close before it counts as open
 HOST = "platform.test"
 
-# case -> mechanic -> what happened: the list to quote.
-OUTCOMES: dict[str, dict[str, str]] = {}
+# case -> what happened: the list to quote.
+OUTCOMES: dict[str, str] = {}
 
 
-# --- the gateways and their recorders -------------------------------------------------------
+# --- the gateway and its recorder -----------------------------------------------------------
 
 @dataclass
-class Side:
+class Rig:
     gateway: Gateway
     recorder: ByteRecorder
 
 
-Rig = dict[str, Side]  # mechanic -> its gateway and recorder
-
-
-def _fast_path_serves(gateway: Gateway) -> bool:
-    return any(isinstance(site, fastpath.FastPathSite)
-               for runner in gateway._runners for site in runner.sites)
-
-
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
-    """A recorder and a gateway per mechanic. docker-runner's port refuses connections, so
-    that it is down and /api/containers gets the gate's 503 (never forwarded)."""
-    runner = f"http://127.0.0.1:{free_port()}"
-    recorders: list[ByteRecorder] = []
-    gateways: list[Gateway] = []
-    sides: Rig = {}
+    """A recorder and a gateway in front of it. docker-runner's port refuses connections,
+    so that it is down and /api/containers gets the gate's 503 (never forwarded)."""
+    recorder = ByteRecorder()
+    await recorder.start()
     try:
-        for mechanic, fast_path in MECHANICS.items():
-            recorder = ByteRecorder()
-            recorders.append(recorder)
-            await recorder.start()
-            gateway = await upstream_app.start_gateway(
-                recorder.url, DOCKER_RUNNER_BASE_URL=runner, fast_path=fast_path)
-            gateways.append(gateway)
-            sides[mechanic] = Side(gateway, recorder)
-        # A comparison of one mechanic with itself would prove nothing.
-        assert _fast_path_serves(sides["fast"].gateway), "the fast path is off"
-        assert not _fast_path_serves(sides["public"].gateway)
-        yield sides
-    finally:
-        for gateway in gateways:
+        gateway = await upstream_app.start_gateway(
+            recorder.url, DOCKER_RUNNER_BASE_URL=f"http://127.0.0.1:{free_port()}")
+        try:
+            yield Rig(gateway, recorder)
+        finally:
             await gateway.stop()
-        for recorder in recorders:
-            await recorder.stop()
+    finally:
+        await recorder.stop()
 
 
 # --- talking to a gateway over a raw socket -------------------------------------------------
@@ -168,7 +146,7 @@ async def wait_until(predicate: Callable[[], bool], limit: float) -> bool:
     return True
 
 
-# --- one case on both mechanics -------------------------------------------------------------
+# --- one case -------------------------------------------------------------------------------
 
 @dataclass
 class Result:
@@ -184,62 +162,11 @@ class Result:
         return b"".join(s.data for s in self.seen)
 
 
-async def on_both(rig: Rig, steps: Sequence[Step]) -> dict[str, Result]:
-    results = {}
-    for mechanic, side in rig.items():
-        mark = side.recorder.mark()
-        talk = await converse(side.gateway.port, steps)
-        await side.recorder.settle()  # a request forwarded late still counts
-        results[mechanic] = Result(talk, side.recorder.since(mark))
-    return results
-
-
-def client_view(talk: Talk) -> tuple[list[tuple[str, list[tuple[str, str]], bytes]], str]:
-    """The answers as the client saw them. Date is a clock reading; Retry-After follows each
-    gateway's own probe schedule of docker-runner."""
-    return ([(a.status_line,
-              [(k, "<varies>" if k.lower() in ("date", "retry-after") else v)
-               for k, v in a.headers], a.body) for a in talk.answers], talk.end)
-
-
-def upstream_view(seen: list[Seen]) -> list[tuple[bool, bytes]]:
-    """Per upstream connection: new or reused, and the bytes, unchanged. Nothing in them
-    varies by connection (X-Forwarded-For carries 127.0.0.1 alone, no port), so nothing is
-    replaced."""
-    return [(s.new, s.data) for s in seen]
-
-
-def _first_difference(a: bytes, b: bytes) -> str:
-    at = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
-              min(len(a), len(b)))
-    start = max(0, at - 60)
-    return (f"first difference at byte {at} (lengths {len(a)}, {len(b)}):\n"
-            f"    fast:   {a[start:at + 60]!r}\n    public: {b[start:at + 60]!r}")
-
-
-def _connections(views: list[tuple[bool, bytes]]) -> str:
-    return "; ".join(f"{'new' if new else 'reused'} connection, {len(data)} bytes: "
-                     f"{data[:300]!r}{'...' if len(data) > 300 else ''}" for new, data in views)
-
-
-def mechanic_differences(results: dict[str, Result]) -> list[str]:
-    fast, public = results["fast"], results["public"]
-    out = []
-    if client_view(fast.talk) != client_view(public.talk):
-        out.append(f"the client's answers differ:\n    fast:   {client_view(fast.talk)}"
-                   f"\n    public: {client_view(public.talk)}")
-    mine, theirs = upstream_view(fast.seen), upstream_view(public.seen)
-    if mine != theirs:
-        if len(mine) == len(theirs):
-            at = next(i for i, pair in enumerate(zip(mine, theirs, strict=True))
-                      if pair[0] != pair[1])
-            detail = (f"on connection {at + 1} of {len(mine)} (new: {mine[at][0]}, "
-                      f"{theirs[at][0]}), " + _first_difference(mine[at][1], theirs[at][1]))
-        else:
-            detail = (f"    fast:   {_connections(mine)}\n"
-                      f"    public: {_connections(theirs)}")
-        out.append(f"the upstream's bytes differ:\n  {detail}")
-    return out
+async def run(rig: Rig, steps: Sequence[Step]) -> Result:
+    mark = rig.recorder.mark()
+    talk = await converse(rig.gateway.port, steps)
+    await rig.recorder.settle()  # a request forwarded late still counts
+    return Result(talk, rig.recorder.since(mark))
 
 
 def summary(result: Result) -> str:
@@ -248,9 +175,9 @@ def summary(result: Result) -> str:
     return f"client got {statuses or 'no answer'} then {result.talk.end}; upstream got {lines}"
 
 
-def report(case: str, outcomes: dict[str, str], problems: list[str]) -> None:
-    OUTCOMES[case] = outcomes
-    print(f"{case}: " + " | ".join(f"{m}: {o}" for m, o in outcomes.items()))
+def report(case: str, outcome: str, problems: list[str]) -> None:
+    OUTCOMES[case] = outcome
+    print(f"{case}: {outcome}")
     assert not problems, f"{case}:\n" + "\n".join(f"- {p}" for p in problems)
 
 
@@ -388,14 +315,9 @@ async def test_trailer_fields_stay_with_their_request(rig: Rig, trailer: Trailer
     connection closes after the first answer, and a client sends it again on a new one)."""
     steps = ([Step(trailer.first + nxt.data, 2)] if pipelined
              else [Step(trailer.first, 1), Step(nxt.data, 1)])
-    results = await on_both(rig, steps)
-    outcomes, problems = {}, []
-    for mechanic, result in results.items():
-        outcomes[mechanic], wrong = judge_trailer(trailer, nxt, pipelined, result)
-        problems += [f"{mechanic}: {p}" for p in wrong]
-    problems += mechanic_differences(results)
+    outcome, problems = judge_trailer(trailer, nxt, pipelined, await run(rig, steps))
     mode = "one write" if pipelined else "two writes"
-    report(f"trailer {trailer.name}: {trailer.value}, then {nxt.label}, {mode}", outcomes,
+    report(f"trailer {trailer.name}: {trailer.value}, then {nxt.label}, {mode}", outcome,
            problems)
 
 
@@ -412,20 +334,16 @@ def judge_refused(result: Result) -> tuple[str, list[str]]:
     return summary(result), problems
 
 
-async def refused_on_both(rig: Rig, case: str, request: bytes) -> None:
-    results = await on_both(rig, [Step(request, 1)])
-    outcomes, problems = {}, []
-    for mechanic, result in results.items():
-        outcomes[mechanic], wrong = judge_refused(result)
-        problems += [f"{mechanic}: {p}" for p in wrong]
-    report(case, outcomes, problems + mechanic_differences(results))
+async def refused(rig: Rig, case: str, request: bytes) -> None:
+    outcome, problems = judge_refused(await run(rig, [Step(request, 1)]))
+    report(case, outcome, problems)
 
 
 @pytest.mark.parametrize("target", ["/#/api/containers", "/x#frag", "/api/threads?x=1#y", "/#"])
 async def test_fragment_in_target_is_refused(rig: Rig, target: str) -> None:
     """A fragment is the client's own: a target with `#` is no request to forward."""
     request = f"GET {target} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
-    await refused_on_both(rig, f"fragment GET {target}", request)
+    await refused(rig, f"fragment GET {target}", request)
 
 
 @pytest.mark.parametrize("value", [b"\x85\x93\xa0", b"a\x01b", b"a\x7fb"],
@@ -433,23 +351,21 @@ async def test_fragment_in_target_is_refused(rig: Rig, target: str) -> None:
 async def test_field_value_that_cannot_pass_unchanged_is_refused(rig: Rig, value: bytes) -> None:
     """A value that is not UTF-8 would be re-encoded on the way; control bytes are no value."""
     request = b"GET /x HTTP/1.1\r\nHost: " + HOST.encode() + b"\r\nX-A: " + value + b"\r\n\r\n"
-    await refused_on_both(rig, f"field value {value!r}", request)
+    await refused(rig, f"field value {value!r}", request)
 
 
 async def test_utf8_field_value_passes_byte_for_byte(rig: Rig) -> None:
     line = b"X-A: caf\xc3\xa9\r\n"
     request = b"GET /x HTTP/1.1\r\nHost: " + HOST.encode() + b"\r\n" + line + b"\r\n"
-    results = await on_both(rig, [Step(request, 1)])
-    outcomes, problems = {}, []
-    for mechanic, result in results.items():
-        outcomes[mechanic] = summary(result)
-        got = result.upstream_bytes
-        if [a.status for a in result.talk.answers] != [200]:
-            problems.append(f"{mechanic}: not answered 200: {summary(result)}")
-        if [r.line for r in result.requests] != [b"GET /x HTTP/1.1"] or b"\r\n" + line not in got:
-            problems.append(f"{mechanic}: the upstream did not get {line!r} as sent: {got!r}")
-        problems += [f"{mechanic}: {p}" for p in unframed(result)]
-    report("field value b'caf\\xc3\\xa9'", outcomes, problems + mechanic_differences(results))
+    result = await run(rig, [Step(request, 1)])
+    problems = []
+    got = result.upstream_bytes
+    if [a.status for a in result.talk.answers] != [200]:
+        problems.append(f"not answered 200: {summary(result)}")
+    if [r.line for r in result.requests] != [b"GET /x HTTP/1.1"] or b"\r\n" + line not in got:
+        problems.append(f"the upstream did not get {line!r} as sent: {got!r}")
+    problems += unframed(result)
+    report("field value b'caf\\xc3\\xa9'", summary(result), problems)
 
 
 # --- d. very large announced bodies ---------------------------------------------------------
@@ -458,59 +374,53 @@ UPLOAD = b"POST /upload HTTP/1.1\r\nHost: " + HOST.encode() + b"\r\nContent-Leng
 
 
 async def test_body_announced_as_10_gb_and_cut_short(rig: Rig) -> None:
-    """What goes upstream of a body the client abandons: the same on both mechanics, and
-    only bytes the client sent for it."""
+    """What goes upstream of a body the client abandons: only bytes the client sent for
+    it, and the upstream connection let go of."""
     sent = b"abcdef"
-    results: dict[str, Result] = {}
-    for mechanic, side in rig.items():
-        recorder, mark = side.recorder, side.recorder.mark()
+    recorder, mark = rig.recorder, rig.recorder.mark()
 
-        def arrived(recorder: ByteRecorder = recorder, mark: Mark = mark) -> bool:
-            data = b"".join(s.data for s in recorder.since(mark))
-            head_end = data.find(b"\r\n\r\n")
-            return head_end >= 0 and len(data) - head_end - 4 >= len(sent)
-
-        def let_go(recorder: ByteRecorder = recorder, mark: Mark = mark) -> bool:
-            return all(s.closed for s in recorder.since(mark))
-
-        # The client leaves once what it sent has reached the upstream (or after TIMEOUT);
-        # then the proxy has nothing to finish upstream and should let go of the connection.
-        talk = await send_then_quit(side.gateway.port, UPLOAD % 10_000_000_000 + sent, arrived)
-        await recorder.settle()
-        await wait_until(let_go, 2.0)
-        results[mechanic] = Result(talk, recorder.since(mark))
-    outcomes, problems = {}, []
-    for mechanic, result in results.items():
-        data = result.upstream_bytes
+    def arrived() -> bool:
+        data = b"".join(s.data for s in recorder.since(mark))
         head_end = data.find(b"\r\n\r\n")
-        if head_end < 0:
-            outcomes[mechanic] = f"upstream request not started (got {data!r})"
-            continue
+        return head_end >= 0 and len(data) - head_end - 4 >= len(sent)
+
+    def let_go() -> bool:
+        return all(s.closed for s in recorder.since(mark))
+
+    # The client leaves once what it sent has reached the upstream (or after TIMEOUT);
+    # then the proxy has nothing to finish upstream and should let go of the connection.
+    talk = await send_then_quit(rig.gateway.port, UPLOAD % 10_000_000_000 + sent, arrived)
+    await recorder.settle()
+    await wait_until(let_go, 2.0)
+    result = Result(talk, recorder.since(mark))
+    problems = []
+    data = result.upstream_bytes
+    head_end = data.find(b"\r\n\r\n")
+    if head_end < 0:
+        outcome = f"upstream request not started (got {data!r})"
+    else:
         body = data[head_end + 4:]
         closed = "closed" if all(s.closed for s in result.seen) else "left open after 2 s"
         head = data[:head_end].split(b"\r\n")
         length = [h for h in head if h.lower().startswith(b"content-length:")]
-        outcomes[mechanic] = (f"upstream request started ({head[0]!r}, {length}), {len(body)} "
-                              f"body bytes arrived, upstream connection {closed}")
+        outcome = (f"upstream request started ({head[0]!r}, {length}), {len(body)} "
+                   f"body bytes arrived, upstream connection {closed}")
         if not data.startswith(b"POST /upload HTTP/1.1\r\n") or not sent.startswith(body):
-            problems.append(f"{mechanic}: the upstream got other bytes than the client's: "
-                            f"{data!r}")
-    report("POST /upload, Content-Length 10 GB, 6 bytes sent, client closes", outcomes,
-           problems + mechanic_differences(results))
+            problems.append(f"the upstream got other bytes than the client's: {data!r}")
+    report("POST /upload, Content-Length 10 GB, 6 bytes sent, client closes", outcome,
+           problems)
 
 
 async def test_body_of_2_mb_is_forwarded_whole(rig: Rig) -> None:
     body = upstream_app.pattern(2_000_000)
-    results = await on_both(rig, [Step(UPLOAD % len(body) + body, 1)])
-    outcomes, problems = {}, []
-    for mechanic, result in results.items():
-        requests = result.requests
-        arrived = sum(len(r.content) for r in requests)
-        outcomes[mechanic] = f"{summary(result)}; {arrived} body bytes arrived"
-        if [a.status for a in result.talk.answers] != [200]:
-            problems.append(f"{mechanic}: not answered 200: {summary(result)}")
-        if [(r.line, r.content == body) for r in requests] != [(b"POST /upload HTTP/1.1", True)]:
-            problems.append(f"{mechanic}: the upstream did not get the body whole")
-        problems += [f"{mechanic}: {p}" for p in unframed(result)]
-    report("POST /upload, Content-Length 2000000, sent whole", outcomes,
-           problems + mechanic_differences(results))
+    result = await run(rig, [Step(UPLOAD % len(body) + body, 1)])
+    problems = []
+    requests = result.requests
+    arrived = sum(len(r.content) for r in requests)
+    if [a.status for a in result.talk.answers] != [200]:
+        problems.append(f"not answered 200: {summary(result)}")
+    if [(r.line, r.content == body) for r in requests] != [(b"POST /upload HTTP/1.1", True)]:
+        problems.append("the upstream did not get the body whole")
+    problems += unframed(result)
+    report("POST /upload, Content-Length 2000000, sent whole",
+           f"{summary(result)}; {arrived} body bytes arrived", problems)

@@ -1,7 +1,7 @@
-"""Riding out the platform-server's restarts (`upstream.retry_connect_ms`), on both
-mechanics: a request whose connection is refused waits for the upstream and is sent once
-it is back, its body whole and once; past the time, the usual 502; a client that goes
-away is not forwarded later. The real-process tests are in
+"""Riding out the platform-server's restarts (`upstream.retry_connect_ms`): a request
+whose connection is refused waits for the upstream and is sent once it is back, its body
+whole and once; past the time, the usual 502; a client that goes away is not forwarded
+later. The real-process tests are in
 tests/process/test_upstream_restart.py."""
 
 from __future__ import annotations
@@ -32,14 +32,13 @@ def _env(upstream: StandIn, **extra: str) -> dict[str, str]:
 
 
 async def test_a_get_and_a_1_mib_post_sent_while_it_is_stopped_get_its_answer(
-        fast_path: bool, make_gateway: MakeGateway, http: aiohttp.ClientSession) -> None:
+        make_gateway: MakeGateway, http: aiohttp.ClientSession) -> None:
     recorder = BodyRecorder()
     upstream = StandIn(recorder.app, port=free_port())
     gateway = await make_gateway(_env(upstream))
     try:
         get = asyncio.ensure_future(http.get(url(gateway, "/api/threads?x=1")))
-        # A StreamReader body on aiohttp's ClientSession (public path) or the lean
-        # client: a refused connection must not have consumed any of it.
+        # A streamed request body: a refused connection must not have consumed any of it.
         post = asyncio.ensure_future(http.post(url(gateway, "/api/upload"), data=MIB))
         await asyncio.sleep(1.0)
         assert not get.done() and not post.done()
@@ -61,7 +60,7 @@ def _retry_config(tmp_path: Path, retry_connect_ms: int) -> str:
 
 
 async def test_past_retry_connect_ms_the_502_comes_after_about_that_time(
-        fast_path: bool, make_gateway: MakeGateway, http: aiohttp.ClientSession,
+        make_gateway: MakeGateway, http: aiohttp.ClientSession,
         tmp_path: Path) -> None:
     upstream = StandIn(BodyRecorder().app, port=free_port())
     gateway = await make_gateway(_env(upstream), _retry_config(tmp_path, 1500))
@@ -76,7 +75,7 @@ async def test_past_retry_connect_ms_the_502_comes_after_about_that_time(
 
 
 async def test_with_retry_connect_ms_0_the_502_comes_at_once(
-        fast_path: bool, make_gateway: MakeGateway, http: aiohttp.ClientSession,
+        make_gateway: MakeGateway, http: aiohttp.ClientSession,
         tmp_path: Path) -> None:
     upstream = StandIn(BodyRecorder().app, port=free_port())
     gateway = await make_gateway(_env(upstream), _retry_config(tmp_path, 0))
@@ -88,7 +87,7 @@ async def test_with_retry_connect_ms_0_the_502_comes_at_once(
 
 
 async def test_a_client_that_goes_away_while_waiting_is_not_forwarded_later(
-        fast_path: bool, make_gateway: MakeGateway, http: aiohttp.ClientSession) -> None:
+        make_gateway: MakeGateway, http: aiohttp.ClientSession) -> None:
     recorder = BodyRecorder()
     upstream = StandIn(recorder.app, port=free_port())
     gateway = await make_gateway(_env(upstream))
@@ -109,7 +108,7 @@ async def test_a_client_that_goes_away_while_waiting_is_not_forwarded_later(
 
 
 async def test_health_reports_a_stopped_upstream_at_once_instead_of_waiting(
-        fast_path: bool, make_gateway: MakeGateway, http: aiohttp.ClientSession) -> None:
+        make_gateway: MakeGateway, http: aiohttp.ClientSession) -> None:
     upstream = StandIn(BodyRecorder().app, port=free_port())
     gateway = await make_gateway(_env(upstream))
     for _ in range(2):  # as the one that finds it down, then while it is down
@@ -144,7 +143,7 @@ async def test_its_return_is_seen_without_traffic(
 
 
 async def test_a_websocket_handshake_waits_for_it_too(
-        fast_path: bool, make_gateway: MakeGateway, http: aiohttp.ClientSession) -> None:
+        make_gateway: MakeGateway, http: aiohttp.ClientSession) -> None:
     upstream = StandIn(upstream_app.app(), port=free_port())
     gateway = await make_gateway(_env(upstream))
     try:

@@ -19,7 +19,6 @@ import orjson
 import pytest
 
 from gateproxy.demo.standins import StandIn
-from tests.support.gateways import fast_path_env
 from tests.support.metric_samples import parse, value
 from tests.support.ports import free_port, unaccepting
 from tests.support.processes import Proc, wait_live
@@ -80,12 +79,11 @@ def events(lines: list[dict[str, object]], event: str) -> list[dict[str, object]
     return [line for line in lines if line["event"] == event]
 
 
-@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "public-path"])
 async def test_a_get_and_a_1_mib_post_sent_while_it_is_stopped_get_its_200(
-        tmp_path: Path, procs: list[Proc], fast_path: bool) -> None:
+        tmp_path: Path, procs: list[Proc]) -> None:
     recorder = BodyRecorder()
     upstream = StandIn(recorder.app, port=free_port())
-    proc, port = serve(tmp_path, upstream.port, fast_path_env(fast_path))
+    proc, port = serve(tmp_path, upstream.port)
     procs.append(proc)
     await wait_live(port)
     try:

@@ -23,7 +23,6 @@ import pytest
 import websockets
 
 from gateproxy.demo.standins import StandIn, docker_runner, platform_server
-from tests.support.gateways import fast_path_env
 from tests.support.own_answers import MARKER, check_own_answer
 from tests.support.ports import free_port
 from tests.support.processes import LoggedProcess
@@ -90,11 +89,10 @@ def record_modules() -> bool:
 
 @pytest.fixture
 async def proxy(tmp_path: Path, upstream: StandIn, runner: StandIn,
-                admin_port: int | None, fast_path: bool,
-                record_modules: bool) -> AsyncIterator[Proxy]:
+                admin_port: int | None, record_modules: bool) -> AsyncIterator[Proxy]:
     cfg = tmp_path / "gateproxy.yaml"
     write_config(cfg, free_port(), upstream.url, runner.url, admin_port=admin_port)
-    env = {**os.environ, "GATEPROXY_LOG_FORMAT": "json", **fast_path_env(fast_path)}
+    env = {**os.environ, "GATEPROXY_LOG_FORMAT": "json"}
     if record_modules:
         env["RECORD_MODULES"] = str(tmp_path)
         env["PYTHONPATH"] = os.pathsep.join(

@@ -1,5 +1,5 @@
 """In-process gateways in front of stand-ins: the environment they are configured from,
-the setting that picks their mechanic, and their URLs."""
+and their URLs."""
 
 from __future__ import annotations
 
@@ -10,12 +10,6 @@ from gateproxy.serve.gateway import Gateway
 
 # make_gateway(env, path=None) (tests/conftest.py): a started Gateway, stopped after the test.
 MakeGateway = Callable[..., Awaitable[Gateway]]
-
-
-def fast_path_env(fast_path: bool) -> dict[str, str]:
-    """The environment that puts a gateway or a process on one mechanic: the fenced fast
-    path (gateproxy/aio/), or aiohttp's public APIs only."""
-    return {"GATEPROXY_FAST_PATH": "true" if fast_path else "false"}
 
 
 def env_for(upstream: StandIn, runner_url: str, **extra: str) -> dict[str, str]:

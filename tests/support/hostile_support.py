@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from gateproxy import config
 from gateproxy.demo.standins import StandIn
 from gateproxy.serve.gateway import Gateway
-from tests.support.gateways import env_for, fast_path_env
+from tests.support.gateways import env_for
 from tests.support.ports import free_port
 from tests.support.standins import Recorder
 
@@ -199,10 +199,8 @@ class RawUpstream:
 
 @dataclass
 class Stack:
-    """A recorder upstream and a Gateway on a private event loop in a daemon thread, the
-    gateway on the mechanic `fast_path` picks."""
+    """A recorder upstream and a Gateway on a private event loop in a daemon thread."""
 
-    fast_path: bool
     runner_url: str = ""
     yaml: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -231,7 +229,7 @@ class Stack:
         self._upstream = StandIn(self.recorder.app)
         await self._upstream.start()
         env = env_for(self._upstream, self.runner_url or f"http://127.0.0.1:{free_port()}",
-                      **fast_path_env(self.fast_path), **self.extra_env)
+                      **self.extra_env)
         self.gateway = Gateway(config.load(path, env))
         await self.gateway.start()
 

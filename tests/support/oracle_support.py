@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,6 @@ from typing import Any
 
 import orjson
 
-from tests.support.gateways import fast_path_env
 from tests.support.ports import free_port
 from tests.support.rawclient import read_exchange
 
@@ -197,10 +195,9 @@ def install_routers() -> None:
 
 
 class Proxy:
-    """A `gateproxy serve` process in front of one router, its docker-runner down, on the
-    mechanic `fast_path` picks."""
+    """A `gateproxy serve` process in front of one router, its docker-runner down."""
 
-    def __init__(self, workdir: Path, upstream_port: int, fast_path: bool) -> None:
+    def __init__(self, workdir: Path, upstream_port: int) -> None:
         self.port = free_port()
         config = workdir / "gateproxy.yaml"
         config.write_text("\n".join([
@@ -225,7 +222,7 @@ class Proxy:
         self._log = (workdir / "gateproxy.log").open("wb")
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "gateproxy", "serve", "--config", str(config)],
-            stdout=self._log, stderr=self._log, env={**os.environ, **fast_path_env(fast_path)})
+            stdout=self._log, stderr=self._log)
 
     def wait_until_down(self, timeout: float = 20.0) -> None:
         """Until status.json reports docker-runner `down` (not `unknown`)."""

@@ -17,9 +17,12 @@ GATED_CODE = "docker_runner_not_ready"  # the gate's 503 code of the built-in de
 NOT_READY = b'{"error":{"code":"docker_runner_not_ready","message":"docker-runner not ready"}}'
 
 
-def check_own_answer(got: Exchange, status: int, code: str | None = None) -> None:
-    """Assert that `got` is an own answer with `status` (and, for an error, `code`)."""
-    assert got.status_line.startswith(f"HTTP/1.1 {status} "), got.status_line
+def check_own_answer(got: Exchange, status: int, code: str | None = None,
+                     version: str = "1.1") -> None:
+    """Assert that `got` is an own answer with `status` (and, for an error, `code`);
+    `version`: of its status line (the admin port's aiohttp server answers an HTTP/1.0
+    request in HTTP/1.0, docs/headers.md)."""
+    assert got.status_line.startswith(f"HTTP/{version} {status} "), got.status_line
     assert got.all("Server") == [answers.SERVER], got.headers
     text = "\n".join([got.status_line, *(f"{k}: {v}" for k, v in got.headers)])
     for word in ("aiohttp", "python", MARKER):

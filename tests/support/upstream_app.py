@@ -20,7 +20,6 @@ from aiohttp import WSMsgType, hdrs, web
 
 from gateproxy import config
 from gateproxy.serve.gateway import Gateway
-from tests.support.gateways import fast_path_env
 
 TEXT = ("Transparency means the client cannot tell the proxy is there. " * 64).encode()
 GZIPPED = gzip.compress(TEXT, mtime=0)
@@ -352,27 +351,23 @@ def app() -> web.Application:
 
 # --- running it, and a gateway in front of it -----------------------------------------
 
-def gateway_env(upstream_url: str, *, fast_path: bool, **extra: str) -> dict[str, str]:
-    """A gateway on an ephemeral loopback port in front of `upstream_url`, on the mechanic
-    `fast_path` picks (a required choice: the proxy-behaviour tests run on both); the
-    default docker-runner is left unreachable (its gated routes are not used by these
-    tests)."""
+def gateway_env(upstream_url: str, **extra: str) -> dict[str, str]:
+    """A gateway on an ephemeral loopback port in front of `upstream_url`; the default
+    docker-runner is left unreachable (its gated routes are not used by these tests)."""
     env = {
         "GATEPROXY_HOST": "127.0.0.1",
         "GATEPROXY_PORT": "0",
         "PLATFORM_SERVER_URL": upstream_url,
         "DOCKER_RUNNER_BASE_URL": "http://127.0.0.1:9",
         "GATEPROXY_LOG_LEVEL": "CRITICAL",
-        **fast_path_env(fast_path),
     }
     env.update(extra)
     return env
 
 
-async def start_gateway(upstream_url: str, yaml_path: str | None = None, *, fast_path: bool,
+async def start_gateway(upstream_url: str, yaml_path: str | None = None,
                         **extra: str) -> Gateway:
-    gateway = Gateway(config.load(yaml_path, env=gateway_env(upstream_url, fast_path=fast_path,
-                                                             **extra)))
+    gateway = Gateway(config.load(yaml_path, env=gateway_env(upstream_url, **extra)))
     await gateway.start()
     return gateway
 

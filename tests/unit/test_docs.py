@@ -146,7 +146,7 @@ def test_every_environment_variable_is_documented() -> None:
 
 # A value unlike the default for each kind of key an environment variable can set.
 _OTHER = {"listen.host": "127.0.0.2", "log.format": "text", "log.level": "DEBUG",
-          "fast_path": "false", "workers": "3",
+          "workers": "3",
           f"{DEP}.optional": "false", f"{DEP}.shared_secret": "s3cret"}
 
 
@@ -181,10 +181,11 @@ def test_reload_column_matches_what_a_reload_applies(tmp_path: Path) -> None:
         "upstream": {"url": "http://127.0.0.9:4321", "connect_timeout_ms": 4321,
                      "read_timeout_ms": 4321, "retry_connect_ms": 4321,
                      "retry_max_requests": 77, "health_timeout_ms": 4321},
-        "fast_path": False, "workers": 3,
+        "workers": 3,
         "health_path": "/healthz", "admin_prefix": "/_gp", "admin_port": 9911,
         "log": {"format": "text", "level": "DEBUG", "access": True},
-        "limits": {"max_connections": 77, "header_timeout_ms": 4321},
+        "limits": {"max_connections": 77, "header_timeout_ms": 4321,
+                   "max_field_size": 4321, "keepalive_timeout_ms": 4321},
         "shutdown_delay_ms": 4321, "shutdown_grace_ms": 4321,
         "cors": {"allow_origins": ["https://app.example"]},
         "dependencies": [{"name": "docker-runner", "base_url": "http://127.0.0.9:7071"}],

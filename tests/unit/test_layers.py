@@ -1,6 +1,6 @@
 """The layers of gateproxy/ hold (docs/architecture.md, "The layers"): each rule of
-scripts/layers.py on its own test, the picture docs/layers.svg current, and the core
-importable without aiohttp, asked of Python itself.
+scripts/layers.py on its own test, the picture docs/layers.svg current, and the core and
+the proxy port's HTTP core (engine/) importable without aiohttp, asked of Python itself.
 
 A failing rule names the imports that break it (file, line, importer, imported).
 """
@@ -51,51 +51,60 @@ def test_no_layer_imports_a_layer_above_it(code: Any) -> None:
     assert not found, broken(found)
 
 
-def test_the_fence_imports_only_its_interface_and_the_logs(code: Any) -> None:
-    """Rule (a)."""
-    found = layers.fence_leaks(code)
-    assert not found, broken(found)
-
-
-def test_at_most_two_modules_import_the_fence(code: Any) -> None:
-    """Rule (b)."""
-    found = layers.fence_entrances(code)
-    assert not found, broken(found)
-
-
-def test_importing_the_gate_loads_no_aiohttp(code: Any) -> None:
-    """Rule (c), asked of Python; the message adds the static reading of what loads it."""
+def _aiohttp_loaded_by(modules: list[str]) -> str:
+    """The aiohttp modules in sys.modules after importing `modules`, asked of Python."""
     done = subprocess.run(
-        [sys.executable, "-c", "import gateproxy.core.gate, sys; print(sorted("
+        [sys.executable, "-c", f"import sys, {', '.join(modules)}; print(sorted("
          "m for m in sys.modules if m.split('.')[0] == 'aiohttp'))"],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]", (
-        f"importing gateproxy.core.gate loads {done.stdout.strip()}\n"
-        + broken(layers.aiohttp_in_core(code)))
+    return done.stdout.strip()
+
+
+def test_no_engine_module_imports_aiohttp(code: Any) -> None:
+    """Rule (a), read from the code: not at module level, not in a function, not under
+    TYPE_CHECKING; and nothing importing one loads imports it either."""
+    assert any(layers.layer_of(m) == layers.ENGINE for m in code.files)
+    found = layers.aiohttp_in_engine(code)
+    assert not found, broken(found)
+
+
+def test_importing_the_engine_loads_no_aiohttp(code: Any) -> None:
+    """Rule (a), asked of Python."""
+    engine = sorted(m for m in code.files if layers.layer_of(m) == layers.ENGINE)
+    loaded = _aiohttp_loaded_by(engine)
+    assert loaded == "[]", f"importing gateproxy.engine loads {loaded}\n" + broken(
+        layers.aiohttp_in_engine(code))
+
+
+def test_importing_the_gate_loads_no_aiohttp(code: Any) -> None:
+    """Rule (b), asked of Python; the message adds the static reading of what loads it."""
+    loaded = _aiohttp_loaded_by(["gateproxy.core.gate"])
+    assert loaded == "[]", (f"importing gateproxy.core.gate loads {loaded}\n"
+                            + broken(layers.aiohttp_in_core(code)))
 
 
 def test_no_core_module_loads_aiohttp(code: Any) -> None:
-    """Rule (c) for every module of core, read from the code."""
+    """Rule (b) for every module of core, read from the code."""
     found = layers.aiohttp_in_core(code)
     assert not found, broken(found)
 
 
 def test_no_import_cycles(code: Any) -> None:
-    """Rule (d), TYPE_CHECKING imports and imports inside functions included."""
+    """Rule (c), TYPE_CHECKING imports and imports inside functions included."""
     found = layers.import_cycles(code)
     assert not found, broken(found)
 
 
 def test_the_longest_import_chain_has_at_most_10_modules(code: Any) -> None:
-    """Rule (e)."""
+    """Rule (d)."""
     chain = layers.longest_chain(code)
     assert len(chain) <= layers.MAX_CHAIN == 10, (
         f"{len(chain)} modules: " + " -> ".join(chain))
 
 
 def test_no_folder_holds_more_than_12_modules(code: Any) -> None:
-    """Rule (f)."""
+    """Rule (e)."""
     found = layers.oversized_folders(code)
     assert layers.MAX_FOLDER == 12
     assert not found, broken(found)
@@ -168,3 +177,29 @@ def test_the_exit_code_says_whether_a_rule_is_broken(tmp_path: Path,
     out = capsys.readouterr().out
     assert "gateproxy/core/model.py:1: gateproxy.core.model imports gateproxy.serve.gateway" in out
     assert "a cycle among 2 modules" in out
+
+
+def test_the_engine_rule_sees_aiohttp_however_it_is_reached(tmp_path: Path) -> None:
+    """Rule (a) can fail: an engine module importing aiohttp in a function or under
+    TYPE_CHECKING, or loading a module of another layer that imports it."""
+    files = {"__init__.py": "", "logs.py": "", "core/__init__.py": "",
+             "core/answers.py": "", "upstream/__init__.py": "",
+             "upstream/interface.py": "", "engine/__init__.py": "",
+             "engine/wire.py": "from gateproxy.core import answers\n"}
+    assert layers.aiohttp_in_engine(layers.read_code(_tree(tmp_path / "good", files))) == []
+    files.update({
+        "engine/flow.py": "def later() -> None:\n    import aiohttp\n",
+        "engine/tunnel.py": ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                             "    from aiohttp import web\n"),
+        "upstream/interface.py": "import aiohttp\n",
+        "engine/upstream.py": "from gateproxy.upstream import interface\n",
+    })
+    found = layers.aiohttp_in_engine(layers.read_code(_tree(tmp_path / "bad", files)))
+    assert found == [
+        "gateproxy/engine/flow.py:2: gateproxy.engine.flow imports aiohttp [in a function]:"
+        " engine/ imports no aiohttp",
+        "gateproxy/engine/tunnel.py:3: gateproxy.engine.tunnel imports aiohttp"
+        " [TYPE_CHECKING]: engine/ imports no aiohttp",
+        "gateproxy.engine.upstream loads aiohttp: gateproxy.engine.upstream ->"
+        " gateproxy.upstream.interface; gateproxy/upstream/interface.py:1:"
+        " gateproxy.upstream.interface imports aiohttp"], found

@@ -101,10 +101,19 @@ def test_every_support_module_says_what_it_holds() -> None:
     assert missing == []
 
 
-def test_the_mechanic_is_picked_in_one_place() -> None:
-    """GATEPROXY_FAST_PATH is spelled only by tests/support/gateways.py (`fast_path_env`,
-    which the `fast_path` fixture's users go through): no test reads it from the
-    environment or sets it by hand, so one pytest run covers both mechanics."""
+def test_there_is_one_mechanic_and_no_switch_for_it() -> None:
+    """The proxy port has one HTTP core (gateproxy/engine/): no fixture, parameter or
+    environment picks a mechanic, so every behaviour test runs once. The removed setting
+    (`fast_path`, GATEPROXY_FAST_PATH) is spelled only by the config tests that check it
+    is ignored with a warning."""
     spelled = [str(p.relative_to(ROOT)) for p in sources()
                if "GATEPROXY_FAST_PATH" in p.read_text() and p != Path(__file__).resolve()]
-    assert spelled == ["tests/support/gateways.py"]
+    assert spelled == ["tests/unit/test_config.py"]
+    switches = [f"{path.relative_to(ROOT)}:{node.lineno}: {node.name}"
+                for path in sources() for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                and (node.name in ("fast_path", "fast_path_env")
+                     or "fast_path" in {a.arg for a in (*node.args.posonlyargs,
+                                                        *node.args.args,
+                                                        *node.args.kwonlyargs)})]
+    assert switches == [], "a mechanic switch is back:\n" + "\n".join(switches)
