@@ -268,6 +268,11 @@ class Connection(asyncio.Protocol):
         reading.body.end()
         self.reading = None
         self._step(Event.MESSAGE)
+        if reading.answered and not self.queue:
+            # Answered before its body had all come (the gate's 503 to an upload): the
+            # connection is idle from now on.
+            self._step(Event.ANSWERED)
+            self._enter(Phase.IDLE, self.site.limits.keepalive_s)
         if reading.ends:
             self._stop_reading()  # nothing after it is read: no request hides there
 
@@ -285,6 +290,7 @@ class Connection(asyncio.Protocol):
                 exchange = self.queue[0]
                 self.busy = True
                 keep = await carrier.carry(exchange, self)
+                exchange.answered = True
                 self.queue.popleft()
                 self.busy = False
                 if len(self.queue) == MAX_QUEUED:

@@ -20,7 +20,8 @@ from gateproxy.http_rules.actions import RequestHead
 class Exchange:
     """A request and the progress of its answer."""
 
-    __slots__ = ("_headers", "_pause", "_resume", "_tunnel", "body", "complete", "ends",
+    __slots__ = ("_headers", "_pause", "_resume", "_tunnel", "answered", "body", "complete",
+                 "ends",
                  "has_body", "head_done", "keep_alive", "method", "raw_headers", "refusal",
                  "started", "target", "trailers", "upgrade", "version")
 
@@ -37,6 +38,7 @@ class Exchange:
         self.head_done = False
         self.has_body = False
         self.complete = False  # the whole request has been read
+        self.answered = False  # its answer has been written
         self.body = Chunks(pause, resume)
         self.trailers = 0  # trailer fields seen (and dropped)
         self.ends = False  # a trailer field ends the connection after this request

@@ -117,7 +117,10 @@ class Planner:
         gate = self._gate()
         headers = head.headers
         verdict = gate.decide(head.method, head.target, headers, waited)
-        close = not keeps_alive(head)
+        # What llhttp stops at after the head (an upgrade, CONNECT) cannot go on as HTTP
+        # on this connection once answered: what follows may be another protocol's.
+        close = not keeps_alive(head) or head.method == "CONNECT" or (
+            "Upgrade" in headers and _connection_lists(headers, "upgrade"))
         if type(verdict) is Forward:
             return self._forward(head, verdict.target, close)
         if type(verdict) is Reject:
@@ -160,10 +163,7 @@ class Planner:
             headers["Connection"] = "Upgrade"
             headers["Upgrade"] = head.headers["Upgrade"]
             return Upgrade(target, headers)
-        # What llhttp stops at after the head (another upgrade, CONNECT) cannot go on as
-        # HTTP on this connection once answered.
-        return ForwardPlan(target, headers, close or "Upgrade" in head.headers
-                           or head.method == "CONNECT")
+        return ForwardPlan(target, headers, close)
 
     @staticmethod
     def trailer_ends(name: bytes) -> bool:
@@ -246,13 +246,17 @@ def _valid_handshake(headers: CIMultiDictProxy[str]) -> bool:
     return valid_key and headers.get("Sec-WebSocket-Version", "").strip() == "13"
 
 
+def _connection_lists(headers: CIMultiDictProxy[str], token: str) -> bool:
+    connection = _connection(headers)
+    return connection is not None and token in (
+        t.strip().lower() for t in connection.split(","))
+
+
 def keeps_alive(head: RequestHead) -> bool:
     """Whether the client asked to keep its connection (RFC 9112 section 9.3)."""
-    connection = _connection(head.headers)
-    tokens = () if connection is None else {t.strip().lower() for t in connection.split(",")}
     if head.version >= (1, 1):
-        return "close" not in tokens
-    return "keep-alive" in tokens
+        return not _connection_lists(head.headers, "close")
+    return _connection_lists(head.headers, "keep-alive")
 
 
 def _finished(headers: CIMultiDict[str], version: tuple[int, int],

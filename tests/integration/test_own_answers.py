@@ -1,9 +1,10 @@
 """Every answer the proxy writes itself, read off a raw socket as a client sees it.
 
 Each request goes out as HTTP/1.0 and as HTTP/1.1. Each answer must have an `HTTP/1.1`
-status line (on the admin port, aiohttp's server answers HTTP/1.0 in HTTP/1.0), exactly one `Server: gateproxy`, a JSON error from the one error table where
-it is an error, and nothing that names aiohttp or Python or echoes the request (every
-request carries a marker in a header and, where it can, in its target).
+status line (on the admin port, aiohttp's server answers HTTP/1.0 in HTTP/1.0), exactly
+one `Server: gateproxy`, a JSON error from the one error table where it is an error, and
+nothing that names aiohttp or Python or echoes the request (every request carries a
+marker in a header and, where it can, in its target).
 """
 
 from __future__ import annotations
@@ -123,8 +124,9 @@ Proxies = dict[str, int]
 
 @pytest.fixture
 async def proxies(tmp_path: Path) -> AsyncIterator[Proxies]:
-    """Three proxies in front of the rich stand-in upstream: admin endpoints on the proxy's port; on an admin port of their own with a token; and
-    one whose upstream refuses connections."""
+    """Three proxies in front of the rich stand-in upstream: admin endpoints on the proxy's
+    port; on an admin port of their own with a token; and one whose upstream refuses
+    connections."""
     upstream = StandIn(upstream_app.app())
     await upstream.start()
     common = ("cors: {allow_origins: ['https://ui.test']}\n"

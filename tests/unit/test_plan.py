@@ -1,6 +1,6 @@
-"""The one request path's decisions (gateproxy/http_rules/plan.py), without sockets: a
-request head in, an action out. Each action is checked against what the mechanics then
-write or send, so that the two mechanics have nothing left to decide."""
+"""Every decision of an exchange (gateproxy/http_rules/plan.py), without sockets: a request
+head in, an action out; an upstream answer in, a reply out. Each is checked against what
+the core then writes or sends, so that the core has nothing left to decide."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from gateproxy.http_rules.actions import (
     Upgrade,
 )
 from gateproxy.http_rules.plan import Planner
+from gateproxy.upstream.interface import UpstreamError
 from tests.support.gates import make_gate
 
 
@@ -100,26 +101,122 @@ def test_the_proxys_endpoints_are_planned_for_their_views() -> None:
     assert plan.plan(head("*", "OPTIONS")) == answers.server_options(answers.ALLOW)
 
 
-def test_a_websocket_upgrade_is_relayed_without_the_handshakes_own_headers() -> None:
+WS = (("Upgrade", "websocket"), ("Connection", "keep-alive, Upgrade"),
+      ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13"))
+
+
+def test_a_websocket_upgrade_goes_upstream_with_the_clients_handshake() -> None:
     plan, _ = planner(make_gate("down"))
-    action = plan.plan(head("/ws", "GET", ("Upgrade", "websocket"),
-                            ("Connection", "keep-alive, Upgrade"),
-                            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-                            ("Sec-WebSocket-Version", "13"), ("Cookie", "a=1")))
+    action = plan.plan(head("/ws", "GET", *WS, ("Cookie", "a=1")))
     assert isinstance(action, Upgrade) and action.target == "/ws"
-    assert "Sec-WebSocket-Key" not in action.headers
+    # Bytes are relayed after the 101: the handshake is the client's, end to end.
+    assert action.headers["Sec-WebSocket-Key"] == "dGhlIHNhbXBsZSBub25jZQ=="
+    assert (action.headers["Connection"], action.headers["Upgrade"]) == ("Upgrade",
+                                                                         "websocket")
     assert action.headers["Cookie"] == "a=1"
 
 
-def test_a_chunked_request_ends_its_connection_whatever_the_answer() -> None:
+@pytest.mark.parametrize("bad", [("Sec-WebSocket-Key", "short"),
+                                 ("Sec-WebSocket-Version", "8")])
+def test_a_handshake_no_websocket_client_sends_is_the_proxys_400(bad: tuple[str, str]
+                                                                ) -> None:
+    plan, _ = planner(make_gate("down"))
+    headers = [h for h in WS if h[0] != bad[0]] + [bad]
+    action = plan.plan(head("/ws", "GET", *headers))
+    assert isinstance(action, answers.Answer) and action.status == 400 and action.close
+
+
+def test_an_upgrades_own_answer_ends_the_connection() -> None:
+    """llhttp stops after an upgrade's head: what follows may be another protocol's."""
+    plan, _ = planner(make_gate("down"))
+    gated = plan.plan(head("/api/containers/c/ws", "GET", *WS))
+    assert isinstance(gated, Gated) and gated.answer.close
+    connect = plan.plan(head("platform.test:443", "CONNECT"))
+    assert isinstance(connect, answers.Answer) and connect.close
+
+
+def test_a_chunked_request_keeps_its_connection() -> None:
+    """Trailers are parsed as trailers: nothing of them can reach the next request."""
     plan, _ = planner(make_gate("down"))
     chunked = ("Transfer-Encoding", "chunked")
     forward = plan.plan(head("/api/threads", "POST", chunked))
-    assert isinstance(forward, ForwardPlan) and forward.close
+    assert isinstance(forward, ForwardPlan) and not forward.close
     gated = plan.plan(head("/api/containers", "POST", chunked))
-    assert isinstance(gated, Gated) and gated.answer.close
-    own = plan.plan(head("/health", "GET", chunked))
-    assert own == Endpoint(HEALTH, close=True)
+    assert isinstance(gated, Gated) and not gated.answer.close
+    assert plan.plan(head("/health", "GET", chunked)) == Endpoint(HEALTH)
+
+
+@pytest.mark.parametrize(("name", "ends"), [(b"Connection", True), (b"keep-alive", True),
+                                            (b"X-Checksum", False), (b"Host", False)])
+def test_a_trailer_is_dropped_and_a_connection_one_ends_the_connection(name: bytes,
+                                                                       ends: bool) -> None:
+    plan, _ = planner(make_gate("down"))
+    assert plan.trailer_ends(name) is ends
+
+
+def test_expect_100_continue_is_said_before_a_forward_never_before_the_503() -> None:
+    plan, _ = planner(make_gate("down"))
+    expect = ("Expect", "100-continue")
+    forward = plan.plan(head("/api/threads", "POST", expect, ("Content-Length", "3")))
+    assert isinstance(forward, ForwardPlan) and forward.expect
+    gated = plan.plan(head("/api/containers", "POST", expect, ("Content-Length", "3")))
+    assert isinstance(gated, Gated) and gated.answer.close  # the unsent body is never read
+    other = plan.plan(head("/api/threads", "POST", ("Expect", "tea")))
+    assert isinstance(other, answers.Answer) and other.status == 417 and other.close
+
+
+@pytest.mark.parametrize(("version", "connection", "keeps"), [
+    ((1, 1), None, True), ((1, 1), "close", False), ((1, 0), None, False),
+    ((1, 0), "keep-alive", True)])
+def test_keep_alive_is_the_clients_word(version: tuple[int, int], connection: str | None,
+                                        keeps: bool) -> None:
+    plan, _ = planner(make_gate("down"))
+    extra = (("Connection", connection),) if connection else ()
+    action = plan.plan(head("/api/threads", "GET", *extra, version=version))
+    assert isinstance(action, ForwardPlan) and action.close is not keeps
+
+
+RAW = ((b"Content-Type", b"text/plain"), (b"Connection", b"close, X-Hop"), (b"X-Hop", b"1"))
+
+
+@pytest.mark.parametrize(("method", "version", "status", "framing", "body", "chunked", "close"),
+                         [("GET", (1, 1), 200, (b"Content-Length", b"3"), True, False, False),
+                          ("GET", (1, 1), 200, (b"Transfer-Encoding", b"chunked"), True, True,
+                           False),
+                          ("GET", (1, 1), 200, None, True, True, False),  # until close
+                          ("GET", (1, 0), 200, None, True, False, True),
+                          ("HEAD", (1, 1), 200, (b"Content-Length", b"3"), False, False, False),
+                          ("GET", (1, 1), 204, None, False, False, False),
+                          ("GET", (1, 1), 304, (b"Content-Length", b"3"), False, False, False)])
+def test_an_answers_framing_and_connection(method: str, version: tuple[int, int], status: int,
+                                           framing: tuple[bytes, bytes] | None, body: bool,
+                                           chunked: bool, close: bool) -> None:
+    plan, _ = planner(make_gate("down"))
+    request = head("/api/threads", method, version=version)
+    forward = plan.plan(request)
+    assert isinstance(forward, ForwardPlan)
+    raw = (*RAW, framing) if framing else RAW
+    reply = plan.respond(request, forward, status, raw,
+                         framing == (b"Transfer-Encoding", b"chunked"))
+    names = [name.lower() for name, _ in reply.headers]
+    assert (reply.body, reply.chunked, reply.close) == (body, chunked, close)
+    assert "x-hop" not in names  # named in the upstream's Connection: its hop only
+    assert names.count("via") == 1 and "date" in names
+    assert ("transfer-encoding" in names) is chunked
+    assert ("content-length" in names) is (framing == (b"Content-Length", b"3")
+                                           and status != 304)
+    connection = dict((n.lower(), v) for n, v in reply.headers).get("connection")
+    assert connection == ("close" if close else "keep-alive" if version < (1, 1) else None)
+
+
+def test_an_upstream_failure_and_a_broken_body_are_answered_or_aborted() -> None:
+    plan, _ = planner(make_gate("down"))
+    forward = plan.plan(head("/api/threads"))
+    assert isinstance(forward, ForwardPlan)
+    error = UpstreamError("upstream_timeout", "no response from the upstream within 5 ms")
+    assert plan.failed(error, forward).status == 504
+    assert plan.broken(error, head_written=False) is not None
+    assert plan.broken(error, head_written=True) is None  # abort: never a clean end
 
 
 def test_a_header_that_is_not_utf8_is_refused_not_re_encoded() -> None:
@@ -141,7 +238,7 @@ def test_a_header_that_is_not_utf8_is_refused_not_re_encoded() -> None:
 ])
 def test_requests_no_upstream_should_see(version: tuple[int, int], host: str, target: str,
                                          code: str) -> None:
-    answer = request_checks.problem(version, host, target)
+    answer = request_checks.problem(version, [host], target)
     assert answer is not None
     assert orjson.loads(answer.body)["error"]["code"] == code
     assert answer.status == answers.STATUS[code]
@@ -151,12 +248,13 @@ def test_requests_no_upstream_should_see(version: tuple[int, int], host: str, ta
     ("platform.test", "/x"), ("platform.test:80", "http://platform.test/x"),
     ("PLATFORM.test", "http://platform.TEST:80/x"), ("[::1]:8080", "/x"), (None, "/x")])
 def test_requests_that_pass_the_checks(host: str | None, target: str) -> None:
-    assert request_checks.problem((1, 1), host, target) is None
+    assert request_checks.problem((1, 1), [] if host is None else [host], target) is None
 
 
-def test_only_a_request_with_a_transfer_encoding_ends_its_connection() -> None:
-    assert request_checks.ends_connection({"Transfer-Encoding": "chunked"})
-    assert not request_checks.ends_connection({"Content-Length": "3"})
+def test_two_host_headers_are_refused() -> None:
+    """llhttp passes them; which one an upstream reads is its own affair."""
+    answer = request_checks.problem((1, 1), ["platform.test", "evil.test"], "/x")
+    assert answer is not None and answer.status == 400
 
 
 def test_headers_named_in_any_of_several_connection_lines_are_not_forwarded() -> None:
