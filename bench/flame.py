@@ -50,8 +50,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gateproxy-flame-") as workdir:
         procs = Procs(Path(workdir))
         try:
-            bench = Bench(Path(workdir), procs, argparse.Namespace(no_fast_path=False,
-                                                                    workers=1))
+            bench = Bench(Path(workdir), procs)
             bench.start_nginx()
             bench.start_runner()
             proc, port = bench.gateproxy("gateproxy")

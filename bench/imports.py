@@ -18,15 +18,16 @@ WORKER = [
     ("the interpreter", []),
     ("asyncio and ssl (OpenSSL)", ["ssl", "asyncio"]),
     ("uvloop", ["uvloop"]),
+    ("httptools (the HTTP core's parsers)", ["httptools"]),
     ("multidict, yarl", ["multidict", "yarl"]),
-    ("aiohttp (client, parsers, its SSL contexts)", ["aiohttp"]),
-    ("aiohttp.web", ["aiohttp.web"]),
+    ("aiohttp (the probes' client, its SSL contexts)", ["aiohttp"]),
     ("loguru", ["loguru"]),
     ("orjson", ["orjson"]),
     ("PyYAML", ["yaml"]),
     ("gateproxy: a worker's modules", ["gateproxy.cli"]),
 ]
 SUPERVISOR = [
+    ("aiohttp.web (the admin port)", ["aiohttp.web"]),
     ("prometheus-client (the exposition)", ["prometheus_client"]),
     ("gateproxy: the supervisor's own modules",
      ["gateproxy.workers.supervisor", "gateproxy.serve.admin_port"]),

@@ -1,4 +1,4 @@
-"""A naive reverse proxy, the calibration target of bench/run.py (issue 13).
+"""A naive reverse proxy, the calibration target of bench/run.py.
 
 What a careful afternoon with public APIs gives: aiohttp's `web` server, a keep-alive pool
 of `asyncio.Protocol` upstream connections whose answers httptools parses, the body

@@ -1,5 +1,5 @@
 """Bounded memory under streaming: 1 GiB down and 1 GiB up through a real
-`gateproxy serve` process, with the proxy's peak RSS (issue 3; goal: under 80 MiB).
+`gateproxy serve` process, with the proxy's peak RSS (goal: under 80 MiB).
 
 Starts on 127.0.0.1, each as a subprocess it stops by PID at the end: an upstream that
 streams N bytes down (`GET /down`, Content-Length) and counts what it is sent
@@ -170,22 +170,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=1024, help="MiB each way (1024)")
     parser.add_argument("--timeout", type=float, default=600, help="give up after (s)")
-    # The upstream client follows `fast_path`: the lean one, or aiohttp's ClientSession.
-    parser.add_argument("--fast-path", choices=("true", "false"),
-                        help="fast_path (default: gateproxy's default)")
     args = parser.parse_args()
     size = args.size * MIB
     upstream_port, proxy_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("GATEPROXY_", "DOCKER_RUNNER_", "PLATFORM_SERVER_URL"))}
     started: list[subprocess.Popen[bytes]] = []
-    fast_path = f"fast_path: {args.fast_path}\n" if args.fast_path else ""
     with tempfile.TemporaryDirectory(prefix="gateproxy-bench-") as tmp:
         config = Path(tmp) / "gateproxy.yaml"
         config.write_text(
             f"listen: {{host: {HOST}, port: {proxy_port}}}\n"
             f"upstream: {{url: 'http://{HOST}:{upstream_port}'}}\n"
-            f"{fast_path}"
             "log: {format: json, level: WARNING, access: false}\n"
             "shutdown_delay_ms: 0\nshutdown_grace_ms: 1000\ndependencies: []\n")
         log = (Path(tmp) / "proxy.log").open("wb")
@@ -209,7 +204,7 @@ def main() -> int:
                 stop(proc)
             log.close()
     mib = size / MIB
-    print(f"gateproxy serve (pid {proxy.pid}, fast_path {args.fast_path or 'default'}), "
+    print(f"gateproxy serve (pid {proxy.pid}), "
           f"{args.size} MiB each way, loopback, "
           f"python {sys.version.split()[0]}, uvloop "
           f"{'off' if os.environ.get('GATEPROXY_UVLOOP') == '0' else 'on if installed'}")
