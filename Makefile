@@ -30,8 +30,6 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# One pytest run: the proxy-behaviour tests run on both mechanics (the fast path, and
-# aiohttp's public APIs only) through the `fast_path` fixture of tests/conftest.py.
 test: lint
 	$(BIN)/pytest -q
 
@@ -39,7 +37,7 @@ check: test
 
 # Rewrite the settings table of docs/configuration.md from gateproxy/config/settings.py.
 docs: $(RUNTIME_STAMP)
-	$(BIN)/python -c "from pathlib import Path; from gateproxy import settings; \
+	$(BIN)/python -c "from pathlib import Path; from gateproxy.config import settings; \
 	settings.write_doc(Path('docs/configuration.md'))"
 
 # The layers of gateproxy/: modules per layer, the import graph, every broken rule and the

@@ -16,17 +16,15 @@ The rules:
 - layer order: a module imports its own layer and the layers below it, never one above.
   Below every layer: `gateproxy` (the version) and `gateproxy.logs`. Above every layer:
   `gateproxy.cli` and `gateproxy.__main__`. Every other module is in a layer's folder.
-- fence (a): `aio/` imports nothing of gateproxy outside `aio/` but one interface module
-  (`http_rules/actions.py`) and `gateproxy.logs`; and the interface imports nothing of
-  gateproxy but the plain types it names again (`core/answers.py`,
-  `upstream/interface.py`), so that the fence reaches no policy through it.
-- fence (b): at most two modules outside `aio/` import `aio/`.
-- core loads no aiohttp (c): what importing a `core` module loads (module-level imports
+- the engine loads no aiohttp (a): no module of `engine/` (the proxy port's own HTTP
+  core) imports aiohttp, wherever the import is (in a function, under `TYPE_CHECKING`),
+  and what importing one loads (read as in (b)) imports no aiohttp either.
+- core loads no aiohttp (b): what importing a `core` module loads (module-level imports
   outside `TYPE_CHECKING`, and the packages of the modules loaded) imports no aiohttp.
   A static reading: tests/unit/test_layers.py asks Python itself as well.
-- no import cycles (d), every import above included.
-- the longest chain (e): the longest simple path in the import graph, at most 10 modules.
-- folder size (f): no folder of gateproxy/ holds more than 12 modules.
+- no import cycles (c), every import above included.
+- the longest chain (d): the longest simple path in the import graph, at most 10 modules.
+- folder size (e): no folder of gateproxy/ holds more than 12 modules.
 """
 
 from __future__ import annotations
@@ -46,7 +44,7 @@ PACKAGE = "gateproxy"
 PICTURE = Path("docs") / "layers.svg"
 
 # The layers, bottom to top: each a folder of gateproxy/.
-LAYERS: tuple[str, ...] = ("core", "config", "monitor", "upstream", "http_rules", "aio",
+LAYERS: tuple[str, ...] = ("core", "config", "monitor", "upstream", "http_rules", "engine",
                            "views", "serve", "workers", "demo")
 BASE = "base"    # below every layer, importable by all
 ENTRY = "entry"  # the entry point, above every layer: may import anything
@@ -54,12 +52,7 @@ ORDER: tuple[str, ...] = (BASE, *LAYERS, ENTRY)
 BASE_MODULES = frozenset({PACKAGE, f"{PACKAGE}.logs"})
 ENTRY_MODULES = frozenset({f"{PACKAGE}.cli", f"{PACKAGE}.__main__"})
 
-FENCE = "aio"
-FENCE_INTERFACE = f"{PACKAGE}.http_rules.actions"
-FENCE_MAY_IMPORT = frozenset({FENCE_INTERFACE, f"{PACKAGE}.logs"})
-# What the interface names again for the fence: plain types, no policy.
-INTERFACE_MAY_IMPORT = frozenset({f"{PACKAGE}.core.answers", f"{PACKAGE}.upstream.interface"})
-MAX_FENCE_IMPORTERS = 2
+ENGINE = "engine"  # the proxy port's HTTP core: no aiohttp
 PURE = "core"
 MAX_CHAIN = 10
 MAX_FOLDER = 12
@@ -249,44 +242,6 @@ def upward_imports(code: Code) -> list[str]:
             and _level(imp.target) > _level(imp.source)]
 
 
-def _in_fence(module: str) -> bool:
-    return layer_of(module) == FENCE
-
-
-def fence_leaks(code: Code) -> list[str]:
-    """Rule (a): the fence imports only itself, its one interface module and the logs."""
-    allowed = " and ".join(sorted(FENCE_MAY_IMPORT))
-    leaks = [f"{code.where(imp)}: outside {FENCE}/ the fence imports only {allowed}"
-             for imp in code.imports
-             if _in_fence(imp.source) and not _in_fence(imp.target)
-             and imp.target not in FENCE_MAY_IMPORT]
-    plain = " and ".join(sorted(INTERFACE_MAY_IMPORT))
-    leaks += [f"{code.where(imp)}: the fence's interface may import only {plain}"
-              for imp in code.imports
-              if imp.source == FENCE_INTERFACE and imp.target not in INTERFACE_MAY_IMPORT]
-    return leaks
-
-
-def fence_importers(code: Code) -> dict[str, list[Import]]:
-    """Modules outside the fence that import it, with those imports."""
-    importers: dict[str, list[Import]] = defaultdict(list)
-    for imp in code.imports:
-        if _in_fence(imp.target) and not _in_fence(imp.source):
-            importers[imp.source].append(imp)
-    return {module: sorted(imports, key=lambda imp: (imp.line, imp.target))
-            for module, imports in sorted(importers.items())}
-
-
-def fence_entrances(code: Code) -> list[str]:
-    """Rule (b): at most MAX_FENCE_IMPORTERS modules outside the fence import it."""
-    importers = fence_importers(code)
-    if len(importers) <= MAX_FENCE_IMPORTERS:
-        return []
-    return [f"{len(importers)} modules outside {FENCE}/ import it, at most "
-            f"{MAX_FENCE_IMPORTERS} may:"] + [
-        f"  {code.where(imp)}" for imports in importers.values() for imp in imports]
-
-
 def _loaded_with(code: Code, module: str) -> dict[str, str | None]:
     """What importing a module loads: module -> the module that loaded it (None: itself).
 
@@ -309,21 +264,40 @@ def _loaded_with(code: Code, module: str) -> dict[str, str | None]:
     return loaded
 
 
-def aiohttp_in_core(code: Code) -> list[str]:
-    """Rule (c), read statically: importing a core module loads no aiohttp."""
+def _is_aiohttp(library: str) -> bool:
+    return library == "aiohttp" or library.startswith("aiohttp_")
+
+
+def _loads_aiohttp(code: Code, layer: str, *, besides: str | None = None) -> list[str]:
+    """Each module of `layer` whose import loads aiohttp, with the chain that does; with
+    `besides`, only chains through a module outside that layer."""
     found = []
     for module in code.files:
-        if layer_of(module) != PURE:
+        if layer_of(module) != layer:
             continue
         loaded = _loaded_with(code, module)
         culprits = [imp for imp in code.libraries
-                    if imp.source in loaded and imp.when == LOAD
-                    and (imp.target == "aiohttp" or imp.target.startswith("aiohttp_"))]
+                    if imp.source in loaded and imp.when == LOAD and _is_aiohttp(imp.target)
+                    and (besides is None or layer_of(imp.source) != besides)]
         if culprits:
             first = min(culprits, key=lambda imp: (len(_chain_to(loaded, imp.source)), imp))
             chain = " -> ".join(_chain_to(loaded, first.source))
             found.append(f"{module} loads aiohttp: {chain}; {code.where(first)}")
     return found
+
+
+def aiohttp_in_engine(code: Code) -> list[str]:
+    """Rule (a), read statically: no engine module imports aiohttp, and importing one
+    loads none."""
+    found = [f"{code.where(imp)}: {ENGINE}/ imports no aiohttp"
+             for imp in code.libraries
+             if layer_of(imp.source) == ENGINE and _is_aiohttp(imp.target)]
+    return found + _loads_aiohttp(code, ENGINE, besides=ENGINE)
+
+
+def aiohttp_in_core(code: Code) -> list[str]:
+    """Rule (b), read statically: importing a core module loads no aiohttp."""
+    return _loads_aiohttp(code, PURE)
 
 
 def _chain_to(loaded: Mapping[str, str | None], module: str) -> list[str]:
@@ -368,7 +342,7 @@ def strongly_connected(graph: Mapping[str, Sequence[str]]) -> list[list[str]]:
 
 
 def import_cycles(code: Code) -> list[str]:
-    """Rule (d): no cycles; each group of modules that import each other, with one cycle."""
+    """Rule (c): no cycles; each group of modules that import each other, with one cycle."""
     graph = _graph(code)
     found = []
     for component in strongly_connected(graph):
@@ -431,7 +405,7 @@ def longest_chain(code: Code) -> list[str]:
 
 
 def chain_too_long(code: Code) -> list[str]:
-    """Rule (e): the longest import chain has at most MAX_CHAIN modules."""
+    """Rule (d): the longest import chain has at most MAX_CHAIN modules."""
     chain = longest_chain(code)
     if len(chain) <= MAX_CHAIN:
         return []
@@ -448,7 +422,7 @@ def folder_sizes(code: Code) -> dict[str, list[str]]:
 
 
 def oversized_folders(code: Code) -> list[str]:
-    """Rule (f): no folder holds more than MAX_FOLDER modules."""
+    """Rule (e): no folder holds more than MAX_FOLDER modules."""
     return [f"{folder}/ holds {len(names)} modules, at most {MAX_FOLDER}: {', '.join(names)}"
             for folder, names in folder_sizes(code).items() if len(names) > MAX_FOLDER]
 
@@ -456,12 +430,11 @@ def oversized_folders(code: Code) -> list[str]:
 RULES = {
     "every module in a layer": modules_outside_layers,
     "layer order": upward_imports,
-    "fence (a): the fence imports only its interface and the logs": fence_leaks,
-    f"fence (b): at most {MAX_FENCE_IMPORTERS} modules import the fence": fence_entrances,
-    "(c) core loads no aiohttp": aiohttp_in_core,
-    "(d) no import cycles": import_cycles,
-    f"(e) import chains of at most {MAX_CHAIN} modules": chain_too_long,
-    f"(f) folders of at most {MAX_FOLDER} modules": oversized_folders,
+    "(a) the engine loads no aiohttp": aiohttp_in_engine,
+    "(b) core loads no aiohttp": aiohttp_in_core,
+    "(c) no import cycles": import_cycles,
+    f"(d) import chains of at most {MAX_CHAIN} modules": chain_too_long,
+    f"(e) folders of at most {MAX_FOLDER} modules": oversized_folders,
 }
 
 
@@ -504,7 +477,7 @@ def report(code: Code) -> str:
 FONT = 'font-family="DejaVu Sans, Helvetica, Arial, sans-serif"'
 BOX_X, BOX_WIDTH, COLUMNS, ROW = 20, 540, 3, 17
 CELL, MATRIX_X = 30, 610
-FILL = {BASE: "#eeeeee", ENTRY: "#eeeeee", FENCE: "#fde2c4", PURE: "#d8ecd8"}
+FILL = {BASE: "#eeeeee", ENTRY: "#eeeeee", ENGINE: "#fde2c4", PURE: "#d8ecd8"}
 LAYER_FILL = "#dde8f5"
 
 

@@ -97,6 +97,8 @@ class Connection(asyncio.Protocol):
         self._first = True
         self._url: list[bytes] = []
         self._deadline = 0.0
+        limits = site.limits
+        self._tick_s = min(limits.head_timeout_s, limits.body_timeout_s, limits.keepalive_s)
         self._body_start = 0.0
         self._body_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -132,7 +134,7 @@ class Connection(asyncio.Protocol):
             self._held += data
             return
         phase = self.phase
-        if phase is Phase.CLOSING or self._paused >= _FOR_GOOD:
+        if phase == Phase.CLOSING or self._paused >= _FOR_GOOD:
             return
         if self.upgrading is not None:
             if data:
@@ -301,7 +303,7 @@ class Connection(asyncio.Protocol):
                 if self.tunnel is not None:
                     await self.tunnel
                     return
-                if not self.queue and self.phase is Phase.ANSWER:
+                if not self.queue and self.phase == Phase.ANSWER:
                     self._step(Event.ANSWERED)
                     self._enter(Phase.IDLE, self.site.limits.keepalive_s)
         except asyncio.CancelledError:
@@ -344,7 +346,7 @@ class Connection(asyncio.Protocol):
 
     def finish(self) -> None:
         """Close after what is written (an answer that closes the connection)."""
-        if self.phase is not Phase.CLOSING:
+        if self.phase != Phase.CLOSING:
             self.phase = step(self.phase, Event.CLOSE)
         self._stop_timer()
         if self.transport is not None and not self.transport.is_closing():
@@ -400,30 +402,31 @@ class Connection(asyncio.Protocol):
 
     # --- the clocks ----------------------------------------------------------------------
 
-    def _step(self, event: Event) -> None:
+    def _step(self, event: str) -> None:
         phase = step(self.phase, event)
-        if phase is self.phase:
+        if phase == self.phase:
             return
         self.phase = phase
         limits = self.site.limits
         clock = CLOCK[phase]
-        if clock is Clock.HEAD:
+        if clock == Clock.HEAD:
             self._enter(phase, limits.head_timeout_s)
-        elif clock is Clock.BODY:
+        elif clock == Clock.BODY:
             self._enter(phase, limits.body_timeout_s)
-        elif clock is Clock.NONE:
+        elif clock == Clock.NONE:
             self._stop_timer()
 
-    def _enter(self, phase: Phase, allowance_s: float) -> None:
+    def _enter(self, phase: str, allowance_s: float) -> None:
         self.phase = phase
-        self._deadline = deadline = self.loop.time() + allowance_s
-        # One timer, moved later lazily (it finds the deadline moved when it fires),
-        # made anew only when the deadline comes sooner than it would fire.
-        timer = self._timer
-        if timer is None or timer.when() > deadline:
-            if timer is not None:
-                timer.cancel()
-            self._timer = self.loop.call_at(deadline, self._check)
+        self._deadline = self.loop.time() + allowance_s
+        # One timer, moved later lazily: it fires at most `_tick_s` apart and finds the
+        # deadline moved, so no phase's deadline comes before it and none remakes it.
+        if self._timer is None:
+            self._arm()
+
+    def _arm(self) -> None:
+        loop = self.loop
+        self._timer = loop.call_at(min(self._deadline, loop.time() + self._tick_s), self._check)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -442,9 +445,9 @@ class Connection(asyncio.Protocol):
         """The proxy held the client back: that time is not the client's to account for."""
         limits = self.site.limits
         now = self.loop.time()
-        if self.phase is Phase.HEAD:
+        if self.phase == Phase.HEAD:
             self._deadline = max(self._deadline, now + limits.head_timeout_s)
-        elif self.phase is Phase.BODY:
+        elif self.phase == Phase.BODY:
             self._deadline = max(self._deadline, now + limits.body_timeout_s)
             self._body_start = now
             self._body_bytes = 0
@@ -455,21 +458,21 @@ class Connection(asyncio.Protocol):
             return
         phase = self.phase
         clock = CLOCK[phase]
-        if clock is Clock.NONE or clock is Clock.LINGER:
+        if clock == Clock.NONE or clock == Clock.LINGER:
             return
-        if self._paused or (clock is Clock.HEAD and (self.busy or self.queue)):
+        if self._paused or (clock == Clock.HEAD and (self.busy or self.queue)):
             # Held back by the proxy, or a head pipelined behind answers under way (the
             # client has no reason to hurry; a 408 now would land inside another answer).
             self._forgive()
         now = self.loop.time()
         if now < self._deadline:
-            self._timer = self.loop.call_at(self._deadline, self._check)
+            self._arm()
             return
-        if clock is Clock.KEEPALIVE:
+        if clock == Clock.KEEPALIVE:
             if self._first and self.reading is None:
                 self.site.tally("idleClosed")
             self.finish()
-        elif clock is Clock.HEAD:
+        elif clock == Clock.HEAD:
             self.site.tally("headTimeouts")
             self.site.carrier.time_out(self)
         else:

@@ -10,38 +10,41 @@ and wait their turn; the phase is the connection's as a whole.
 
 from __future__ import annotations
 
-import enum
 from typing import Final
 
-
-class Phase(enum.Enum):
-    IDLE = "idle"  # between requests: nothing of the next one has come
-    HEAD = "head"  # bytes of a request head have come, not all of it
-    BODY = "body"  # the head is in, its body is arriving
-    ANSWER = "answer"  # every request read is being answered (waiting on the upstream, writing)
-    TUNNEL = "tunnel"  # after a 101: bytes relayed both ways
-    CLOSING = "closing"  # a last answer is out; input is discarded until the client closes
+# Plain strings, not enum members: the table is read a few times per request, and a
+# string's hash is cached where an enum member's is computed in Python each time.
 
 
-class Event(enum.Enum):
-    BYTES = "bytes"  # the first bytes of a request head
-    HEAD = "head"  # a head is complete and a body follows
-    MESSAGE = "message"  # a request is complete (its head, and its body if any)
-    ANSWERED = "answered"  # the last request read has been answered
-    UPGRADED = "upgraded"  # the upstream switched protocols
-    CLOSE = "close"  # the connection is to end after what is written
+class Phase:
+    IDLE: Final = "idle"  # between requests: nothing of the next one has come
+    HEAD: Final = "head"  # bytes of a request head have come, not all of it
+    BODY: Final = "body"  # the head is in, its body is arriving
+    ANSWER: Final = "answer"  # every request read is being answered (upstream, writing)
+    TUNNEL: Final = "tunnel"  # after a 101: bytes relayed both ways
+    CLOSING: Final = "closing"  # a last answer is out; input is discarded until the close
+    ALL: Final = (IDLE, HEAD, BODY, ANSWER, TUNNEL, CLOSING)
 
 
-class Clock(enum.Enum):
-    KEEPALIVE = "keepalive"  # limits.keepalive_timeout_ms: an idle connection is closed
-    HEAD = "head"  # limits.header_timeout_ms: a slow head gets a 408
-    BODY = "body"  # limits.header_timeout_ms of silence, then a minimum rate: aborted
-    LINGER = "linger"  # a closing connection is kept a moment so its answer is read
-    NONE = "none"  # the upstream's read timeout runs instead, or nothing does
+class Event:
+    BYTES: Final = "bytes"  # the first bytes of a request head
+    HEAD: Final = "head"  # a head is complete and a body follows
+    MESSAGE: Final = "message"  # a request is complete (its head, and its body if any)
+    ANSWERED: Final = "answered"  # the last request read has been answered
+    UPGRADED: Final = "upgraded"  # the upstream switched protocols
+    CLOSE: Final = "close"  # the connection is to end after what is written
+
+
+class Clock:
+    KEEPALIVE: Final = "keepalive"  # limits.keepalive_timeout_ms: an idle connection closes
+    HEAD: Final = "head"  # limits.header_timeout_ms: a slow head gets a 408
+    BODY: Final = "body"  # limits.header_timeout_ms of silence, then a minimum rate: aborted
+    LINGER: Final = "linger"  # a closing connection is kept a moment so its answer is read
+    NONE: Final = "none"  # the upstream's read timeout runs instead, or nothing does
 
 
 _P, _E = Phase, Event
-TABLE: Final[dict[tuple[Phase, Event], Phase]] = {
+TABLE: Final[dict[tuple[str, str], str]] = {
     (_P.IDLE, _E.BYTES): _P.HEAD,
     (_P.HEAD, _E.HEAD): _P.BODY,
     (_P.HEAD, _E.MESSAGE): _P.ANSWER,
@@ -55,10 +58,10 @@ TABLE: Final[dict[tuple[Phase, Event], Phase]] = {
     (_P.ANSWER, _E.HEAD): _P.BODY,
     (_P.ANSWER, _E.MESSAGE): _P.ANSWER,
     (_P.ANSWER, _E.UPGRADED): _P.TUNNEL,
-    **{(phase, _E.CLOSE): _P.CLOSING for phase in Phase},
+    **{(phase, _E.CLOSE): _P.CLOSING for phase in _P.ALL},
 }
 
-CLOCK: Final[dict[Phase, Clock]] = {
+CLOCK: Final[dict[str, str]] = {
     Phase.IDLE: Clock.KEEPALIVE,
     Phase.HEAD: Clock.HEAD,
     Phase.BODY: Clock.BODY,
@@ -72,9 +75,9 @@ class BadStep(RuntimeError):
     """An event the phase has no row for."""
 
 
-def step(phase: Phase, event: Event) -> Phase:
+def step(phase: str, event: str) -> str:
     """The phase after `event` in `phase`."""
     try:
         return TABLE[phase, event]
     except KeyError:
-        raise BadStep(f"{event.value} in phase {phase.value}") from None
+        raise BadStep(f"{event} in phase {phase}") from None

@@ -52,7 +52,7 @@ TOKEN_ENV = "GATEPROXY_ADMIN_TOKEN"
 TOKEN_SECRET = {"name": "platform-server-gateproxy-admin", "key": "token", "optional": True}
 # The variables gateproxy reads; cleared from the inherited environment so that a
 # developer's shell cannot change what these tests see.
-OWN_ENV = re.compile(r"^(GATEPROXY_|DOCKER_RUNNER_|PLATFORM_SERVER_URL$|AIOHTTP_NO_EXTENSIONS$)")
+OWN_ENV = re.compile(r"^(GATEPROXY_|DOCKER_RUNNER_|PLATFORM_SERVER_URL$)")
 
 
 def build_id(path: Path) -> str:

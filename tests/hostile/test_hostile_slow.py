@@ -24,8 +24,8 @@ import uvloop
 from aiohttp import web
 
 from gateproxy import config
-from gateproxy.engine.listener import Listener
 from gateproxy.demo.standins import StandIn, platform_server
+from gateproxy.engine.listener import Listener
 from gateproxy.serve.gateway import Gateway
 from tests.support.hostile_support import RawUpstream
 from tests.support.json_logs import log_lines

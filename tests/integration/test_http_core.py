@@ -24,6 +24,7 @@ from aiohttp import web
 from tests.support.gateways import MakeGateway, env_for
 from tests.support.ports import free_port
 
+
 class Recording:
     """A raw upstream that records every byte it is sent and answers each request head it
     sees with `answer`."""

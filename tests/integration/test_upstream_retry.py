@@ -97,7 +97,7 @@ async def test_a_client_that_goes_away_while_waiting_is_not_forwarded_later(
         await wait_for(lambda: reconnector.waiting == 1)
         gone.cancel()
         await wait_for(lambda: reconnector.waiting == 0)
-        assert reconnector.outcomes["cancelled"] == 1
+        assert reconnector.outcomes["cancelled"] == 1, reconnector.outcomes
         await upstream.start()
         async with http.get(url(gateway, "/stays")) as response:
             assert response.status == 200

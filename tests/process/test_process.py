@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -124,8 +121,3 @@ async def test_port_in_use_exits_1_with_a_clear_line(tmp_path: Path, procs: list
         await taken.stop()
 
 
-def test_refuses_the_pure_python_http_parser(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "gateproxy", "serve"], capture_output=True,
-                          text=True, timeout=30, env={**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"})
-    assert done.returncode == 2
-    assert "AIOHTTP_NO_EXTENSIONS" in done.stderr and "Traceback" not in done.stderr

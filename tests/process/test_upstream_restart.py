@@ -16,7 +16,6 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-import pytest
 
 from gateproxy.demo.standins import StandIn
 from tests.support.metric_samples import parse, value

@@ -31,10 +31,12 @@ from tests.support.rawclient import exchange
 ROOT = Path(__file__).resolve().parents[2]
 AGREEMENT_S = 0.05  # every worker applies a state change within this of the first
 RECORDER = ROOT / "tests" / "support" / "module_recorder"
-# What a worker never uses: the exposition (it sends numbers), the status page's
-# templates, the file watcher, the gRPC probe, the supervisor's own modules.
+# What a worker never uses: aiohttp's server (it serves the proxy's port on the HTTP
+# core), the exposition (it sends numbers), the status page's templates, the file
+# watcher, the gRPC probe, the supervisor's own modules.
 NOT_IN_A_WORKER = frozenset({
-    "prometheus_client", "jinja2", "aiohttp_jinja2", "watchfiles", "grpclib",
+    "aiohttp.web", "aiohttp.web_protocol", "prometheus_client", "jinja2", "watchfiles",
+    "grpclib",
     "gateproxy.views.exposition", "gateproxy.views.admin", "gateproxy.serve.admin_port",
     "gateproxy.workers.supervisor", "gateproxy.workers.aggregate"})
 
