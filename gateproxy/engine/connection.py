@@ -24,6 +24,7 @@ from gateproxy.logs import log
 
 LINGER_S: Final = 2.0  # a closing connection's last answer gets this long to be read
 MAX_QUEUED: Final = 16  # pipelined requests parsed ahead before reading pauses
+MAX_HEADERS: Final = 128  # header fields in one request head (aiohttp's and Go's order)
 _FOR_GOOD: Final = 1 << 30  # a pause count no resume brings back to 0
 
 
@@ -208,6 +209,8 @@ class Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
+        if sum(map(len, self._url)) > self.site.limits.max_field_size:
+            raise _TooLarge("the request target is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         reading = self.reading
@@ -222,6 +225,8 @@ class Connection(asyncio.Protocol):
             return
         if len(name) + len(value) > self.site.limits.max_field_size:
             raise _TooLarge("a header field is too large")
+        if len(reading.raw_headers) >= MAX_HEADERS:
+            raise _TooLarge(f"the request has more than {MAX_HEADERS} header fields")
         reading.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:

@@ -147,7 +147,7 @@ class Planner:
         # After the gate (a gated path gets its 503 whatever else is wrong), before the
         # upstream: what llhttp accepts but would make the two of us disagree.
         problem = request_checks.problem(head.version, head.headers.getall("Host", ()),
-                                         head.target)
+                                         head.target, "Transfer-Encoding" in head.headers)
         if problem is not None:
             return problem.closing() if close else problem
         upgrade = "Upgrade" in head.headers and is_upgrade(head.method, head.headers)

@@ -145,8 +145,6 @@ CASES = [
     Case("late_chunk_size_bare_lf", _chunked(b"5\nhello\r\n0\r\n\r\n" + SMUGGLED), split=True),
     Case("late_trailer_bare_lf", _chunked(b"5\r\nhello\r\n0\r\nX-T: 1\n\r\n" + SMUGGLED),
          split=True),
-    Case("garbage_after_valid", _get(b"Host: platform.test\r\nConnection: keep-alive\r\n")
-         + b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n"),
 ]
 
 
@@ -278,6 +276,18 @@ async def test_malformed_requests_get_4xx_or_close_and_nothing_ambiguous_upstrea
     await asyncio.sleep(0.2)  # let anything forwarded arrive, and an aborted request end
     seen = received(raw_upstream)
     assert seen == [], f"{case.name}: forwarded {[(r.method, r.target) for r in seen]}"
+
+
+async def test_garbage_after_a_valid_request_is_a_400_after_its_answer(
+        gateway: Gateway, raw_upstream: RawUpstream) -> None:
+    """llhttp frames the valid request as Node's `http` does: it is answered; what follows
+    it is no request, gets a 400 and ends the connection, and nothing of it goes on."""
+    raw = await exchange(gateway.port, _get(b"Host: platform.test\r\nConnection: keep-alive\r\n")
+                         + b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n")
+    assert statuses(raw) == [200, 400]
+    assert raw.rstrip().endswith(b"}") and b"Connection: close" in raw
+    await asyncio.sleep(0.2)
+    assert [(r.method, r.target) for r in received(raw_upstream)] == [("GET", "/api/threads")]
 
 
 async def test_a_request_hidden_in_a_well_framed_body_stays_in_the_body(

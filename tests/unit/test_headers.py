@@ -13,7 +13,13 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from gateproxy.http_rules.headers import BadField, add_via, forwarded_headers, response_headers
+from gateproxy.http_rules.headers import (
+    BadField,
+    add_via,
+    forwarded_headers,
+    response_headers,
+    switched_headers,
+)
 
 PEER = "203.0.113.7"
 HOP_BY_HOP = ("Connection", "Keep-Alive", "Proxy-Connection", "TE", "Trailer", "Upgrade",
@@ -32,16 +38,14 @@ def connection_of(lines: Raw) -> str | None:
     return ", ".join(v.decode() for k, v in lines if k.lower() == b"connection") or None
 
 
-def forward(*lines: tuple[str, str], tls: bool = False,
-            extra_drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+def forward(*lines: tuple[str, str], tls: bool = False) -> list[tuple[str, str]]:
     headers = raw(*lines)
-    return list(forwarded_headers(headers, connection_of(headers), PEER, tls,
-                                  extra_drop).items())
+    return list(forwarded_headers(headers, connection_of(headers), PEER, tls).items())
 
 
 def answer(*lines: tuple[str, str],
-           extra_drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    return list(response_headers(raw(*lines), extra_drop).items())
+           keep: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    return list(response_headers(raw(*lines), keep).items())
 
 
 def names(items: list[tuple[str, str]]) -> list[str]:
@@ -171,10 +175,9 @@ def test_utf_8_and_ascii_pass_byte_for_byte() -> None:
     assert got["X-Name"].encode() == value.encode()
 
 
-def test_extra_drop_removes_more_names() -> None:
-    got = forward(("Host", "app.test"), ("Sec-WebSocket-Key", "k"), ("X-Keep", "1"),
-                  extra_drop=frozenset({"sec-websocket-key"}))
-    assert names(got) == ["Host", "X-Keep", *ADDED]
+def test_a_websocket_handshake_goes_as_the_client_wrote_it() -> None:
+    got = forward(("Host", "app.test"), ("Sec-WebSocket-Key", "k"), ("X-Keep", "1"))
+    assert names(got) == ["Host", "Sec-WebSocket-Key", "X-Keep", *ADDED]
 
 
 # --- responses (upstream -> client) ------------------------------------------------------
@@ -236,10 +239,12 @@ def test_response_bytes_that_are_not_utf_8_pass_as_their_latin_1_reading() -> No
     assert got["X-Utf8"] == "café"
 
 
-def test_response_extra_drop_removes_more_names() -> None:
-    got = answer(("Sec-WebSocket-Accept", "k"), ("X-Keep", "1"),
-                 extra_drop=frozenset({"sec-websocket-accept"}))
-    assert got == [("X-Keep", "1"), ("Via", "1.1 gateproxy")]
+def test_a_101_keeps_its_connection_and_upgrade_lines() -> None:
+    got = list(switched_headers(raw(("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                                    ("Sec-WebSocket-Accept", "k"), ("Keep-Alive", "5")))
+               .items())
+    assert got == [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                   ("Sec-WebSocket-Accept", "k"), ("Via", "1.1 gateproxy")]
 
 
 # --- add_via ----------------------------------------------------------------------------

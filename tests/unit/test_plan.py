@@ -246,9 +246,16 @@ def test_requests_no_upstream_should_see(version: tuple[int, int], host: str, ta
 
 @pytest.mark.parametrize(("host", "target"), [
     ("platform.test", "/x"), ("platform.test:80", "http://platform.test/x"),
-    ("PLATFORM.test", "http://platform.TEST:80/x"), ("[::1]:8080", "/x"), (None, "/x")])
-def test_requests_that_pass_the_checks(host: str | None, target: str) -> None:
-    assert request_checks.problem((1, 1), [] if host is None else [host], target) is None
+    ("PLATFORM.test", "http://platform.TEST:80/x"), ("[::1]:8080", "/x")])
+def test_requests_that_pass_the_checks(host: str, target: str) -> None:
+    assert request_checks.problem((1, 1), [host], target) is None
+    assert request_checks.problem((1, 0), [], target) is None  # HTTP/1.0 needs no Host
+
+
+def test_an_http11_request_without_host_or_an_http10_one_with_a_transfer_encoding() -> None:
+    assert request_checks.problem((1, 1), [], "/x") is not None
+    refused = request_checks.problem((1, 0), [], "/x", transfer_encoding=True)
+    assert refused is not None and refused.close
 
 
 def test_two_host_headers_are_refused() -> None:
