@@ -40,6 +40,7 @@ from gateproxy.logs import FORWARDED, GATED, LOCAL
 from gateproxy.upstream.interface import UpstreamError
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_RECENT_MAX = 64  # distinct own answers whose bytes are kept (503s: one a guard and second)
 
 
 class Counts(Protocol):
@@ -65,6 +66,7 @@ class Carrier:
         self._endpoints = endpoints
         self._counts = counts
         self.tunnels = tunnels
+        self._recent: dict[tuple[Answer, bool, bool], tuple[str, bytes]] = {}
 
     async def carry(self, exchange: Exchange, conn: Connection) -> bool:
         if exchange.refusal is not None:
@@ -104,15 +106,27 @@ class Carrier:
     def _own(self, exchange: Exchange, conn: Connection, head: RequestHead,
              answer: Answer) -> bool:
         answer = self._planner.own(head, answer.closing() if exchange.ends else answer)
-        conn.write(answers.render(answer, http_date(),
-                                  keep_alive_line=head.version < (1, 1),
-                                  body=head.method != "HEAD"))
+        conn.write(self._rendered(answer, head.version < (1, 1), head.method != "HEAD"))
         if answer.close:
             conn.finish()
             return False
         # A body nobody will read (the gate's 503 to an upload): it is read and dropped.
         exchange.body.drop()
         return True
+
+    def _rendered(self, answer: Answer, keep_alive_line: bool, body: bool) -> bytes:
+        """`answer`'s bytes. The recent ones are kept with the `Date` they were made with:
+        the gate's 503 changes with its `Retry-After` (a header of the answer) and the
+        `Date` only, so under a flood of them it is rendered once a second."""
+        key = (answer, keep_alive_line, body)
+        date = http_date()
+        kept = self._recent.get(key)
+        if kept is None or kept[0] is not date:
+            if len(self._recent) >= _RECENT_MAX:
+                self._recent.clear()
+            kept = self._recent[key] = (date, answers.render(
+                answer, date, keep_alive_line=keep_alive_line, body=body))
+        return kept[1]
 
     def refuse(self, conn: Connection, why: str) -> None:
         conn.linger(answers.render(self._planner.malformed(why), http_date()))

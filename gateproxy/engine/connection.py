@@ -256,6 +256,7 @@ class Connection(asyncio.Protocol):
             self.reading = None
             self._step(Event.MESSAGE)
         elif reading.has_body:
+            reading.expect_body()
             self._step(Event.HEAD)
             self._body_start = self.loop.time()
             self._body_bytes = 0
@@ -418,8 +419,8 @@ class Connection(asyncio.Protocol):
             self._enter(phase, limits.head_timeout_s)
         elif clock == Clock.BODY:
             self._enter(phase, limits.body_timeout_s)
-        elif clock == Clock.NONE:
-            self._stop_timer()
+        # Clock.NONE: the timer is left to fire (it finds no clock running and lapses),
+        # so that the next phase's clock usually finds it still armed.
 
     def _enter(self, phase: str, allowance_s: float) -> None:
         self.phase = phase

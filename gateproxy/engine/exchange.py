@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateproxy.engine.flow import Chunks
+from gateproxy.engine.flow import NO_BODY, Chunks
 from gateproxy.http_rules.actions import RequestHead
 
 
@@ -39,13 +39,17 @@ class Exchange:
         self.has_body = False
         self.complete = False  # the whole request has been read
         self.answered = False  # its answer has been written
-        self.body = Chunks(pause, resume)
+        self.body = NO_BODY  # a Chunks of its own once its head announces a body
         self.trailers = 0  # trailer fields seen (and dropped)
         self.ends = False  # a trailer field ends the connection after this request
         self.refusal: str | None = None  # not a request: the 400 for bytes that did not parse
         self._pause = pause
         self._resume = resume
         self._tunnel: Chunks | None = None
+
+    def expect_body(self) -> None:
+        """Its head announced a body: it comes in a queue of its own."""
+        self.body = Chunks(self._pause, self._resume)
 
     @property
     def tunnel(self) -> Chunks:

@@ -136,3 +136,13 @@ class Drain:
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+def _nothing() -> None:
+    return None
+
+
+# The body of every request without one: ended, empty, shared (nothing is ever fed to
+# it, and what can happen to it, `drop` and `fail`, changes nothing that is read).
+NO_BODY: Final = Chunks(_nothing, _nothing)
+NO_BODY.end()

@@ -99,7 +99,7 @@ class Answer:
 class Connection(asyncio.Protocol):
     """One upstream connection: its parser, its read timeout, the answer being read."""
 
-    __slots__ = ("_deadline", "_pool", "_timer", "answer", "drain", "got_bytes", "head",
+    __slots__ = ("_armed", "_deadline", "_pool", "_timer", "answer", "drain", "got_bytes", "head",
                  "loop", "lost", "parser", "pump", "reusable", "sink", "skip_body",
                  "transport")
 
@@ -118,6 +118,7 @@ class Connection(asyncio.Protocol):
         self.pump: asyncio.Task[None] | None = None  # a request body being streamed
         self.sink: Chunks | None = None  # after a 101: where the bytes go, unparsed
         self._deadline = 0.0
+        self._armed = False  # the read timeout runs
         self._timer: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol --------------------------------------------------------------
@@ -128,7 +129,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
-        if self._timer is not None:
+        if self._armed:
             self._deadline = self.loop.time() + self._pool.read_timeout_s
         if self.sink is not None:
             self.sink.feed(data)
@@ -157,6 +158,9 @@ class Connection(asyncio.Protocol):
         self.lost = True
         self.reusable = False
         self._stop_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.drain.lost()
         if self.sink is not None:
             self.sink.end()
@@ -259,12 +263,17 @@ class Connection(asyncio.Protocol):
     def sent(self) -> None:
         """The request is all written: from now on the upstream's silence counts."""
         if self._pool.read_timeout_s and self.answer is not None and not self.answer.body.ended:
+            self._armed = True
             self._deadline = self.loop.time() + self._pool.read_timeout_s
+            # One timer, kept across requests: when it fires it finds the deadline moved
+            # (or the clock stopped) instead of being remade for every request.
             if self._timer is None:
                 self._timer = self.loop.call_at(self._deadline, self._check_deadline)
 
     def _check_deadline(self) -> None:
         self._timer = None
+        if not self._armed:
+            return
         now = self.loop.time()
         if now < self._deadline:
             self._timer = self.loop.call_at(self._deadline, self._check_deadline)
@@ -272,9 +281,7 @@ class Connection(asyncio.Protocol):
         self._fail(TimeoutError())
 
     def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._armed = False
 
     def _settle_head(self) -> None:
         head = self.head

@@ -15,11 +15,11 @@ port. The status page is rendered with jinja2 (autoescaped) from the package's t
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import jinja2
 import orjson
 
 from gateproxy import __version__
@@ -35,6 +35,9 @@ from gateproxy.logs import log
 from gateproxy.views import exposition
 from gateproxy.views.counts import Family
 from gateproxy.views.health import readiness
+
+if TYPE_CHECKING:
+    import jinja2
 
 
 class View(Protocol):
@@ -123,11 +126,20 @@ def _upstream(view: View, row: dict[str, Any]) -> dict[str, Any]:
             **row, "since": iso(row["since"])}
 
 
+@functools.cache
+def _template() -> jinja2.Template:
+    """The status page's template, loaded when the page is first asked for: a process
+    whose page nobody opens never loads jinja2 (a tenth of its memory at start)."""
+    import jinja2
+
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("gateproxy", "templates"),
+                                     autoescape=True)
+    return environment.get_template("status.html")
+
+
 def endpoints(view: View) -> dict[str, EndpointHandler]:
     """The admin endpoints by name (the path below the admin prefix)."""
     prefix = view.runtime.config.admin_prefix
-    templates = jinja2.Environment(loader=jinja2.PackageLoader("gateproxy", "templates"),
-                                   autoescape=True)
 
     async def live(_: LocalRequest) -> Answer:
         return answers.json(200, {"status": "live"})
@@ -139,7 +151,7 @@ def endpoints(view: View) -> dict[str, EndpointHandler]:
         return answers.json(200, status_data(view))
 
     async def status_page(_: LocalRequest) -> Answer:
-        page = templates.get_template("status.html").render(
+        page = _template().render(
             state=status_data(view), json_url=f"{prefix}/status.json",
             metrics_url=f"{prefix}/metrics")
         return Answer(200, _PAGE, page.encode())
