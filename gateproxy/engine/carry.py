@@ -105,7 +105,8 @@ class Carrier:
 
     def _own(self, exchange: Exchange, conn: Connection, head: RequestHead,
              answer: Answer) -> bool:
-        answer = self._planner.own(head, answer.closing() if exchange.ends else answer)
+        if exchange.ends:
+            answer = answer.closing()  # a trailer said so (Planner.trailer_ends)
         conn.write(self._rendered(answer, head.version < (1, 1), head.method != "HEAD"))
         if answer.close:
             conn.finish()

@@ -9,9 +9,9 @@ wait, a WebSocket relay, or the target and headers to forward with, and whether 
 the connection or close it; a status that points at a dependency asks for its probe),
 `failed` (an upstream failure before the answer's head: its 502 or 504), `broken` (a
 body that breaks off once the answer has started: the connection is aborted, the only
-honest signal left), `own` (the proxy's own answer as this client may have it), and
-what happens to request trailers (`trailer_ends`: dropped; some end the connection).
-The core decides nothing itself.
+honest signal left), and what happens to request trailers (`trailer_ends`: dropped;
+some end the connection). Every answer of the proxy's own already says whether the
+connection ends after it. The core decides nothing itself.
 """
 
 from __future__ import annotations
@@ -222,12 +222,6 @@ class Planner:
         out; once it is, None: the connection is aborted, never ended cleanly so that a
         cut body would look complete."""
         return None if head_written else answers.error(error.code, error.message, close=True)
-
-    @staticmethod
-    def own(head: RequestHead, answer: answers.Answer) -> answers.Answer:
-        """The proxy's own answer as this client gets it: closing when the client did
-        not ask to keep the connection."""
-        return answer if answer.close or keeps_alive(head) else answer.closing()
 
     @staticmethod
     def malformed(why: str) -> answers.Answer:
