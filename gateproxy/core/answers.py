@@ -102,7 +102,7 @@ def refusal(status: int, allow: str | None = None) -> Answer:
 
 
 def head(status: int, headers: Iterable[tuple[str, str]], date: str | None = None) -> bytes:
-    """An HTTP/1.1 response head as aiohttp writes one: the status line, `headers` in
+    """An HTTP/1.1 response head: the status line, `headers` in
     order, then `Date` when one is given and `Server` when `headers` has none."""
     lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
     names = set()

@@ -5,8 +5,8 @@ dependency states, and says what happens: the proxy answers it itself (health, a
 endpoint, 404 under the admin prefix), it is a bad request, it waits (for a first probe,
 or, with `hold_ms`, for a dependency that is down to come back), it gets the gate's 503,
 or it is forwarded with the target to send. A dependency in maintenance is not up for the
-gate, whatever its probes say. The usual aiohttp
-path and the fast path both act on this one verdict; neither judges a path on its own.
+gate, whatever its probes say. The planner acts on this one verdict; nothing else
+judges a path.
 The target forwarded is the path in the form it was judged (docs/gate.md).
 """
 

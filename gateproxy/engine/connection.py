@@ -24,7 +24,9 @@ from gateproxy.logs import log
 
 LINGER_S: Final = 2.0  # a closing connection's last answer gets this long to be read
 MAX_QUEUED: Final = 16  # pipelined requests parsed ahead before reading pauses
-MAX_HEADERS: Final = 128  # header fields in one request head (aiohttp's and Go's order)
+# Header fields in one request head: bounded work per request, far above what browsers
+# and HTTP libraries send.
+MAX_HEADERS: Final = 128
 _FOR_GOOD: Final = 1 << 30  # a pause count no resume brings back to 0
 
 

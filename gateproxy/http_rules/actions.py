@@ -25,7 +25,7 @@ __all__ = ["Action", "Answer", "Endpoint", "EndpointHandler", "ForwardPlan", "Ga
 
 
 class RequestHead(NamedTuple):
-    """A parsed request head, as both mechanics have it."""
+    """A parsed request head, as the planner reads it."""
 
     method: str
     target: str  # as received

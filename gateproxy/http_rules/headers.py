@@ -60,7 +60,7 @@ def _request_text(raw: bytes) -> str:
 
 
 def client_address(peername: object) -> str:
-    """The client's address as aiohttp's `BaseRequest.remote` reads it from the
+    """The client's address as `X-Forwarded-For` carries it, read from the
     connection's peer name ('' when unknown)."""
     if peername is None:
         return ""
@@ -78,8 +78,8 @@ def forwarded_headers(raw_headers: RawHeaders, connection: str | None, peer: str
     X-Forwarded-* by naming them in `Connection`."""
     drop = _dropped(connection)
     out: CIMultiDict[str] = CIMultiDict()
-    # aiohttp's client keeps only the last of the values of a name spelled in several
-    # cases (`X-A: 1`, `x-a: 2`); one spelling per name keeps them all.
+    # A name spelled in several cases (`X-A: 1`, `x-a: 2`) goes out spelled as its first
+    # line, every value kept (docs/headers.md): what the upstream has always seen.
     spelling: dict[str, str] = {}
     for name, value in raw_headers:
         key = _request_text(name)

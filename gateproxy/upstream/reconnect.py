@@ -1,5 +1,5 @@
-"""Connecting to the upstream while it restarts: `Reconnector`, the connect step of both
-upstream clients (FastUpstream's `_connect`, AiohttpUpstream's connector).
+"""Connecting to the upstream while it restarts: `Reconnector`, the connect step of the
+upstream client (the HTTP core's pool, gateproxy/engine/upstream.py).
 
 A refused (or reset) connection turns the upstream down (gateproxy/core/upstream_state.py).
 The request that met it then waits, as do the requests that come while it is down, at
