@@ -133,5 +133,17 @@ async def main() -> int:
     return 0 if met == len(GOALS_MIB) else 1
 
 
+async def until_done_or_signalled() -> int:
+    """`main`, cancelled by SIGTERM or SIGINT, so that its `finally` stops what it started."""
+    task = asyncio.ensure_future(main())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(asyncio.run(until_done_or_signalled()))
