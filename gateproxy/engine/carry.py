@@ -40,7 +40,7 @@ from gateproxy.logs import FORWARDED, GATED, LOCAL
 from gateproxy.upstream.interface import UpstreamError
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_RECENT_MAX = 64  # distinct own answers whose bytes are kept (503s: one a guard and second)
+_RECENT_MAX = 64  # distinct 503s whose bytes are kept (one a guard, Retry-After and origin)
 
 
 class Counts(Protocol):
@@ -84,18 +84,19 @@ class Carrier:
         elif isinstance(action, Upgrade):
             status, keep = await self._upgrade(exchange, conn, head, action)
             outcome = FORWARDED
+        elif isinstance(action, Gated):
+            status, outcome = action.answer.status, GATED
+            keep = self._own(exchange, conn, action.answer, head, kept=True)
         else:
-            if isinstance(action, Gated):
-                answer, outcome = action.answer, GATED
-            elif isinstance(action, Endpoint):
+            if isinstance(action, Endpoint):
                 answer = await self._endpoints[action.name](_local(head))
                 if action.close:
                     answer = answer.closing()
-                outcome = LOCAL
             else:
                 assert isinstance(action, Answer)
-                answer, outcome = action, LOCAL
-            status, keep = answer.status, self._own(exchange, conn, head, answer)
+                answer = action
+            status, outcome = answer.status, LOCAL
+            keep = self._own(exchange, conn, answer, head)
         if self._counts.access_log():
             logs.access(head.method, head.target, status, conn.loop.time() - exchange.started,
                         outcome, conn.written - written, _local(head).peer)
@@ -103,11 +104,16 @@ class Carrier:
 
     # --- the proxy's own answers ------------------------------------------------------
 
-    def _own(self, exchange: Exchange, conn: Connection, head: RequestHead,
-             answer: Answer) -> bool:
+    def _own(self, exchange: Exchange, conn: Connection, answer: Answer, head: RequestHead,
+             *, kept: bool = False) -> bool:
+        """Write `answer`; `kept`: from the bytes kept for it (the gate's 503, written
+        again and again under load; an endpoint's answer is new each time)."""
         if exchange.ends:
             answer = answer.closing()  # a trailer said so (Planner.trailer_ends)
-        conn.write(self._rendered(answer, head.version < (1, 1), head.method != "HEAD"))
+        keep_alive_line, body = head.version < (1, 1), head.method != "HEAD"
+        conn.write(self._rendered(answer, keep_alive_line, body) if kept else
+                   answers.render(answer, http_date(), keep_alive_line=keep_alive_line,
+                                  body=body))
         if answer.close:
             conn.finish()
             return False
@@ -182,7 +188,7 @@ class Carrier:
                 return 0, False
             own = planner.failed(exc, plan)
             self._counts.count_forwarded(head.method, own.status)
-            return own.status, self._own(exchange, conn, head, own)
+            return own.status, self._own(exchange, conn, own, head)
         self._counts.observe_upstream(time.perf_counter() - started)
         try:
             return answer.status, await self._relay(exchange, conn, head, plan, answer)
@@ -199,7 +205,7 @@ class Carrier:
             own = planner.broken(error, head_written=False)
             if own is not None:
                 self._counts.count_forwarded(head.method, own.status)
-                return self._own(exchange, conn, head, own)
+                return self._own(exchange, conn, own, head)
         if exchange.ends:
             plan = plan._replace(close=True)  # a trailer said so (Planner.trailer_ends)
         reply = planner.respond(head, plan, answer.status, answer.raw_headers,
@@ -266,7 +272,7 @@ class Carrier:
             answer = await self._pool.send(head.method, plan.target, plan.headers, None)
         except UpstreamError as exc:
             own = planner.failed(exc, plan)
-            return own.status, self._own(exchange, conn, head, own)
+            return own.status, self._own(exchange, conn, own, head)
         if not answer.upgraded:
             # Refused: the upstream's answer, and the connection ends (what the client
             # sent after its head may already be the new protocol's).

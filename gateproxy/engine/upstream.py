@@ -366,8 +366,8 @@ class Pool:
             pump = conn.pump = conn.loop.create_task(_pump(conn, body, chunked))
         try:
             return await arrived
-        except (Disconnected, ConnectTimeout):
-            raise
+        except Disconnected:
+            raise  # the caller's: a stale pooled connection is tried once more
         except (OSError, TimeoutError, Malformed) as exc:
             raise failure(exc, self.read_timeout_ms) from exc
         except BaseException:
