@@ -13,7 +13,7 @@ The target forwarded is the path in the form it was judged (docs/gate.md).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -112,7 +112,7 @@ class Gate:
         admin = config.admin_prefix if config.admin_port is None else None
         return cls(guards, config.cors.allow_origins, config.health_path, admin)
 
-    def decide(self, method: str, target: str, headers: Mapping[str, str],
+    def decide(self, method: str, target: str, headers: Container[str],
                waited: bool = False) -> Verdict:
         """What happens to this request; see the module's docstring. `waited`: after a
         Wait, which is then not given again."""
@@ -146,7 +146,7 @@ class Gate:
         return Forward(target if normal == path and target[0] == "/" else normal + rest)
 
     def _blocking_rule(self, method: str, normal: str,
-                       headers: Mapping[str, str]) -> Rule[Guard] | None:
+                       headers: Container[str]) -> Rule[Guard] | None:
         for guard in self.guards:
             if not guard.status.admits:
                 break

@@ -43,18 +43,25 @@ def split_target(target: str) -> tuple[str, str]:
         if target[:8].lower().startswith(("http://", "https://")):
             slash = target.find("/", target.index("//") + 2)
             if slash < 0:
-                ends = [i for i in (target.find("?"), target.find("#")) if i >= 0]
-                return "/", target[min(ends):] if ends else ""
+                cut = _end_of_path(target)
+                return "/", target[cut:]
             target = target[slash:]
         elif target == "*":
             return "*", ""
         else:
             raise BadPath("the request target is not a path")
-    ends = [i for i in (target.find("?"), target.find("#")) if i >= 0]
-    if not ends:
+    cut = _end_of_path(target)
+    if cut == len(target):
         return target, ""
-    cut = min(ends)
     return target[:cut] or "/", target[cut:]
+
+
+def _end_of_path(target: str) -> int:
+    """Where a target's path ends: at its first `?` or `#`, or at its end."""
+    query, fragment = target.find("?"), target.find("#")
+    if query < 0:
+        return len(target) if fragment < 0 else fragment
+    return query if fragment < 0 else min(query, fragment)
 
 
 def _decode_unreserved(path: str) -> str:

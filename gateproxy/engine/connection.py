@@ -1,12 +1,14 @@
 """`Connection`: one client connection on the proxy port, an `asyncio.Protocol` with
 httptools' `HttpRequestParser` (llhttp).
 
-llhttp's callbacks fill an `Exchange` per request (gateproxy/engine/exchange.py) and queue
-it; one coroutine per connection takes the exchanges in order and has each carried out
-(gateproxy/engine/carry.py), so pipelined requests are answered in order, each after the
-one before it. The connection's phase (gateproxy/engine/phases.py) says which clock runs:
-the head timeout (a 408), the body's stall and minimum rate (the connection is aborted),
-the keep-alive timeout, or none while an answer is under way.
+llhttp's callbacks fill an `Exchange` per request (gateproxy/engine/exchange.py) and
+queue it; once a read has been parsed, the first exchange in the queue is carried out
+(gateproxy/engine/carry.py), and each one that is `finished` starts the next, so
+pipelined requests are answered in order, each after the one before it. Nothing here
+awaits: every step is a callback of the loop. The connection's phase
+(gateproxy/engine/phases.py) says which clock runs: the head timeout (a 408), the body's
+stall and minimum rate (the connection is aborted), the keep-alive timeout, or none
+while an answer is under way.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from typing import Final, NamedTuple, Protocol, cast
 import httptools
 
 from gateproxy.engine.exchange import Exchange
-from gateproxy.engine.flow import Drain
-from gateproxy.engine.phases import CLOCK, Clock, Event, Phase, step
+from gateproxy.engine.flow import Chunks, Drain
+from gateproxy.engine.phases import CLOCK, TABLE, BadStep, Clock, Event, Phase, step
 from gateproxy.logs import log
 
 LINGER_S: Final = 2.0  # a closing connection's last answer gets this long to be read
@@ -28,6 +30,10 @@ MAX_QUEUED: Final = 16  # pipelined requests parsed ahead before reading pauses
 # and HTTP libraries send.
 MAX_HEADERS: Final = 128
 _FOR_GOOD: Final = 1 << 30  # a pause count no resume brings back to 0
+# llhttp's readings of the common methods and versions, as the planner reads them.
+_METHODS: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
+                                            "OPTIONS", "CONNECT", "TRACE")}
+_VERSIONS: Final = {"1.1": (1, 1), "1.0": (1, 0)}
 
 
 class Limits(NamedTuple):
@@ -44,9 +50,8 @@ class Limits(NamedTuple):
 class Carrier(Protocol):
     """What carries an exchange out (gateproxy/engine/carry.py)."""
 
-    async def carry(self, exchange: Exchange, conn: Connection) -> bool:
-        """True when the connection may take its next request."""
-        ...
+    def carry(self, exchange: Exchange, conn: Connection) -> None:
+        """Start carrying `exchange` out; `conn.finished` is told when it is done."""
 
     def refuse(self, conn: Connection, why: str) -> None:
         """Answer a request that cannot be parsed (400), and close."""
@@ -56,6 +61,15 @@ class Carrier(Protocol):
 
     def trailer_ends(self, name: bytes) -> bool:
         """Whether a request trailer field (dropped, never a header) ends the connection."""
+
+
+class Reader(Protocol):
+    """The upstream end of an answer being relayed: held back while the client's socket
+    is full (gateproxy/engine/upstream.py `Request`)."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
 
 
 class Site(Protocol):
@@ -93,20 +107,21 @@ class Connection(asyncio.Protocol):
         self.lost = False
         self.written = 0  # bytes written to the client (the access log's)
         self.tunnel: asyncio.Future[None] | None = None  # bytes are relayed
+        self.relay: Reader | None = None  # the answer being relayed, from upstream
+        self._carrying = False  # in `_next`: exchanges finished there do not recurse
         self._admitted = False
         self._held = b""  # bytes that came before the connection was admitted
         self._paused = 0  # why reading is paused: a count of Chunks and queue holds
         self._head_bytes = 0
         self._first = True
-        self._url: list[bytes] = []
+        self._url = b""
+        self._max_field_size = site.limits.max_field_size
         self._deadline = 0.0
         limits = site.limits
         self._tick_s = min(limits.head_timeout_s, limits.body_timeout_s, limits.keepalive_s)
         self._body_start = 0.0
         self._body_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._wake: asyncio.Future[None] | None = None
-        self._task: asyncio.Task[None] | None = None
 
     # --- asyncio.Protocol --------------------------------------------------------------
 
@@ -124,7 +139,6 @@ class Connection(asyncio.Protocol):
         """Served from now on: reading starts, and so does the first head's clock."""
         self._admitted = True
         self._enter(Phase.IDLE, self.site.limits.head_timeout_s)
-        self._task = self.loop.create_task(self._serve())
         if self.transport is not None:
             self.transport.resume_reading()
         held, self._held = self._held, b""
@@ -139,9 +153,10 @@ class Connection(asyncio.Protocol):
         phase = self.phase
         if phase == Phase.CLOSING or self._paused >= _FOR_GOOD:
             return
-        if self.upgrading is not None:
-            if data:
-                self.upgrading.tunnel.feed(data)
+        upgrading = self.upgrading
+        if upgrading is not None:
+            if data and upgrading.tunnel is not None:
+                upgrading.tunnel.feed(data)
             return
         if self.reading is None or not self.reading.head_done:
             self._head_bytes += len(data)
@@ -156,8 +171,9 @@ class Connection(asyncio.Protocol):
             # The head of an upgrade (or CONNECT) is complete; what follows it is not
             # HTTP until the upstream has switched protocols.
             offset = upgrade.args[0] if upgrade.args else len(data)
-            if self.upgrading is not None and offset < len(data):
-                self.upgrading.tunnel.feed(data[offset:])
+            upgrading = self.upgrading
+            if upgrading is not None and upgrading.tunnel is not None and offset < len(data):
+                upgrading.tunnel.feed(data[offset:])
         except httptools.HttpParserError as exc:
             reading = self.reading
             if reading is not None and reading.head_done:
@@ -169,12 +185,15 @@ class Connection(asyncio.Protocol):
                 self._stop_reading()
             else:
                 self._refuse(_why(exc))
+        if self.queue and not self.busy:
+            self._next()
 
     def eof_received(self) -> bool | None:
         if self.upgrading is not None:
             # A tunnel's end shut its side: the tunnel ends both connections once what
             # is on its way has been written.
-            self.upgrading.tunnel.end()
+            if self.upgrading.tunnel is not None:
+                self.upgrading.tunnel.end()
             return True
         # A client that shuts its side is gone, as browsers and HTTP clients mean it: its
         # upstream request is abandoned with the connection (connection_lost follows).
@@ -187,31 +206,37 @@ class Connection(asyncio.Protocol):
         reading = self.reading
         if reading is not None and not reading.complete:
             reading.body.fail(ConnectionAbortedError("the client went away"))
-        if self.upgrading is not None:
+        if self.upgrading is not None and self.upgrading.tunnel is not None:
             self.upgrading.tunnel.end()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()  # the client went away: so does its upstream request
+        if self.busy and self.queue:
+            stop = self.queue[0].stop
+            if stop is not None:
+                stop()  # the client went away: so does its upstream request
         self.site.closed(self)
 
     def pause_writing(self) -> None:
         self.drain.pause()
+        if self.relay is not None:
+            self.relay.pause_reading()
 
     def resume_writing(self) -> None:
         self.drain.resume()
+        if self.relay is not None:
+            self.relay.resume_reading()
 
     # --- llhttp's callbacks ------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         if self._paused >= _FOR_GOOD:
             raise _Stopped  # the rest of this packet is not read
-        self.reading = Exchange(self.loop.time(), self._hold_reading, self._unhold_reading)
+        self.reading = Exchange(self.loop.time())
         self._first = False
-        self._url.clear()
+        self._url = b""
         self._step(Event.BYTES)
 
     def on_url(self, url: bytes) -> None:
-        self._url.append(url)
-        if sum(map(len, self._url)) > self.site.limits.max_field_size:
+        self._url += url
+        if len(self._url) > self._max_field_size:
             raise _TooLarge("the request target is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -221,44 +246,44 @@ class Connection(asyncio.Protocol):
         if reading.head_done:
             # A trailer field of a chunked body: never a header, of this request or of
             # any other.
-            reading.trailers += 1
             if self.site.carrier.trailer_ends(name):
                 reading.ends = True
             return
-        if len(name) + len(value) > self.site.limits.max_field_size:
+        if len(name) + len(value) > self._max_field_size:
             raise _TooLarge("a header field is too large")
-        if len(reading.raw_headers) >= MAX_HEADERS:
+        raw = reading.raw_headers
+        if len(raw) >= MAX_HEADERS:
             raise _TooLarge(f"the request has more than {MAX_HEADERS} header fields")
-        reading.raw_headers.append((name, value))
+        raw.append((name, value))
+        reading.names.append(name.lower())
 
     def on_headers_complete(self) -> None:
         reading = self.reading
         if reading is None:
             return
         parser = self.parser
-        reading.method = parser.get_method().decode("ascii", "replace")
-        reading.target = b"".join(self._url)
+        method = parser.get_method()
+        reading.method = _METHODS.get(method) or method.decode("ascii", "replace")
+        reading.target = self._url
         version = parser.get_http_version()
-        reading.version = (int(version[0]), int(version[2])) if len(version) == 3 \
-            else (1, 1)
-        reading.keep_alive = parser.should_keep_alive()
-        reading.upgrade = parser.should_upgrade()
+        reading.version = _VERSIONS.get(version) or (
+            (int(version[0]), int(version[2])) if len(version) == 3 else (1, 1))
         reading.head_done = True
-        reading.has_body = any(len(n) in (14, 17) and n.lower() in (
-            b"content-length", b"transfer-encoding") for n, _ in reading.raw_headers)
+        names = reading.names
         self._head_bytes = 0
-        self.queue.append(reading)
-        if len(self.queue) > MAX_QUEUED:
+        queue = self.queue
+        queue.append(reading)
+        if len(queue) > MAX_QUEUED:
             self._hold_reading()
-        self._wakeup()
-        if reading.upgrade:
-            reading.complete = True
-            reading.body.end()
+        if parser.should_upgrade():
+            reading.upgrade = reading.complete = True
+            reading.tunnel = Chunks(self._hold_reading, self._unhold_reading)
             self.upgrading = reading
             self.reading = None
             self._step(Event.MESSAGE)
-        elif reading.has_body:
-            reading.expect_body()
+        elif b"content-length" in names or b"transfer-encoding" in names:
+            reading.has_body = True
+            reading.expect_body(self._hold_reading, self._unhold_reading)
             self._step(Event.HEAD)
             self._body_start = self.loop.time()
             self._body_bytes = 0
@@ -275,7 +300,8 @@ class Connection(asyncio.Protocol):
         if reading is None or reading.upgrade:
             return
         reading.complete = True
-        reading.body.end()
+        if reading.has_body:
+            reading.body.end()
         self.reading = None
         self._step(Event.MESSAGE)
         if reading.answered and not self.queue:
@@ -288,42 +314,41 @@ class Connection(asyncio.Protocol):
 
     # --- the exchanges, in order -------------------------------------------------------
 
-    async def _serve(self) -> None:
+    def _next(self) -> None:
+        """Carry out the exchanges that are ready, one at a time, in order."""
+        if self._carrying:
+            return
+        self._carrying = True
         carrier = self.site.carrier
         try:
-            while True:
-                while not self.queue:
-                    if self.lost or self.transport is None or self.transport.is_closing():
-                        return
-                    self._wake = self.loop.create_future()
-                    await self._wake
-                exchange = self.queue[0]
+            while self.queue and not self.busy and not self.lost \
+                    and self.transport is not None and not self.transport.is_closing():
                 self.busy = True
-                keep = await carrier.carry(exchange, self)
-                exchange.answered = True
-                self.queue.popleft()
-                self.busy = False
-                if len(self.queue) == MAX_QUEUED:
-                    self._unhold_reading()
-                if not keep or self.site.draining or self.lost:
-                    self.finish()
-                    return
-                if self.tunnel is not None:
-                    await self.tunnel
-                    return
-                if not self.queue and self.phase == Phase.ANSWER:
-                    self._step(Event.ANSWERED)
-                    self._enter(Phase.IDLE, self.site.limits.keepalive_s)
-        except asyncio.CancelledError:
-            pass
+                carrier.carry(self.queue[0], self)
         except Exception as exc:  # a bug, never the client's doing: this connection ends
             log.opt(exception=exc).error("request_error", message=repr(exc))
             self.abort()
+        finally:
+            self._carrying = False
 
-    def _wakeup(self) -> None:
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+    def finished(self, exchange: Exchange, keep: bool) -> None:
+        """The carrier is done with `exchange` (the first in the queue); `keep`: the
+        connection may take its next request."""
+        exchange.answered = True
+        self.queue.popleft()
+        self.busy = False
+        if len(self.queue) == MAX_QUEUED:
+            self._unhold_reading()
+        if not keep or self.site.draining or self.lost:
+            self.finish()
+            return
+        if self.tunnel is not None:
+            return
+        if self.queue:
+            self._next()
+        elif self.phase is Phase.ANSWER:
+            self._step(Event.ANSWERED)
+            self._enter(Phase.IDLE, self.site.limits.keepalive_s)
 
     # --- what an exchange's carrier does with the connection ----------------------------
 
@@ -382,10 +407,9 @@ class Connection(asyncio.Protocol):
         self.reading = None
         if self.busy or self.queue:
             # Answered in turn: the 400 follows the answers of the requests before it.
-            refusal = Exchange(self.loop.time(), self._hold_reading, self._unhold_reading)
+            refusal = Exchange(self.loop.time())
             refusal.refusal = why
             self.queue.append(refusal)
-            self._wakeup()
         else:
             self.site.carrier.refuse(self, why)
 
@@ -411,16 +435,17 @@ class Connection(asyncio.Protocol):
     # --- the clocks ----------------------------------------------------------------------
 
     def _step(self, event: str) -> None:
-        phase = step(self.phase, event)
-        if phase == self.phase:
+        phase = TABLE.get((self.phase, event))
+        if phase is None:
+            raise BadStep(f"{event} in phase {self.phase}")
+        if phase is self.phase:
             return
         self.phase = phase
-        limits = self.site.limits
         clock = CLOCK[phase]
-        if clock == Clock.HEAD:
-            self._enter(phase, limits.head_timeout_s)
-        elif clock == Clock.BODY:
-            self._enter(phase, limits.body_timeout_s)
+        if clock is Clock.HEAD:
+            self._enter(phase, self.site.limits.head_timeout_s)
+        elif clock is Clock.BODY:
+            self._enter(phase, self.site.limits.body_timeout_s)
         # Clock.NONE: the timer is left to fire (it finds no clock running and lapses),
         # so that the next phase's clock usually finds it still armed.
 

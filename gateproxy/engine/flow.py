@@ -3,9 +3,10 @@ bytes that pauses the socket it is filled from, and `Drain`, what a writer await
 the socket it writes to is full (the model: uvicorn's `flow_control.py`).
 
 A body is never held whole: a side reads at most `HIGH_WATER` bytes ahead of the side
-that writes them on, and a writer waits while the kernel's send buffer and the
-transport's own are full. So a slow reader at either end costs bounded memory here and
-holds the other end back through TCP.
+that writes them on. Once its reader is ready, a `Chunks` is piped: bytes go straight to
+a `Target` as they come, and the target holds the source back while its own socket is
+full. So a slow reader at either end costs bounded memory here and holds the other end
+back through TCP.
 """
 
 from __future__ import annotations
@@ -13,18 +14,28 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 HIGH_WATER: Final = 256 * 1024  # bytes queued before the source is paused
 LOW_WATER: Final = 64 * 1024  # ...and resumed
+
+
+class Target(Protocol):
+    """Where a piped `Chunks` delivers (an upstream connection sending a request body)."""
+
+    def body_data(self, data: bytes) -> None: ...
+
+    def body_end(self) -> None: ...
+
+    def body_failed(self, exc: BaseException) -> None: ...
 
 
 class Chunks:
     """Body bytes on their way from one socket to another, in order, with their end or
     their failure. `pause` and `resume` hold the source socket back."""
 
-    __slots__ = ("_chunks", "_paused", "_waiter", "dropping", "ended", "error", "pause",
-                 "received", "resume", "size")
+    __slots__ = ("_chunks", "_paused", "_target", "_waiter", "dropping", "ended", "error",
+                 "pause", "received", "resume", "size")
 
     def __init__(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
         self._chunks: deque[bytes] = deque()
@@ -37,10 +48,14 @@ class Chunks:
         self.resume = resume
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
+        self._target: Target | None = None
 
     def feed(self, data: bytes) -> None:
         self.received += len(data)
         if self.dropping:
+            return
+        if self._target is not None:
+            self._target.body_data(data)
             return
         self._chunks.append(data)
         self.size += len(data)
@@ -51,19 +66,58 @@ class Chunks:
 
     def end(self) -> None:
         self.ended = True
+        target, self._target = self._target, None
+        if target is not None:
+            target.body_end()
         self._wake()
 
     def fail(self, exc: BaseException) -> None:
         if not self.ended and self.error is None:
             self.error = exc
+            target, self._target = self._target, None
+            if target is not None:
+                target.body_failed(exc)
             self._wake()
 
     def drop(self) -> None:
         """Nothing will read the rest: what is queued and what comes is discarded."""
         self.dropping = True
+        self._target = None
         self._chunks.clear()
         self.size = 0
-        self._unpause()
+        self.unhold()
+
+    def pipe(self, target: Target) -> None:
+        """From now on bytes go to `target` as they come, what is queued first."""
+        self._target = target
+        if self._chunks:
+            data = b"".join(self._chunks)
+            self._chunks.clear()
+            self.size = 0
+            target.body_data(data)
+            self._unpause()
+        if self.error is not None:
+            self._target = None
+            target.body_failed(self.error)
+        elif self.ended:
+            self._target = None
+            target.body_end()
+
+    def unpipe(self) -> None:
+        """The target is gone: bytes queue again (for nobody, until `drop`)."""
+        self._target = None
+        self.unhold()
+
+    def hold(self) -> None:
+        """The target's socket is full: the source waits."""
+        if not self._paused:
+            self._paused = True
+            self.pause()
+
+    def unhold(self) -> None:
+        if self._paused:
+            self._paused = False
+            self.resume()
 
     def whole(self) -> bytes | None:
         """All of the body when it has all come already, else None."""

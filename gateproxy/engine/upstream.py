@@ -1,16 +1,18 @@
 """The upstream side of the core: one pooled keep-alive HTTP/1.1 client for the one
 upstream, on `asyncio.Protocol` and httptools' `HttpResponseParser` (llhttp).
 
-`Pool.send` writes a request head (and its body, from a `Chunks`) on an idle pooled
-connection or a new one made through the connect step (gateproxy/upstream/reconnect.py),
-and returns the answer once its head has arrived: an `Answer` whose body arrives in a
-`Chunks`, read at the client's pace (reading from the upstream pauses while it is full).
+`Pool.send` writes a request head (and its body, piped from a `Chunks` as it comes) on an
+idle pooled connection, or on a new one made through the connect step
+(gateproxy/upstream/reconnect.py), and the answer goes to the request's `Sink` as
+llhttp reads it: its head, its body's pieces, its end, or its failure. Nothing waits:
+every step is a callback, so a small answer is relayed within the read that brought it.
+`Pool.fetch` is the same request for a caller that awaits (the health view).
 
 What goes wrong becomes an `UpstreamError` through the one map
 (gateproxy/upstream/interface.py `failure`): a refused or reset connection, the connect
 timeout, the read timeout (`upstream.read_timeout_ms` of silence, from the moment the
 request is all sent), and an answer llhttp cannot parse, at any point: its connection is
-closed and the client is told at once, never left waiting. A pooled connection that turns
+closed and the sink is told at once, never left waiting. A pooled connection that turns
 out closed before any byte of its answer is tried once more on a fresh connection, for
 requests that are safe to repeat and carry no body.
 """
@@ -20,16 +22,15 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 import httptools
-from multidict import CIMultiDict
 
 from gateproxy.engine import wire
 from gateproxy.engine.flow import Chunks, Drain
+from gateproxy.logs import log
 from gateproxy.upstream.interface import (
     UNAVAILABLE,
-    BodySource,
     ConnectStep,
     ConnectTimeout,
     Disconnected,
@@ -37,6 +38,8 @@ from gateproxy.upstream.interface import (
     UpstreamError,
     failure,
 )
+
+Field = tuple[bytes, bytes]
 
 # RFC 9110 section 9.2.2: a request with one of these methods may be repeated.
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -48,60 +51,79 @@ MAX_IDLE: Final = 256
 LENGTH, CHUNKED, UNTIL_CLOSE, NONE = "length", "chunked", "close", "none"
 
 
-class Answer:
-    """The upstream's answer to one request: its head, how its body is framed, and the
-    body as it arrives. `release` when the body has been read to its end, `close` to give
-    it up (the connection is dropped)."""
+class Sink(Protocol):
+    """What an upstream answer goes to, as it arrives (gateproxy/engine/carry.py `Relay`)."""
 
-    __slots__ = ("_conn", "_pool", "body", "framing", "length", "raw_headers", "reason",
-                 "status", "upgraded")
+    def answer_head(self, status: int, reason: bytes, raw_headers: list[Field],
+                    names: list[bytes], framing: str) -> None:
+        """The answer's head (`names`: its header names in lower case); `framing`: how
+        its body is delimited (NONE: it has none)."""
 
-    def __init__(self, conn: Connection, pool: Pool) -> None:
-        self._conn: Connection | None = conn
-        self._pool = pool
-        self.status = 0
-        self.reason = ""
-        self.raw_headers: list[tuple[bytes, bytes]] = []
-        self.framing = NONE
-        self.length: int | None = None
-        self.body = Chunks(conn.pause_reading, conn.resume_reading)
-        self.upgraded = False  # a 101: `body` is the upstream's bytes of the new protocol
+    def answer_body(self, data: bytes) -> None: ...
+
+    def answer_end(self) -> None:
+        """The answer is complete (its connection is back in the pool)."""
+
+    def answer_failed(self, error: UpstreamError) -> None:
+        """No (whole) answer: before its head, or within its body."""
+
+    def answer_switched(self, reason: bytes, raw_headers: list[Field], names: list[bytes],
+                        upstream: Connection, rest: Chunks) -> None:
+        """A 101: the connection is the sink's from now on, its bytes arriving in `rest`."""
+
+    def flush(self) -> None:
+        """A read has been parsed: what it gave may be written on."""
+
+
+class Request:
+    """One request on its way: the bytes to send, and the connection carrying it."""
+
+    __slots__ = ("body", "chunked", "conn", "done", "fresh", "head", "method", "pool", "sink",
+                 "task")
+
+    def __init__(self, pool: Pool, sink: Sink, method: str, head: bytes, body: Chunks | None,
+                 chunked: bool) -> None:
+        self.pool = pool
+        self.sink = sink
+        self.method = method
+        self.head = head
+        self.body = body
+        self.chunked = chunked
+        self.conn: Connection | None = None
+        self.task: asyncio.Task[Connection] | None = None  # connecting
+        self.fresh = False  # on a connection made for it (a stale one is not retried)
+        self.done = False
 
     @property
-    def connection(self) -> Connection:
-        """The connection it came on (an upgraded one becomes the tunnel's)."""
-        assert self._conn is not None
-        return self._conn
+    def retryable(self) -> bool:
+        return not self.fresh and self.body is None and self.method in IDEMPOTENT
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        body = self.body
-        while chunk := await body.read():
-            yield chunk
+    def pause_reading(self) -> None:
+        """The client's socket is full: the answer waits upstream."""
+        if self.conn is not None:
+            self.conn.pause_reading()
 
-    def release(self) -> None:
-        conn, self._conn = self._conn, None
+    def resume_reading(self) -> None:
+        if self.conn is not None:
+            self.conn.resume_reading()
+
+    def cancel(self) -> None:
+        """Given up (the client went away, or wants no more of the answer): nothing more
+        reaches the sink, and the connection, out of step, is dropped."""
+        self.done = True
+        if self.task is not None:
+            self.task.cancel()
+        conn, self.conn = self.conn, None
         if conn is not None:
-            self._pool.release(conn)
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.abort()
-
-    def detach(self) -> Connection:
-        """The connection of a 101, taken out of the pool for good (a tunnel's)."""
-        conn, self._conn = self._conn, None
-        assert conn is not None
-        conn.reusable = False
-        return conn
+            conn.drop()
 
 
 class Connection(asyncio.Protocol):
-    """One upstream connection: its parser, its read timeout, the answer being read."""
+    """One upstream connection: its parser, its read timeout, the request being answered."""
 
-    __slots__ = ("_armed", "_deadline", "_pool", "_timer", "answer", "drain", "got_bytes", "head",
-                 "loop", "lost", "parser", "pump", "reusable", "sink", "skip_body",
-                 "transport")
+    __slots__ = ("_armed", "_deadline", "_pool", "_timer", "delivered", "drain", "framing",
+                 "got_bytes", "headers", "loop", "lost", "names", "parser", "piping", "reason",
+                 "request", "reusable", "skip_body", "status", "transport", "tunnel")
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
@@ -109,14 +131,19 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.drain = Drain()
-        self.answer: Answer | None = None
-        self.head: asyncio.Future[Answer] | None = None
+        self.request: Request | None = None
+        self.status = 0
+        self.reason = b""
+        self.headers: list[Field] = []
+        self.names: list[bytes] = []  # the header names in lower case
+        self.framing = NONE
+        self.delivered = False  # the current answer's head went to its sink
         self.skip_body = False  # the request was HEAD: its answer has no body
         self.reusable = True
         self.got_bytes = False  # of the current answer
         self.lost = False
-        self.pump: asyncio.Task[None] | None = None  # a request body being streamed
-        self.sink: Chunks | None = None  # after a 101: where the bytes go, unparsed
+        self.piping: Chunks | None = None  # a request body being streamed up
+        self.tunnel: Chunks | None = None  # after a 101: where the bytes go, unparsed
         self._deadline = 0.0
         self._armed = False  # the read timeout runs
         self._timer: asyncio.TimerHandle | None = None
@@ -131,25 +158,31 @@ class Connection(asyncio.Protocol):
         self.got_bytes = True
         if self._armed:
             self._deadline = self.loop.time() + self._pool.read_timeout_s
-        if self.sink is not None:
-            self.sink.feed(data)
+        if self.tunnel is not None:
+            self.tunnel.feed(data)
             return
-        answer = self.answer
+        request = self.request
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             offset = upgrade.args[0] if upgrade.args else len(data)
-            if answer is not None and answer.status == 101:
-                answer.upgraded = True
-                self.sink = answer.body
-                if offset < len(data):
-                    answer.body.feed(data[offset:])
-                self._stop_timer()
-                self._settle_head()
+            if request is not None and self.status == 101:
+                self._switch(request, data[offset:])
             else:
                 self._fail(Malformed("an upgrade the request did not ask for"))
+            return
+        except httptools.HttpParserCallbackError as exc:
+            # A bug on the sink's side, never the upstream's doing: told as a failure, so
+            # that the client is answered.
+            log.opt(exception=exc.__context__).error("request_error",
+                                                     message=repr(exc.__context__))
+            self._fail(Malformed("an answer the proxy could not relay"))
+            return
         except httptools.HttpParserError as exc:
             self._fail(Malformed(f"a malformed answer ({exc})"))
+            return
+        if request is not None and self.request is request:
+            request.sink.flush()
 
     def eof_received(self) -> bool | None:
         return None  # close: the upstream's end of a close-delimited body is its last
@@ -157,30 +190,39 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost = True
         self.reusable = False
-        self._stop_timer()
+        self._armed = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self.drain.lost()
-        if self.sink is not None:
-            self.sink.end()
+        if self.tunnel is not None:
+            self.tunnel.end()
             return
-        answer = self.answer
-        if answer is None:
+        request = self.request
+        if request is None:
             return
-        if self.head is not None and not self.head.done():
+        if not self.delivered:
+            if not self.got_bytes and request.retryable:
+                # A pooled connection the upstream had closed: nothing of the request was
+                # read, and one that is safe to repeat is sent once more.
+                self._detach()
+                self._pool.connect(request)
+                return
             self._fail(Disconnected("the upstream closed the connection"))
-        elif answer.framing == UNTIL_CLOSE:
-            answer.body.end()  # its end is the connection's
-        elif not answer.body.ended:
-            answer.body.fail(failure(Disconnected("the upstream closed the connection"),
-                                     self._pool.read_timeout_ms, mid_body=True))
+        elif self.framing == UNTIL_CLOSE:
+            self._complete()  # its end is the connection's
+        else:
+            self._fail(Disconnected("the upstream closed the connection"))
 
     def pause_writing(self) -> None:
         self.drain.pause()
+        if self.piping is not None:
+            self.piping.hold()
 
     def resume_writing(self) -> None:
         self.drain.resume()
+        if self.piping is not None:
+            self.piping.unhold()
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.lost:
@@ -193,76 +235,109 @@ class Connection(asyncio.Protocol):
     # --- httptools' callbacks --------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        answer = self.answer
-        if answer is not None:
-            answer.raw_headers = []
-            answer.reason = ""
+        self.headers = []
+        self.reason = b""
 
     def on_status(self, status: bytes) -> None:
-        if self.answer is not None:
-            self.answer.reason += status.decode("latin-1")
+        self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        answer = self.answer
-        if answer is not None and self.head is not None and not self.head.done():
-            answer.raw_headers.append((name, value))
+        # (After the head: a trailer of a chunked body, into a list nobody reads.)
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        answer = self.answer
-        if answer is None:
+        request = self.request
+        if request is None:
             return
         status = self.parser.get_status_code()
-        answer.status = status
+        self.status = status
+        headers = self.headers
+        names = self.names = [name.lower() for name, _ in headers]
         if 100 <= status < 200:
             return  # informational: skipped (a 101 ends in HttpParserUpgrade)
+        self.headers = []  # for the trailers of a chunked body, dropped
         if not self.parser.should_keep_alive():
             self.reusable = False
-        length, chunked = wire.framing(answer.raw_headers)
+        length, chunked = wire.framing(headers, names)
         if self.skip_body or status in (204, 304):
-            answer.framing = NONE
+            framing = NONE
         elif chunked:
-            answer.framing = CHUNKED
-        elif length is not None:
-            answer.framing = LENGTH
-            answer.length = length
+            framing = CHUNKED
+        elif length:
+            framing = LENGTH
         else:
-            answer.framing = UNTIL_CLOSE
+            framing = UNTIL_CLOSE
             self.reusable = False
-        if answer.framing == NONE:
+        self.framing = framing
+        self.delivered = True
+        request.sink.answer_head(status, self.reason, headers, names, framing)
+        if framing == NONE and self.request is request:
             # llhttp would wait for the Content-Length of a HEAD answer's body: this
             # answer is complete now, and its connection, whose parser is out of step, is
             # not used again.
             if self.skip_body:
                 self.reusable = False
-            answer.body.end()
-            self._stop_timer()
-        self._settle_head()
+            self._complete()
 
     def on_body(self, body: bytes) -> None:
-        answer = self.answer
-        if answer is not None and answer.status >= 200 and not answer.body.ended:
-            answer.body.feed(body)
+        request = self.request
+        if request is not None and self.delivered:
+            request.sink.answer_body(body)
 
     def on_message_complete(self) -> None:
-        answer = self.answer
-        if answer is None or 100 <= answer.status < 200:
-            return
-        self._stop_timer()
-        answer.body.end()
+        if self.request is not None and self.delivered:
+            self._complete()
 
     # --- the exchange ----------------------------------------------------------------
 
-    def start(self, answer: Answer, skip_body: bool) -> asyncio.Future[Answer]:
-        """Expect `answer` to the request about to be written."""
-        self.answer = answer
-        self.skip_body = skip_body
+    def carry(self, request: Request) -> None:
+        """Send `request` and take its answer."""
+        self.request = request
+        request.conn = self
+        self.skip_body = request.method == "HEAD"
         self.got_bytes = False
-        self.head = self.loop.create_future()
-        return self.head
+        self.delivered = False
+        self.status = 0
+        transport = self.transport
+        assert transport is not None
+        body = request.body
+        if body is None:
+            transport.write(request.head)
+            self.sent()
+            return
+        whole = body.whole()
+        if whole is not None:
+            transport.writelines(wire.whole_body(request.head, whole, request.chunked))
+            self.sent()
+        else:
+            transport.write(request.head)
+            self.piping = body
+            body.pipe(self)
+
+    # A request body, piped from the client (gateproxy/engine/flow.py `Target`).
+
+    def body_data(self, data: bytes) -> None:
+        if self.transport is not None and not self.lost:
+            request = self.request
+            self.transport.writelines(wire.chunk(data) if request is not None
+                                      and request.chunked else (data,))
+
+    def body_end(self) -> None:
+        request = self.request
+        self.piping = None
+        if request is not None and request.chunked and self.transport is not None:
+            self.transport.write(wire.LAST_CHUNK)
+        self.sent()
+
+    def body_failed(self, exc: BaseException) -> None:
+        """The client's body broke off: the upstream sees an unfinished request, never a
+        shortened one that looks complete."""
+        self.piping = None
+        self._fail(Disconnected("the request body broke off"))
 
     def sent(self) -> None:
         """The request is all written: from now on the upstream's silence counts."""
-        if self._pool.read_timeout_s and self.answer is not None and not self.answer.body.ended:
+        if self._pool.read_timeout_s and self.request is not None:
             self._armed = True
             self._deadline = self.loop.time() + self._pool.read_timeout_s
             # One timer, kept across requests: when it fires it finds the deadline moved
@@ -280,27 +355,49 @@ class Connection(asyncio.Protocol):
             return
         self._fail(TimeoutError())
 
-    def _stop_timer(self) -> None:
+    def _detach(self) -> Request | None:
+        """The current request leaves this connection."""
+        request, self.request = self.request, None
         self._armed = False
+        if self.piping is not None:
+            self.piping.unpipe()
+            self.piping = None
+            self.reusable = False  # its body is not all sent: out of step
+        if request is not None:
+            request.conn = None
+        return request
 
-    def _settle_head(self) -> None:
-        head = self.head
-        if head is not None and not head.done() and self.answer is not None:
-            head.set_result(self.answer)
+    def _complete(self) -> None:
+        request = self._detach()
+        if request is None:
+            return
+        request.done = True
+        self._pool.release(self)
+        request.sink.answer_end()
+
+    def _switch(self, request: Request, rest: bytes) -> None:
+        self._detach()
+        request.done = True
+        self.reusable = False
+        tunnel = self.tunnel = Chunks(self.pause_reading, self.resume_reading)
+        if rest:
+            tunnel.feed(rest)
+        request.sink.answer_switched(self.reason, self.headers, self.names, self, tunnel)
 
     def _fail(self, exc: BaseException) -> None:
-        """The exchange on this connection cannot go on: the waiter of its head, or the
-        reader of its body, is told; the connection is closed."""
-        self.reusable = False
-        self._stop_timer()
-        head, answer = self.head, self.answer
-        if head is not None and not head.done():
-            head.set_exception(exc)
-        elif answer is not None:
-            answer.body.fail(failure(exc, self._pool.read_timeout_ms, mid_body=True))
-        self.abort()
+        """The exchange on this connection cannot go on: its sink is told, and the
+        connection is closed."""
+        mid_body = self.delivered
+        request = self._detach()
+        self.drop()
+        if request is not None and not request.done:
+            request.done = True
+            request.sink.answer_failed(failure(exc, self._pool.read_timeout_ms,
+                                               mid_body=mid_body))
 
-    def abort(self) -> None:
+    def drop(self) -> None:
+        """Close now, the current request with it (nothing more reaches its sink)."""
+        self._detach()
         self.reusable = False
         if self.transport is not None:
             self.transport.abort()
@@ -323,60 +420,34 @@ class Pool:
 
     # --- one request -------------------------------------------------------------------
 
-    async def send(self, method: str, target: str, headers: CIMultiDict[str],
-                   body: BodySource | None) -> Answer:
-        """Send a request and return its answer's head; its body arrives as it comes.
-        `body`: the request's, as the client sends it (None: it has none)."""
+    def send(self, sink: Sink, method: str, target: str, fields: list[Field],
+             body: Chunks | None) -> Request:
+        """Send a request with these header lines (`Host` first, when there is one); its
+        answer goes to `sink`. `body`: the request's, as the client sends it (None: it has
+        none). Raises UpstreamError for a request that cannot be sent at all."""
         if self._closed:
             raise UpstreamError(UNAVAILABLE, "the proxy is shutting down")
-        whole = body.whole() if body is not None else None
-        chunked = body is not None and "Content-Length" not in headers
-        head = wire.request_head(self.origin, method, target, headers, body is not None,
+        chunked = body is not None and not wire.announces_length(fields)
+        head = wire.request_head(self.origin, method, target, fields, body is not None,
                                  chunked)
+        request = Request(self, sink, method, head, body, chunked)
         conn = self._pooled()
         if conn is not None:
-            try:
-                return await self._exchange(conn, method, head, body, whole, chunked)
-            except Disconnected as exc:
-                # A pooled connection the upstream had closed: nothing of the request
-                # was read, and one that is safe to repeat is sent once more.
-                if conn.got_bytes or body is not None or method not in IDEMPOTENT:
-                    raise failure(exc, self.read_timeout_ms) from exc
-        conn = await self._connect()
-        try:
-            return await self._exchange(conn, method, head, body, whole, chunked)
-        except Disconnected as exc:
-            raise failure(exc, self.read_timeout_ms) from exc
-
-    async def _exchange(self, conn: Connection, method: str, head: bytes,
-                        body: BodySource | None, whole: bytes | None, chunked: bool) -> Answer:
-        answer = Answer(conn, self)
-        arrived = conn.start(answer, method == "HEAD")
-        transport = conn.transport
-        assert transport is not None
-        pump: asyncio.Task[None] | None = None
-        if body is None:
-            transport.write(head)
-            conn.sent()
-        elif whole is not None:
-            transport.writelines(wire.whole_body(head, whole, chunked))
-            conn.sent()
+            conn.carry(request)
         else:
-            transport.write(head)
-            pump = conn.pump = conn.loop.create_task(_pump(conn, body, chunked))
+            self.connect(request)
+        return request
+
+    async def fetch(self, method: str, target: str, fields: list[Field],
+                    body: Chunks | None = None) -> Fetched:
+        """`send` for a caller that awaits: the answer once its head has come."""
+        fetched = Fetched()
+        fetched.request = self.send(fetched, method, target, fields, body)
         try:
-            return await arrived
-        except Disconnected:
-            raise  # the caller's: a stale pooled connection is tried once more
-        except (OSError, TimeoutError, Malformed) as exc:
-            raise failure(exc, self.read_timeout_ms) from exc
-        except BaseException:
-            conn.abort()  # cancelled: the client went away, and so does its request
+            return await fetched.arrived
+        except asyncio.CancelledError:
+            fetched.close()
             raise
-        finally:
-            if pump is not None and (not arrived.done() or arrived.cancelled()
-                                     or arrived.exception() is not None):
-                pump.cancel()
 
     # --- the pool ----------------------------------------------------------------------
 
@@ -388,19 +459,13 @@ class Pool:
                 conn, since = idle.pop()
                 if now - since < POOL_IDLE_S and conn.reusable and not conn.lost:
                     return conn
-                conn.abort()
+                conn.drop()
         return None
 
     def release(self, conn: Connection) -> None:
         """A whole answer has been read: the connection may carry the next request."""
-        conn.answer = None
-        conn.head = None
-        pump, conn.pump = conn.pump, None
-        if self._closed or not conn.reusable or conn.lost or len(self._idle) >= MAX_IDLE \
-                or (pump is not None and not pump.done()):
-            # (A body still being sent when its answer is all read: the upstream answered
-            # early, and the connection is out of step.)
-            conn.abort()
+        if self._closed or not conn.reusable or conn.lost or len(self._idle) >= MAX_IDLE:
+            conn.drop()
             return
         now = conn.loop.time()
         idle = self._idle
@@ -408,13 +473,33 @@ class Pool:
         # The stack's bottom holds the connections least recently used: expire them
         # here, one per release, instead of keeping a timer.
         if now - idle[0][1] >= POOL_IDLE_S:
-            idle.popleft()[0].abort()
+            idle.popleft()[0].drop()
 
-    async def _connect(self) -> Connection:
-        try:
-            return await self._connects.connect(self._open)
-        except (OSError, TimeoutError) as exc:
-            raise failure(exc, self.read_timeout_ms) from exc
+    def connect(self, request: Request) -> None:
+        """Carry `request` on a new connection, made through the connect step."""
+        request.fresh = True
+        task = request.task = asyncio.get_running_loop().create_task(
+            self._connects.connect(self._open))
+        task.add_done_callback(lambda done: self._connected(request, done))
+
+    def _connected(self, request: Request, task: asyncio.Task[Connection]) -> None:
+        request.task = None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            conn = task.result()
+            if request.done:
+                self.release(conn)  # the client went away meanwhile: kept for the next
+            else:
+                conn.carry(request)
+            return
+        if request.done:
+            return
+        request.done = True
+        if not isinstance(exc, UpstreamError | OSError | TimeoutError):
+            log.opt(exception=exc).error("request_error", message=repr(exc))
+        request.sink.answer_failed(failure(exc, self.read_timeout_ms))
 
     async def _open(self) -> Connection:
         """One connection attempt; nothing is sent on it yet."""
@@ -431,28 +516,57 @@ class Pool:
     async def close(self) -> None:
         self._closed = True
         while self._idle:
-            self._idle.pop()[0].abort()
+            self._idle.pop()[0].drop()
 
 
-async def _pump(conn: Connection, body: BodySource, chunked: bool) -> None:
-    """Stream a request body as the client sends it. When it breaks off (the client went
-    away, or stalled past its timeout) the upstream connection is aborted, so the
-    upstream sees an unfinished request, never a shortened one that looks complete."""
-    transport = conn.transport
-    assert transport is not None
-    try:
+class Fetched:
+    """An answer for a caller that awaits it (`Pool.fetch`): its head, then its body's
+    pieces through `iter_chunks`."""
+
+    def __init__(self) -> None:
+        self.arrived: asyncio.Future[Fetched] = asyncio.get_running_loop().create_future()
+        self.request: Request | None = None
+        self.status = 0
+        self.reason = b""
+        self.raw_headers: list[Field] = []
+        # Unbounded: the caller (the health view) reads a small answer under a timeout.
+        self.body = Chunks(_nothing, _nothing)
+
+    def answer_head(self, status: int, reason: bytes, raw_headers: list[Field],
+                    names: list[bytes], framing: str) -> None:
+        self.status, self.reason, self.raw_headers = status, reason, raw_headers
+        if not self.arrived.done():
+            self.arrived.set_result(self)
+
+    def answer_body(self, data: bytes) -> None:
+        self.body.feed(data)
+
+    def answer_end(self) -> None:
+        self.body.end()
+
+    def answer_failed(self, error: UpstreamError) -> None:
+        if not self.arrived.done():
+            self.arrived.set_exception(error)
+        self.body.fail(error)
+
+    def answer_switched(self, reason: bytes, raw_headers: list[Field], names: list[bytes],
+                        upstream: Connection, rest: Chunks) -> None:
+        upstream.drop()
+        self.answer_failed(UpstreamError(UNAVAILABLE, "the upstream switched protocols"))
+
+    def flush(self) -> None:
+        return None
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        body = self.body
         while chunk := await body.read():
-            transport.writelines(wire.chunk(chunk) if chunked else (chunk,))
-            if conn.drain.paused:
-                await conn.drain.wait()
-            if conn.lost:
-                return
-        if chunked:
-            transport.write(wire.LAST_CHUNK)
-    except asyncio.CancelledError:
-        conn.abort()
-        raise
-    except Exception:
-        conn.abort()
-        return
-    conn.sent()
+            yield chunk
+
+    def close(self) -> None:
+        """Done with it: an answer not read to its end drops its connection."""
+        if self.request is not None and not self.request.done:
+            self.request.cancel()
+
+
+def _nothing() -> None:
+    return None

@@ -10,14 +10,16 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
+from itertools import islice
 from typing import Final, NamedTuple
 
-from multidict import CIMultiDict
 from yarl import URL
 
 from gateproxy.upstream.interface import UNAVAILABLE, UpstreamError
 
+Field = tuple[bytes, bytes]
 _BODYLESS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+_REASONS: Final = {int(status): status.phrase.encode("ascii") for status in HTTPStatus}
 LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
@@ -29,7 +31,7 @@ class Origin(NamedTuple):
     port: int
     ssl: ssl.SSLContext | None
     authority: str
-    prefix: str
+    prefix: bytes
 
     @classmethod
     def parse(cls, base_url: str) -> Origin:
@@ -38,34 +40,42 @@ class Origin(NamedTuple):
         tls = url.scheme == "https"
         return cls(host, url.port or (443 if tls else 80),
                    ssl.create_default_context() if tls else None,
-                   url.host_port_subcomponent or host, url.raw_path.rstrip("/"))
+                   url.host_port_subcomponent or host,
+                   url.raw_path.rstrip("/").encode("ascii"))
 
 
-def request_head(origin: Origin, method: str, target: str, headers: CIMultiDict[str],
+def request_head(origin: Origin, method: str, target: str, fields: Sequence[Field],
                  body: bool, chunked: bool) -> bytes:
     """The request head sent upstream: `Host` first (the upstream's authority when the
-    client sent none), the headers in order, then the framing: `Transfer-Encoding:
+    client sent none), the header lines in order, then the framing: `Transfer-Encoding:
     chunked` for a body of unknown length, `Content-Length: 0` on a bodiless request whose
     method gives a body meaning (RFC 9110 section 8.6; some servers answer 411 without
     it). A target ending in an empty query loses the `?`."""
     if target.endswith("?") and target.count("?") == 1:
         target = target[:-1]
-    lines = [f"{method} {origin.prefix}{target} HTTP/1.1"]
-    host = headers.get("Host")
-    lines.append(f"Host: {origin.authority if host is None else host}")
-    lines += [f"{name}: {value}" for name, value in headers.items()
-              if name.lower() != "host"]
+    lines = [b"%s %s%s HTTP/1.1\r\n" % (method.encode("ascii"), origin.prefix,
+                                         target.encode("utf-8", "surrogateescape"))]
+    if fields and fields[0][0].lower() == b"host":
+        lines.append(b"Host: %s\r\n" % fields[0][1])
+        lines += [b"%s: %s\r\n" % field for field in islice(fields, 1, None)]
+    else:
+        lines.append(b"Host: %s\r\n" % origin.authority.encode("ascii"))
+        lines += [b"%s: %s\r\n" % field for field in fields]
     if chunked:
-        lines.append("Transfer-Encoding: chunked")
-    elif not body and method not in _BODYLESS and "Content-Length" not in headers:
-        lines.append("Content-Length: 0")
-    text = "\r\n".join(lines) + "\r\n\r\n"
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    elif not body and method not in _BODYLESS and not announces_length(fields):
+        lines.append(b"Content-Length: 0\r\n")
+    lines.append(b"\r\n")
+    head = b"".join(lines)
     # A CR or LF inside a name, value or target would split the head: request smuggling.
     # llhttp refuses them from clients; this holds for every header, the proxy's own too.
-    if text.count("\n") != len(lines) + 1 or text.count("\r") != len(lines) + 1 \
-            or "\0" in text:
+    if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines) or b"\0" in head:
         raise UpstreamError(UNAVAILABLE, "a request header contains a line break")
-    return text.encode("utf-8", "surrogateescape")
+    return head
+
+
+def announces_length(fields: Iterable[Field]) -> bool:
+    return any(len(name) == 14 and name.lower() == b"content-length" for name, _ in fields)
 
 
 def whole_body(head: bytes, body: bytes, chunked: bool) -> Sequence[bytes]:
@@ -79,31 +89,28 @@ def chunk(data: bytes) -> tuple[bytes, bytes, bytes]:
     return (b"%x\r\n" % len(data), data, b"\r\n")
 
 
-def framing(raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
-    """The Content-Length a message announces (None: none), and whether its body is
-    chunked. llhttp has checked that they agree and are well formed."""
-    length = None
+def framing(raw: Sequence[Field], names: Sequence[bytes]) -> tuple[bool, bool]:
+    """Whether a message announces a Content-Length, and whether its body is chunked (its
+    last Transfer-Encoding ends in `chunked`). llhttp has checked that they agree and are
+    well formed."""
     chunked = False
-    for name, value in raw_headers:
-        if len(name) == 14 and name.lower() == b"content-length":
-            length = int(value)
-        elif len(name) == 17 and name.lower() == b"transfer-encoding":
-            chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-    return length, chunked
+    if b"transfer-encoding" in names:
+        last = len(names) - 1 - names[::-1].index(b"transfer-encoding")
+        chunked = raw[last][1].rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+    return b"content-length" in names, chunked
 
 
-def status_line(status: int, reason: str | None = None) -> str:
+def status_line(status: int, reason: bytes | None = None) -> bytes:
     if reason is None:
-        try:
-            reason = HTTPStatus(status).phrase
-        except ValueError:
-            reason = ""
-    return f"HTTP/1.1 {status} {reason}"
+        reason = _REASONS.get(status, b"")
+    elif not reason.isascii():
+        reason = reason.decode("latin-1").encode("utf-8")
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
 
 
-def response_head(status: int, reason: str | None, headers: Iterable[tuple[str, str]]
-                  ) -> bytes:
+def response_head(status: int, reason: bytes | None, fields: Iterable[Field]) -> bytes:
     """A response head with exactly these header lines."""
     lines = [status_line(status, reason)]
-    lines += [f"{name}: {value}" for name, value in headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+    lines += [b"%s: %s\r\n" % field for field in fields]
+    lines.append(b"\r\n")
+    return b"".join(lines)

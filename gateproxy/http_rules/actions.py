@@ -12,36 +12,65 @@ these out.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateproxy.core.answers import Answer
-from gateproxy.upstream.interface import RawHeaders
 
-__all__ = ["Action", "Answer", "Endpoint", "EndpointHandler", "ForwardPlan", "Gated", "Hold",
-           "LocalRequest", "Reply", "RequestHead", "Upgrade", "Waitable"]
+Field = tuple[bytes, bytes]
+
+__all__ = ["Action", "Answer", "Endpoint", "EndpointHandler", "Field", "ForwardPlan", "Gated",
+           "Hold", "LocalRequest", "Reply", "RequestHead", "Upgrade", "Waitable"]
 
 
-class RequestHead(NamedTuple):
-    """A parsed request head, as the planner reads it."""
+class RequestHead:
+    """A parsed request head, as the planner reads it: the header lines as llhttp gave
+    them, with their names in lower case beside them (`names`), for lookups."""
 
-    method: str
-    target: str  # as received
-    version: tuple[int, int]
-    headers: CIMultiDictProxy[str]
-    raw_headers: RawHeaders
-    peername: object  # the connection's peer name, as its transport gives it
-    tls: bool
+    __slots__ = ("_headers", "method", "names", "peername", "raw_headers", "target", "tls",
+                 "version")
+
+    def __init__(self, method: str, target: str, version: tuple[int, int],
+                 raw_headers: Sequence[Field], names: Sequence[bytes], peername: object,
+                 tls: bool) -> None:
+        self.method = method
+        self.target = target  # as received
+        self.version = version
+        self.raw_headers = raw_headers
+        self.names = names
+        self.peername = peername  # the connection's peer name, as its transport gives it
+        self.tls = tls
+        self._headers: CIMultiDictProxy[str] | None = None
+
+    def __contains__(self, name: object) -> bool:
+        """Whether a header of this name (any case) came."""
+        return isinstance(name, str) and name.lower().encode("latin-1") in self.names
+
+    def field(self, name: bytes) -> bytes | None:
+        """The first value of the header `name` (in lower case), or None."""
+        names = self.names
+        return self.raw_headers[names.index(name)][1] if name in names else None
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        """The header lines as text (each byte as its Latin-1 character), for the
+        proxy's own endpoints."""
+        if self._headers is None:
+            self._headers = CIMultiDictProxy(CIMultiDict(
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in self.raw_headers))
+        return self._headers
 
 
 class ForwardPlan(NamedTuple):
-    """Send the request upstream to `target` with `headers`; `close`: end the client
-    connection after the answer; `expect`: tell the client `100 Continue` first."""
+    """Send the request upstream to `target` with these header lines (`Host` first when
+    there is one); `close`: end the client connection after the answer; `expect`: tell
+    the client `100 Continue` first."""
 
     target: str
-    headers: CIMultiDict[str]
+    fields: list[Field]
     close: bool = False
     expect: bool = False
 
@@ -80,11 +109,11 @@ class Hold(NamedTuple):
 
 
 class Upgrade(NamedTuple):
-    """Send the WebSocket handshake upstream to `target` with `headers`; after its 101,
-    relay bytes both ways."""
+    """Send the WebSocket handshake upstream to `target` with these header lines; after
+    its 101, relay bytes both ways."""
 
     target: str
-    headers: CIMultiDict[str]
+    fields: list[Field]
 
 
 class Reply(NamedTuple):
@@ -92,7 +121,7 @@ class Reply(NamedTuple):
     (framing, `Date` and `Connection` included), whether its body is written at all,
     chunked anew, and whether the client connection ends after it."""
 
-    headers: list[tuple[str, str]]
+    headers: list[Field]
     body: bool
     chunked: bool
     close: bool
@@ -110,6 +139,6 @@ class LocalRequest(NamedTuple):
 EndpointHandler = Callable[[LocalRequest], Awaitable[Answer]]
 
 
-# Named tuples, not dataclasses: the core makes a head and an action for every
-# request, and a tuple is made three times faster than a frozen dataclass.
+# Named tuples, not dataclasses: the core makes an action for every request, and a
+# tuple is made three times faster than a frozen dataclass.
 Action = Answer | Gated | ForwardPlan | Endpoint | Hold | Upgrade

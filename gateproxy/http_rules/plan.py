@@ -17,10 +17,9 @@ connection ends after it. The core decides nothing itself.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Mapping
-from typing import Final
-
-from multidict import CIMultiDict, CIMultiDictProxy
+from collections.abc import Callable
+from operator import methodcaller
+from typing import Final, Protocol
 
 from gateproxy.core import answers
 from gateproxy.core.answers import http_date as _date
@@ -29,13 +28,13 @@ from gateproxy.core.gate import (
     SERVER_OPTIONS,
     BadRequest,
     Forward,
-    Gate,
     Guard,
     Own,
     Reject,
     Wait,
 )
 from gateproxy.core.paths import Rule
+from gateproxy.core.runtime import Runtime
 from gateproxy.core.watch import UPSTREAM_STATUS
 from gateproxy.http_rules import request_checks
 from gateproxy.http_rules.actions import (
@@ -49,47 +48,54 @@ from gateproxy.http_rules.actions import (
     Upgrade,
 )
 from gateproxy.http_rules.headers import (
+    SWITCH,
     BadField,
+    Field,
     client_address,
-    forwarded_headers,
-    response_headers,
-    switched_headers,
+    forwarded_fields,
+    response_fields,
+    values,
+    without,
 )
-from gateproxy.upstream.interface import RawHeaders, UpstreamError
+from gateproxy.upstream.interface import UpstreamError
 
 # Trailer fields that llhttp reads as the connection's (RFC 9110 section 6.5.1 keeps them
 # out of trailers).
 _CONNECTION_TRAILERS: Final = frozenset({b"connection", b"proxy-connection", b"keep-alive"})
 # Answers that never have a body (RFC 9110 sections 15.2, 15.3.5 and 15.4.5).
 _NO_BODY: Final = frozenset({204, 304})
+_latin_1: Final = methodcaller("decode", "latin-1")
+_VERSION_1_0_KEEP: Final = (b"Connection", b"keep-alive")
+_CLOSE: Final = (b"Connection", b"close")
 
 
-def is_upgrade(method: str, headers: Mapping[str, str]) -> bool:
+def lists(head: RequestHead, name: bytes, token: bytes) -> bool:
+    """Whether the header `name` (every line of it, as one list) lists `token`."""
+    if name not in head.names:
+        return False
+    return token in (t.strip().lower() for line in values(head.raw_headers, head.names, name)
+                     for t in line.split(b","))
+
+
+def is_upgrade(head: RequestHead) -> bool:
     """A WebSocket upgrade, whatever else `Connection` lists (`keep-alive, Upgrade`)."""
-    upgrade = headers.get("Upgrade")
-    if upgrade is None or method != "GET":
-        return False
-    if "websocket" not in (t.strip().lower() for t in upgrade.split(",")):
-        return False
-    connection = headers.get("Connection", "")
-    return "upgrade" in (t.strip().lower() for t in connection.split(","))
+    return head.method == "GET" and lists(head, b"upgrade", b"websocket") \
+        and lists(head, b"connection", b"upgrade")
 
 
-def _connection(headers: CIMultiDictProxy[str]) -> str | None:
-    """Every `Connection` line as one list (RFC 9110 section 5.3)."""
-    values = headers.getall("Connection", None)
-    if values is None:
-        return None
-    return values[0] if len(values) == 1 else ", ".join(values)
+class Live(Protocol):
+    """Where the live gate is: a reload replaces the runtime as a whole
+    (gateproxy/serve/node.py)."""
+
+    runtime: Runtime
 
 
 class Planner:
     """Plans each request with the live gate; a gated request also counts and asks for a
     recheck (`on_reject`), once, when its 503 is planned."""
 
-    def __init__(self, gate: Callable[[], Gate],
-                 on_reject: Callable[[Rule[Guard]], None]) -> None:
-        self._gate = gate  # the live gate: a reload replaces it
+    def __init__(self, live: Live, on_reject: Callable[[Rule[Guard]], None]) -> None:
+        self._live = live
         self._on_reject = on_reject
 
     # --- the request side ----------------------------------------------------------------
@@ -97,7 +103,7 @@ class Planner:
     def plan(self, head: RequestHead, waited: bool = False) -> Action:
         """What to do with `head`; `waited`: after a Hold, which is then not given again."""
         action = self._plan(head, waited)
-        if "Expect" not in head.headers:
+        if b"expect" not in head.names:
             return action
         # The client waits before it sends its body: the proxy's own answer goes first
         # and ends the connection (the unsent body must not be read as the next request);
@@ -107,26 +113,31 @@ class Planner:
         if isinstance(action, answers.Answer):
             return action.closing()
         if isinstance(action, ForwardPlan) and head.version == (1, 1):
-            if head.headers["Expect"].lower() != "100-continue":
+            if head.field(b"expect").lower() != b"100-continue":  # type: ignore[union-attr]
                 return answers.error("expectation_failed", "only 100-continue is understood",
                                      close=True)
             return action._replace(expect=True)
         return action
 
     def _plan(self, head: RequestHead, waited: bool) -> Action:
-        gate = self._gate()
-        headers = head.headers
-        verdict = gate.decide(head.method, head.target, headers, waited)
+        gate = self._live.runtime.gate
+        verdict = gate.decide(head.method, head.target, head, waited)
+        names = head.names
         # What llhttp stops at after the head (an upgrade, CONNECT) cannot go on as HTTP
         # on this connection once answered: what follows may be another protocol's.
-        close = not keeps_alive(head) or head.method == "CONNECT" or (
-            "Upgrade" in headers and _connection_lists(headers, "upgrade"))
+        if b"connection" in names:
+            close = not keeps_alive(head) or head.method == "CONNECT" or (
+                b"upgrade" in names and lists(head, b"connection", b"upgrade"))
+        else:
+            close = head.version < (1, 1) or head.method == "CONNECT"
         if type(verdict) is Forward:
             return self._forward(head, verdict.target, close)
         if type(verdict) is Reject:
             self._on_reject(verdict.rule)
             guard = verdict.rule.target
-            written = gate.rejection_headers(guard, headers.get("Origin"))
+            origin = head.field(b"origin")
+            written = gate.rejection_headers(
+                guard, None if origin is None else origin.decode("latin-1"))
             return Gated(answers.Answer(503, tuple(written), guard.body, close))
         if type(verdict) is Wait:
             dep = verdict.guard.status.dep
@@ -146,24 +157,27 @@ class Planner:
     def _forward(head: RequestHead, target: str, close: bool) -> Action:
         # After the gate (a gated path gets its 503 whatever else is wrong), before the
         # upstream: what llhttp accepts but would make the two of us disagree.
-        problem = request_checks.problem(head.version, head.headers.getall("Host", ()),
-                                         head.target, "Transfer-Encoding" in head.headers)
+        names = head.names
+        problem = request_checks.problem(
+            head.version, list(map(_latin_1, values(head.raw_headers, names, b"host")))
+            if b"host" in names else [], head.target, b"transfer-encoding" in names)
         if problem is not None:
             return problem.closing() if close else problem
-        upgrade = "Upgrade" in head.headers and is_upgrade(head.method, head.headers)
+        upgrade = b"upgrade" in names and is_upgrade(head)
+        # (Host first: the writer writes it first, as RFC 9110 section 7.2 asks of a client.)
         try:
-            headers = forwarded_headers(head.raw_headers, _connection(head.headers),
-                                        client_address(head.peername), head.tls)
+            fields = forwarded_fields(head.raw_headers, names, client_address(head.peername),
+                                      head.tls)
         except BadField as exc:
             return answers.error("bad_request", str(exc), close=close or upgrade)
         if upgrade:
-            if not _valid_handshake(head.headers):
+            if not _valid_handshake(head):
                 return answers.error("bad_request", "invalid WebSocket handshake", close=True)
             # The handshake's own hop-by-hop lines, for the upstream to switch too.
-            headers["Connection"] = "Upgrade"
-            headers["Upgrade"] = head.headers["Upgrade"]
-            return Upgrade(target, headers)
-        return ForwardPlan(target, headers, close)
+            fields += ((b"Connection", b"Upgrade"), (b"Upgrade", head.field(b"upgrade") or b""))
+            return Upgrade(target, _host_first(fields))
+        return ForwardPlan(target, fields if names and names[0] == b"host" else _host_first(fields),
+                           close)
 
     @staticmethod
     def trailer_ends(name: bytes) -> bool:
@@ -176,38 +190,45 @@ class Planner:
     # --- the response side ---------------------------------------------------------------
 
     def respond(self, head: RequestHead, plan: ForwardPlan, status: int,
-                raw: RawHeaders | list[tuple[bytes, bytes]], chunked_in: bool) -> Reply:
+                raw: list[Field], names: list[bytes], chunked_in: bool) -> Reply:
         """How the upstream's answer to `plan` goes to the client (docs/headers.md,
         "Responses"); a status some dependency rechecks on asks for its probe now."""
-        gate = self._gate()
+        gate = self._live.runtime.gate
         if status in gate.recheck_statuses:
             for guard in gate.covering(head.method, plan.target, status):
                 guard.monitor.request_recheck(UPSTREAM_STATUS)
-        headers = response_headers(raw)
+        fields, kept = response_fields(raw, names)
         close = plan.close
         bodyless = head.method == "HEAD" or status in _NO_BODY or status < 200
-        if status in _NO_BODY or status < 200:
-            headers.popall("Content-Length", None)
-        if chunked_in:
-            headers.popall("Content-Length", None)  # llhttp framed it by its chunks
+        if b"content-length" in kept and (chunked_in or status in _NO_BODY or status < 200):
+            # llhttp framed it by its chunks; or an answer that never has a body.
+            fields, kept = without(fields, kept, b"content-length")
+        length = b"content-length" in kept
         chunked = False
-        if bodyless or "Content-Length" in headers:
-            headers.popall("Transfer-Encoding", None)
-        elif head.version < (1, 1):
-            # No chunked framing for HTTP/1.0: the body ends with the connection.
-            headers.popall("Transfer-Encoding", None)
-            close = True
+        if bodyless or length or head.version < (1, 1):
+            if b"transfer-encoding" in kept:
+                fields, kept = without(fields, kept, b"transfer-encoding")
+            if not bodyless and not length:
+                close = True  # no chunked framing for HTTP/1.0: the body ends with the connection
         else:
             chunked = True
-            headers["Transfer-Encoding"] = "chunked"  # in the upstream's place, or last
-        return Reply(_finished(headers, head.version, close), not bodyless, chunked, close)
+            if b"transfer-encoding" not in kept:  # else in the upstream's place
+                fields.append((b"Transfer-Encoding", b"chunked"))
+        # `Date` when the upstream sent none, then the client connection's `Connection`.
+        if b"date" not in kept:
+            fields.append((b"Date", _date().encode("ascii")))
+        if close:
+            fields.append(_CLOSE)
+        elif head.version < (1, 1):
+            fields.append(_VERSION_1_0_KEEP)
+        return Reply(fields, not bodyless, chunked, close)
 
     @staticmethod
-    def switched(raw: RawHeaders | list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    def switched(raw: list[Field], names: list[bytes]) -> list[Field]:
         """The header lines of the upstream's 101 for the client: as sent, `Connection`
         and `Upgrade` included (the switch is both hops'), other hop-by-hop lines out,
         `Via` added."""
-        return list(switched_headers(raw).items())
+        return response_fields(raw, names, SWITCH)[0]
 
     @staticmethod
     def failed(error: UpstreamError, plan: ForwardPlan | Upgrade) -> answers.Answer:
@@ -229,38 +250,29 @@ class Planner:
         return answers.error("bad_request", why, close=True)
 
 
-def _valid_handshake(headers: CIMultiDictProxy[str]) -> bool:
+def _valid_handshake(head: RequestHead) -> bool:
     """RFC 6455 section 4.2.1: version 13 and a key of 16 bytes in base64, so that the
     upstream is never asked to switch for a request no WebSocket client sends."""
-    key = headers.get("Sec-WebSocket-Key", "")
+    key = head.field(b"sec-websocket-key") or b""
     try:
         valid_key = len(base64.b64decode(key, validate=True)) == 16
     except ValueError:
         valid_key = False
-    return valid_key and headers.get("Sec-WebSocket-Version", "").strip() == "13"
+    return valid_key and (head.field(b"sec-websocket-version") or b"").strip() == b"13"
 
 
-def _connection_lists(headers: CIMultiDictProxy[str], token: str) -> bool:
-    connection = _connection(headers)
-    return connection is not None and token in (
-        t.strip().lower() for t in connection.split(","))
+def _host_first(fields: list[Field]) -> list[Field]:
+    """`Host` first (the planner has made sure there is at most one)."""
+    if fields[0][0].lower() != b"host":
+        for i, (name, _) in enumerate(fields):
+            if len(name) == 4 and name.lower() == b"host":
+                fields.insert(0, fields.pop(i))
+                break
+    return fields
 
 
 def keeps_alive(head: RequestHead) -> bool:
     """Whether the client asked to keep its connection (RFC 9112 section 9.3)."""
     if head.version >= (1, 1):
-        return not _connection_lists(head.headers, "close")
-    return _connection_lists(head.headers, "keep-alive")
-
-
-def _finished(headers: CIMultiDict[str], version: tuple[int, int],
-              close: bool) -> list[tuple[str, str]]:
-    """`Date` when the upstream sent none, then the client connection's own
-    `Connection`."""
-    if "Date" not in headers:
-        headers["Date"] = _date()
-    if close:
-        headers["Connection"] = "close"
-    elif version < (1, 1):
-        headers["Connection"] = "keep-alive"
-    return list(headers.items())
+        return not lists(head, b"connection", b"close")
+    return lists(head, b"connection", b"keep-alive")

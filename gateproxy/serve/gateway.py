@@ -63,7 +63,7 @@ class Gateway:
         upstream = config.upstream
         self.upstream = Pool(upstream.url, upstream.connect_timeout_ms,
                              upstream.read_timeout_ms, self.node.reconnector)
-        self.planner = Planner(lambda: self.node.runtime.gate, self.on_reject)
+        self.planner = Planner(self.node, self.on_reject)
         self._listener: Listener | None = None
         self._admin: AdminSite | None = None
         self.port = 0
@@ -89,17 +89,9 @@ class Gateway:
         rule.target.monitor.request_recheck()
         self.node.metrics.count_gated(rule.target.status.dep.name, rule.prefix)
 
-    def count_forwarded(self, method: str, status: int) -> None:
-        self.node.metrics.count_forwarded(method, status)
-
-    def count_hold(self, dependency: str, outcome: str) -> None:
-        self.node.metrics.count_hold(dependency, outcome)
-
-    def observe_upstream(self, seconds: float) -> None:
-        self.node.metrics.observe_upstream(seconds)
-
     def access_log(self) -> bool:
-        return self.node.config.log.access
+        """Whether each request gets an access-log line (read per request: live)."""
+        return self.node.runtime.config.log.access
 
     # --- the proxy's own endpoints ---------------------------------------------------
 
@@ -127,7 +119,8 @@ class Gateway:
             raise StartupError(down)
         cfg = node.config
         limits = cfg.limits
-        carrier = Carrier(self.planner, self.upstream, self._endpoints(), self, self.tunnels)
+        carrier = Carrier(self.planner, self.upstream, self._endpoints(), node.metrics,
+                          self.access_log, self.tunnels)
         head_s = limits.header_timeout_ms / 1000
         listener = Listener(carrier, Limits(
             head_timeout_s=head_s, body_timeout_s=head_s, body_min_rate=BODY_MIN_RATE,

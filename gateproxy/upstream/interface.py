@@ -1,10 +1,11 @@
-"""What the proxy sees of the upstream client, and the one map from a failure to its answer.
+"""What the proxy sees of the upstream client, and the one map from a failure to its
+answer.
 
-The proxy sees `UpstreamClient.send()` and `UpstreamResponse`; the core's pool
-(gateproxy/engine/upstream.py) implements them. What goes wrong talking to the upstream
-becomes an UpstreamError through `failure`, the one map (the model: httpx's map of
-transport errors), so that a failure reads the same wherever it is met. This module
-imports nothing of gateproxy.
+A view that asks the upstream itself (the health view) sees `UpstreamClient.fetch()` and
+`UpstreamResponse`; the core's pool (gateproxy/engine/upstream.py) implements them. What
+goes wrong talking to the upstream becomes an UpstreamError through `failure`, the one
+map (the model: httpx's map of transport errors), so that a failure reads the same
+wherever it is met. This module imports nothing of gateproxy.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from typing import Final, Protocol, TypeVar
-
-from multidict import CIMultiDict
 
 RawHeaders = tuple[tuple[bytes, bytes], ...]
 T = TypeVar("T")
@@ -44,20 +43,9 @@ class Malformed(Exception):
     """The upstream's answer is not HTTP/1.1 as llhttp reads it."""
 
 
-class BodySource(Protocol):
-    """A request body as it arrives (gateproxy/engine/flow.py `Chunks`)."""
-
-    def whole(self) -> bytes | None:
-        """All of it, when it has all come already."""
-
-    async def read(self) -> bytes:
-        """What has come since the last read; b"" at its end."""
-        ...
-
-
 class UpstreamResponse(Protocol):
     status: int
-    reason: str
+    reason: bytes
 
     @property
     def raw_headers(self) -> list[tuple[bytes, bytes]]: ...
@@ -66,16 +54,15 @@ class UpstreamResponse(Protocol):
         """The body as the upstream sends it; raises UpstreamError when it breaks."""
         ...
 
-    def release(self) -> None:
-        """Done with a fully read body: the connection may be reused."""
-
     def close(self) -> None:
-        """Abandon the body: the connection is dropped."""
+        """Done with it: a body not read to its end drops its connection."""
 
 
 class UpstreamClient(Protocol):
-    async def send(self, method: str, target: str, headers: CIMultiDict[str],
-                   body: BodySource | None) -> UpstreamResponse: ...
+    async def fetch(self, method: str, target: str, fields: list[tuple[bytes, bytes]]
+                    ) -> UpstreamResponse:
+        """A request with these header lines (`Host` first, when there is one)."""
+        ...
 
     async def close(self) -> None: ...
 

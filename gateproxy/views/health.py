@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
-from multidict import CIMultiDict
 
 from gateproxy.core.answers import Answer
 from gateproxy.core.dependency import DependencyStatus, State, iso
@@ -43,14 +42,13 @@ class UpstreamHealth:
 
 async def ask_upstream(client: UpstreamClient, path: str, host: str | None,
                        timeout_ms: int) -> UpstreamHealth:
-    headers: CIMultiDict[str] = CIMultiDict({"Accept": "application/json"})
-    if host:
-        headers["Host"] = host
+    fields = [(b"Host", host.encode("latin-1"))] if host else []
+    fields.append((b"Accept", b"application/json"))
     # The upstream's health now, not after riding out its restart (upstream/reconnect.py).
     no_wait = NO_WAIT.set(True)
     try:
         async with asyncio.timeout(timeout_ms / 1000):
-            resp = await client.send("GET", path, headers, None)
+            resp = await client.fetch("GET", path, fields)
             try:
                 chunks = []
                 size = 0

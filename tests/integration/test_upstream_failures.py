@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal
 
 import pytest
-from multidict import CIMultiDict
 
 from gateproxy.engine.flow import Chunks
 from gateproxy.engine.upstream import Pool
@@ -140,12 +139,12 @@ async def _streamed(body: Chunks, data: bytes) -> None:
 
 async def _failure(pool: Pool, method: str = "GET", body: Body = "none") -> tuple[str, str]:
     """The UpstreamError a request meets, sent or while its answer's body is read."""
-    headers = CIMultiDict({"Host": "upstream.test"})
+    fields = [(b"Host", b"upstream.test")]
     source = None
     feeding = None
     if body != "none":
         source = Chunks(lambda: None, lambda: None)
-        headers["Content-Length"] = "4"
+        fields.append((b"Content-Length", b"4"))
         if body == "whole":
             source.feed(b"data")
             source.end()
@@ -153,7 +152,7 @@ async def _failure(pool: Pool, method: str = "GET", body: Body = "none") -> tupl
             feeding = asyncio.ensure_future(_streamed(source, b"data"))
     try:
         async with asyncio.timeout(5):
-            answer = await pool.send(method, "/", headers, source)
+            answer = await pool.fetch(method, "/", fields, source)
             try:
                 async for _ in answer.iter_chunks():
                     pass

@@ -11,14 +11,13 @@ test_own_answers.py).
 from __future__ import annotations
 
 import pytest
-from multidict import CIMultiDict
 
 from gateproxy.http_rules.headers import (
+    SWITCH,
     BadField,
-    add_via,
-    forwarded_headers,
-    response_headers,
-    switched_headers,
+    forwarded_fields,
+    response_fields,
+    via,
 )
 
 PEER = "203.0.113.7"
@@ -33,19 +32,29 @@ def raw(*lines: tuple[str, str]) -> Raw:
     return tuple((name.encode(), value.encode()) for name, value in lines)
 
 
-def connection_of(lines: Raw) -> str | None:
-    """What the planner passes as `connection`: every Connection line, as one list."""
-    return ", ".join(v.decode() for k, v in lines if k.lower() == b"connection") or None
+def lowered(lines: Raw) -> list[bytes]:
+    """What the core passes beside the lines: their names in lower case."""
+    return [name.lower() for name, _ in lines]
+
+
+def text(fields: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(name.decode(), value.decode()) for name, value in fields]
+
+
+def forwarded(lines: Raw, tls: bool = False) -> list[tuple[bytes, bytes]]:
+    return forwarded_fields(lines, lowered(lines), PEER.encode(), tls)
 
 
 def forward(*lines: tuple[str, str], tls: bool = False) -> list[tuple[str, str]]:
-    headers = raw(*lines)
-    return list(forwarded_headers(headers, connection_of(headers), PEER, tls).items())
+    return text(forwarded(raw(*lines), tls))
 
 
-def answer(*lines: tuple[str, str],
-           keep: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    return list(response_headers(raw(*lines), keep).items())
+def answered(lines: Raw, keep: frozenset[bytes] = frozenset()) -> list[tuple[bytes, bytes]]:
+    return response_fields(lines, lowered(lines), keep)[0]
+
+
+def answer(*lines: tuple[str, str]) -> list[tuple[str, str]]:
+    return text(answered(raw(*lines)))
 
 
 def names(items: list[tuple[str, str]]) -> list[str]:
@@ -160,19 +169,18 @@ def test_order_is_the_clients_with_the_added_lines_last_in_the_documented_order(
                          ids=["latin-1", "cp1252", "ff", "cut-utf-8"])
 def test_a_value_that_is_not_utf_8_is_refused(value: bytes) -> None:
     with pytest.raises(BadField):
-        forwarded_headers(((b"Host", b"app.test"), (b"X-Name", value)), None, PEER, False)
+        forwarded(((b"Host", b"app.test"), (b"X-Name", value)))
 
 
 def test_a_name_that_is_not_utf_8_is_refused() -> None:
     with pytest.raises(BadField):
-        forwarded_headers(((b"Host", b"app.test"), (b"X-\xe9", b"1")), None, PEER, False)
+        forwarded(((b"Host", b"app.test"), (b"X-\xe9", b"1")))
 
 
 def test_utf_8_and_ascii_pass_byte_for_byte() -> None:
     value = "Zoë, 東京, ☃ and a\ttab"
-    got = forwarded_headers(((b"Host", b"app.test"), (b"X-Name", value.encode())), None,
-                            PEER, False)
-    assert got["X-Name"].encode() == value.encode()
+    got = dict(forwarded(((b"Host", b"app.test"), (b"X-Name", value.encode()))))
+    assert got[b"X-Name"] == value.encode()
 
 
 def test_a_websocket_handshake_goes_as_the_client_wrote_it() -> None:
@@ -234,28 +242,23 @@ def test_repeated_headers_are_kept_line_by_line_in_order_unmerged() -> None:
 
 
 def test_response_bytes_that_are_not_utf_8_pass_as_their_latin_1_reading() -> None:
-    got = response_headers(((b"X-Name", b"caf\xe9"), (b"X-Utf8", "café".encode())))
-    assert got["X-Name"] == "café", "re-encoded, not refused"
-    assert got["X-Utf8"] == "café"
+    got = dict(answered(((b"X-Name", b"caf\xe9"), (b"X-Utf8", "café".encode()))))
+    assert got[b"X-Name"] == "café".encode(), "re-encoded, not refused"
+    assert got[b"X-Utf8"] == "café".encode()
 
 
 def test_a_101_keeps_its_connection_and_upgrade_lines() -> None:
-    got = list(switched_headers(raw(("Upgrade", "websocket"), ("Connection", "Upgrade"),
-                                    ("Sec-WebSocket-Accept", "k"), ("Keep-Alive", "5")))
-               .items())
+    got = text(answered(raw(("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                            ("Sec-WebSocket-Accept", "k"), ("Keep-Alive", "5")), SWITCH))
     assert got == [("Upgrade", "websocket"), ("Connection", "Upgrade"),
                    ("Sec-WebSocket-Accept", "k"), ("Via", "1.1 gateproxy")]
 
 
-# --- add_via ----------------------------------------------------------------------------
+# --- via ----------------------------------------------------------------------------------
 
-def test_add_via_sets_ours_when_there_is_none() -> None:
-    headers: CIMultiDict[str] = CIMultiDict([("A", "1")])
-    add_via(headers)
-    assert list(headers.items()) == [("A", "1"), ("Via", "1.1 gateproxy")]
+def test_via_is_ours_when_there_is_none() -> None:
+    assert via([]) == (b"Via", b"1.1 gateproxy")
 
 
-def test_add_via_merges_every_line_into_one_at_the_end() -> None:
-    headers: CIMultiDict[str] = CIMultiDict([("Via", "1.0 a"), ("B", "2"), ("via", "1.1 b")])
-    add_via(headers)
-    assert list(headers.items()) == [("B", "2"), ("Via", "1.0 a, 1.1 b, 1.1 gateproxy")]
+def test_via_merges_every_line_into_one_with_ours_last() -> None:
+    assert via([b"1.0 a", b"1.1 b"]) == (b"Via", b"1.0 a, 1.1 b, 1.1 gateproxy")
