@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import gateproxy.config.readers as r
+from gateproxy.core.answers import GRPC_CODES
 from gateproxy.core.model import GatedRoute, redact_url
 
 DEP: Final = "dependencies[]."  # the key prefix of a setting of each dependency
@@ -209,6 +210,11 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting(f"{DEP}not_ready.message", r.optional(r.string), None, "string",
             "`error.message` of the gated 503; default: the name + ` not ready`.",
             builtin="docker-runner not ready"),
+    Setting(f"{DEP}not_ready.grpc_code", r.choice(*GRPC_CODES, upper=True), "UNAVAILABLE",
+            "gRPC status name",
+            "The status of a gated gRPC, gRPC-Web or Connect call (its Connect code and "
+            "HTTP status follow from it, docs/gate.md): a gRPC status name such as "
+            "`UNAVAILABLE` or `RESOURCE_EXHAUSTED`."),
     Setting(f"{DEP}shared_secret", r.secret, None, "secret, environment only",
             "Signs the probe of `docker-runner` as the platform-server signs its calls. "
             "Never in a file, never printed (`<redacted>`) or logged.",

@@ -25,6 +25,28 @@ SERVER: Final = "gateproxy"  # the Server of the proxy's own answers: no version
 ALLOW: Final = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 ADMIN_ALLOW: Final = "GET, HEAD, POST, DELETE"
 
+# gRPC's status codes by name, with the Connect code and the HTTP status of each: a gated
+# RPC is answered with the dependency's `not_ready.grpc_code` (gateproxy/http_rules/rpc.py).
+# From grpc/status.h and connectrpc.com/docs/protocol ("Error Codes").
+GRPC_CODES: Final[dict[str, tuple[int, str, int]]] = {
+    "CANCELLED": (1, "canceled", 499),
+    "UNKNOWN": (2, "unknown", 500),
+    "INVALID_ARGUMENT": (3, "invalid_argument", 400),
+    "DEADLINE_EXCEEDED": (4, "deadline_exceeded", 504),
+    "NOT_FOUND": (5, "not_found", 404),
+    "ALREADY_EXISTS": (6, "already_exists", 409),
+    "PERMISSION_DENIED": (7, "permission_denied", 403),
+    "RESOURCE_EXHAUSTED": (8, "resource_exhausted", 429),
+    "FAILED_PRECONDITION": (9, "failed_precondition", 400),
+    "ABORTED": (10, "aborted", 409),
+    "OUT_OF_RANGE": (11, "out_of_range", 400),
+    "UNIMPLEMENTED": (12, "unimplemented", 501),
+    "INTERNAL": (13, "internal", 500),
+    "UNAVAILABLE": (14, "unavailable", 503),
+    "DATA_LOSS": (15, "data_loss", 500),
+    "UNAUTHENTICATED": (16, "unauthenticated", 401),
+}
+
 # Every error code the proxy answers with, and its status. Upstream failures map onto
 # the last two (gateproxy/upstream/interface.py); the gate's 503 has the code configured
 # per dependency.

@@ -171,15 +171,21 @@ class Gate:
 
     def rejection_headers(self, guard: Guard, origin: str | None) -> list[tuple[str, str]]:
         """The headers of the gate's 503, in the order they are written."""
-        headers = [
-            ("Content-Type", JSON),
-            ("Cache-Control", "no-store"),
-            ("Retry-After", str(guard.status.retry_after_s(time.time()))),
-        ]
+        return [("Content-Type", JSON), ("Cache-Control", "no-store"),
+                ("Retry-After", str(self.retry_after_s(guard))), *self.cors(origin)]
+
+    @staticmethod
+    def retry_after_s(guard: Guard) -> int:
+        """When to try again: the seconds to the dependency's next probe."""
+        return guard.status.retry_after_s(time.time())
+
+    def cors(self, origin: str | None) -> list[tuple[str, str]]:
+        """The CORS lines of a gated answer to a request from `origin`: a browser script
+        of an allowed origin may read it."""
         if origin is not None and (self._any_origin or origin in self._allow_origins):
-            headers.append(("Access-Control-Allow-Origin", "*" if self._any_origin else origin))
-            headers.append(("Vary", "Origin"))
-        return headers
+            return [("Access-Control-Allow-Origin", "*" if self._any_origin else origin),
+                    ("Vary", "Origin")]
+        return []
 
 
 __all__ = ["ADMIN_ENDPOINTS", "HEALTH", "JSON", "NOT_FOUND", "SERVER_OPTIONS", "BadRequest",

@@ -64,6 +64,7 @@ class Retry:
 class NotReady:
     code: str
     message: str
+    grpc_code: str = "UNAVAILABLE"  # the status of a gated RPC (gateproxy/http_rules/rpc.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ from gateproxy.core.gate import (
 from gateproxy.core.paths import Rule
 from gateproxy.core.runtime import Runtime
 from gateproxy.core.watch import UPSTREAM_STATUS
-from gateproxy.http_rules import request_checks
+from gateproxy.http_rules import request_checks, rpc
 from gateproxy.http_rules.actions import (
     Action,
     Endpoint,
@@ -135,9 +135,18 @@ class Planner:
         if type(verdict) is Reject:
             self._on_reject(verdict.rule)
             guard = verdict.rule.target
-            origin = head.field(b"origin")
-            written = gate.rejection_headers(
-                guard, None if origin is None else origin.decode("latin-1"))
+            field = head.field(b"origin")
+            origin = None if field is None else field.decode("latin-1")
+            content_type = head.field(b"content-type")
+            kind = rpc.PLAIN if content_type is None and b"connect-protocol-version" not in \
+                names else rpc.protocol(content_type, b"connect-protocol-version" in names,
+                                        head.target.split("?", 1)[0])
+            if kind != rpc.PLAIN:
+                not_ready = guard.status.dep.not_ready
+                return Gated(rpc.gated(kind, content_type, not_ready.grpc_code,
+                                       not_ready.message, gate.retry_after_s(guard),
+                                       gate.cors(origin), close))
+            written = gate.rejection_headers(guard, origin)
             return Gated(answers.Answer(503, tuple(written), guard.body, close))
         if type(verdict) is Wait:
             dep = verdict.guard.status.dep

@@ -24,8 +24,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.node import node_binary, npm_ci
 from tests.support.oracle_support import (
     ROUTER_NAMES,
+    ROUTERS_DIR,
     Oracle,
     Outcome,
     Proxy,
@@ -33,8 +35,6 @@ from tests.support.oracle_support import (
     Spelling,
     Tally,
     first_distinct,
-    install_routers,
-    node_binary,
 )
 
 EXAMPLES = int(os.environ.get("GATEPROXY_ORACLE_EXAMPLES", "5000"))
@@ -87,7 +87,7 @@ def tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
 @pytest.fixture(scope="module")
 def routers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Routers]:
     """One Node process for the proxies."""
-    install_routers()
+    npm_ci(ROUTERS_DIR)
     started = Routers(tmp_path_factory.mktemp("routers") / "routers.log")
     yield started
     started.stop()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from tests.support.node import node_binary
 from tests.support.ports import free_port
 from tests.support.rawclient import read_exchange
 
@@ -164,34 +164,6 @@ class Routers:
             self.popen.kill()
             self.popen.wait(10)
         self._log.close()
-
-
-def node_binary() -> str:
-    """The machine's node, if it is one Fastify 5 supports (20 or newer)."""
-    node = shutil.which("node")
-    if node is None:
-        raise AssertionError("node is not installed (.ci/run installs it)")
-    version = subprocess.run([node, "--version"], capture_output=True, text=True,
-                             timeout=30).stdout.strip()
-    if int(version.lstrip("v").split(".")[0] or 0) < 20:
-        raise AssertionError(f"{node} is {version}; Fastify 5 needs Node 20 or newer")
-    return node
-
-
-def install_routers() -> None:
-    """`npm ci` in tests/support/routers when node_modules is missing or older than the lockfile."""
-    modules = ROUTERS_DIR / "node_modules"
-    lock = ROUTERS_DIR / "package-lock.json"
-    marker = modules / ".package-lock.json"  # npm writes it on every install
-    if marker.exists() and marker.stat().st_mtime >= lock.stat().st_mtime:
-        return
-    npm = shutil.which("npm")
-    if npm is None:
-        raise AssertionError("npm is not installed (.ci/run installs it)")
-    done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=ROUTERS_DIR,
-                          capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        raise AssertionError(f"npm ci in tests/support/routers failed:\n{done.stderr}")
 
 
 class Proxy:

@@ -75,6 +75,11 @@ def test_a_given_base_url_wins_over_the_grpc_variables(tmp_path: Path) -> None:
      "got [1]"),
     ("dependencies: [{name: d, probe: soap, base_url: 'http://r:1'}]", {},
      "{path}: dependencies[0].probe: must be one of http, grpc, got 'soap'"),
+    ("dependencies: [{name: d, base_url: 'http://r:1', not_ready: {grpc_code: LATER}}]", {},
+     "{path}: dependencies[0].not_ready.grpc_code: must be one of CANCELLED, UNKNOWN, "
+     "INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, "
+     "RESOURCE_EXHAUSTED, FAILED_PRECONDITION, ABORTED, OUT_OF_RANGE, UNIMPLEMENTED, "
+     "INTERNAL, UNAVAILABLE, DATA_LOSS, UNAUTHENTICATED, got 'LATER'"),
     ("", {"DOCKER_RUNNER_GRPC_PORT": "70000"},
      "env DOCKER_RUNNER_GRPC_PORT: dependencies[0].base_url: DOCKER_RUNNER_GRPC_PORT must "
      "be a port number (1-65535), got '70000'"),
