@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 from typing import cast
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+from yardstick import run, until_signalled  # bench/yardstick.py
 
 BODY = (b'{"status":"ok","service":"platform-server","items":[1,2,3],'
         b'"padding":"0123456789abcdef0123"}')
@@ -58,12 +58,7 @@ class Server(asyncio.Protocol):
 
 async def serve(host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(Server, host, port, backlog=4096)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    server.close()
+    await until_signalled(await loop.create_server(Server, host, port, backlog=4096))
 
 
 def main() -> None:
@@ -71,12 +66,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(args.host, args.port))
-    else:
-        uvloop.run(serve(args.host, args.port))
+    run(serve(args.host, args.port))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ import asyncio
 import collections
 import os
 import signal
+from collections.abc import Coroutine
 from http import HTTPStatus
+from typing import Any
 
 import httptools
 
@@ -283,11 +285,27 @@ async def serve(args: argparse.Namespace) -> None:
     server = await loop.create_server(lambda: Client(pool, gate), args.host, args.port,
                                       backlog=4096)
     gate.watch()
+    await until_signalled(server)
+
+
+async def until_signalled(server: asyncio.AbstractServer) -> None:
+    """Serve until SIGTERM or SIGINT, then close the server."""
+    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     server.close()
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop when installed."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def main() -> None:
@@ -298,13 +316,7 @@ def main() -> None:
     parser.add_argument("--gate-prefix", help="answer the JSON 503 under this prefix")
     parser.add_argument("--gate-file", help="only while this file exists (else: always)")
     parser.add_argument("--gate-body", default=BODY)
-    args = parser.parse_args()
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(args))
-    else:
-        uvloop.run(serve(args))
+    run(serve(parser.parse_args()))
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ class Planner:
         if isinstance(action, answers.Answer):
             return action.closing()
         if isinstance(action, ForwardPlan) and head.version == (1, 1):
-            if head.field(b"expect").lower() != b"100-continue":  # type: ignore[union-attr]
+            if (head.field(b"expect") or b"").lower() != b"100-continue":
                 return answers.error("expectation_failed", "only 100-continue is understood",
                                      close=True)
             return action._replace(expect=True)
@@ -138,9 +138,8 @@ class Planner:
             field = head.field(b"origin")
             origin = None if field is None else field.decode("latin-1")
             content_type = head.field(b"content-type")
-            kind = rpc.PLAIN if content_type is None and b"connect-protocol-version" not in \
-                names else rpc.protocol(content_type, b"connect-protocol-version" in names,
-                                        head.target.split("?", 1)[0])
+            kind = rpc.protocol(content_type, b"connect-protocol-version" in names,
+                                head.target)
             if kind != rpc.PLAIN:
                 not_ready = guard.status.dep.not_ready
                 return Gated(rpc.gated(kind, content_type, not_ready.grpc_code,
@@ -173,20 +172,20 @@ class Planner:
         if problem is not None:
             return problem.closing() if close else problem
         upgrade = b"upgrade" in names and is_upgrade(head)
-        # (Host first: the writer writes it first, as RFC 9110 section 7.2 asks of a client.)
         try:
             fields = forwarded_fields(head.raw_headers, names, client_address(head.peername),
                                       head.tls)
         except BadField as exc:
             return answers.error("bad_request", str(exc), close=close or upgrade)
+        if names and names[0] != b"host" and b"host" in names:
+            _host_first(fields)
         if upgrade:
             if not _valid_handshake(head):
                 return answers.error("bad_request", "invalid WebSocket handshake", close=True)
             # The handshake's own hop-by-hop lines, for the upstream to switch too.
             fields += ((b"Connection", b"Upgrade"), (b"Upgrade", head.field(b"upgrade") or b""))
-            return Upgrade(target, _host_first(fields))
-        return ForwardPlan(target, fields if names and names[0] == b"host" else _host_first(fields),
-                           close)
+            return Upgrade(target, fields)
+        return ForwardPlan(target, fields, close)
 
     @staticmethod
     def trailer_ends(name: bytes) -> bool:
@@ -270,14 +269,13 @@ def _valid_handshake(head: RequestHead) -> bool:
     return valid_key and (head.field(b"sec-websocket-version") or b"").strip() == b"13"
 
 
-def _host_first(fields: list[Field]) -> list[Field]:
-    """`Host` first (the planner has made sure there is at most one)."""
-    if fields[0][0].lower() != b"host":
-        for i, (name, _) in enumerate(fields):
-            if len(name) == 4 and name.lower() == b"host":
-                fields.insert(0, fields.pop(i))
-                break
-    return fields
+def _host_first(fields: list[Field]) -> None:
+    """Move the `Host` line first (the planner has made sure there is one only): the writer
+    writes it first, as RFC 9110 section 7.2 asks of a client."""
+    for i, (name, _) in enumerate(fields):
+        if len(name) == 4 and name.lower() == b"host":
+            fields.insert(0, fields.pop(i))
+            return
 
 
 def keeps_alive(head: RequestHead) -> bool:

@@ -28,11 +28,12 @@ _EXPOSED: Final = ("Access-Control-Expose-Headers", "grpc-status, grpc-message")
 _END_STREAM: Final = 0x02  # Connect's envelope flag of the end-of-stream message
 
 
-def protocol(content_type: bytes | None, connect_version: bool, path: str) -> str:
+def protocol(content_type: bytes | None, connect_version: bool, target: str) -> str:
     """Which protocol a request speaks, from its `Content-Type`, whether it sent
-    `Connect-Protocol-Version`, and its path."""
+    `Connect-Protocol-Version`, and its target (a Connect unary call's path names its
+    procedure)."""
     if content_type is None:
-        return CONNECT_UNARY if connect_version and _PROCEDURE.fullmatch(path) else PLAIN
+        return CONNECT_UNARY if connect_version and _procedure(target) else PLAIN
     media = content_type.split(b";", 1)[0].strip().lower()
     if media.startswith(b"application/grpc-web"):
         return GRPC_WEB
@@ -41,9 +42,13 @@ def protocol(content_type: bytes | None, connect_version: bool, path: str) -> st
     if media.startswith(b"application/connect+"):
         return CONNECT_STREAM
     if (connect_version or media in (b"application/proto", b"application/json")) \
-            and _PROCEDURE.fullmatch(path):
+            and _procedure(target):
         return CONNECT_UNARY
     return PLAIN
+
+
+def _procedure(target: str) -> bool:
+    return _PROCEDURE.fullmatch(target.split("?", 1)[0]) is not None
 
 
 def percent_encoded(message: str) -> str:
